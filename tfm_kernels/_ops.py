@@ -1,3 +1,3 @@
 """Imports every op module so that each registers its variants (cheap: nothing is compiled)."""
 
-from . import attention, matmul, softmax  # noqa: F401
+from . import attention, attention_tc, matmul, matmul_tc, softmax  # noqa: F401

@@ -127,3 +127,37 @@ def _load_ops() -> None:
     # The op modules register their variants when imported; importing them here (not at package
     # import) keeps `import tfm_kernels` free of work, and is idempotent.
     from . import _ops  # noqa: F401
+
+
+def choose(op: str, variant: str | int | None, *, dtype: str, cc: int | None = None, **info) -> Variant:
+    """The variant to run.
+
+    Asked for by name: that variant, or ValueError naming the argument when it cannot take these
+    arguments (wrong dtype, unsupported shape, needs a newer GPU). Asked for nothing (None): the
+    highest-numbered variant that supports the arguments, is not marked broken and is not opt-in
+    (``extra={"opt_in": True}``, e.g. TF32, which changes the precision contract). ``cc`` is the
+    device's compute capability (major*10+minor), when known.
+    """
+    if variant is not None:
+        v = get(op, variant)
+        if dtype not in v.dtypes:
+            raise TypeError(f"variant: {v.qualname} takes {'/'.join(v.dtypes)} inputs, not {dtype}")
+        if cc is not None and cc < v.arch:
+            raise ValueError(f"variant: {v.qualname} needs compute capability {v.arch / 10:.1f}, "
+                             f"this device has {cc / 10:.1f}")
+        why = v.reason_unsupported(dtype=dtype, **info)
+        if why:
+            raise ValueError(f"variant: {v.qualname} cannot take these arguments: {why}")
+        return v
+    reasons = []
+    for v in reversed(variants(op)):
+        if v.broken or v.extra.get("opt_in"):
+            continue
+        if dtype not in v.dtypes or (cc is not None and cc < v.arch):
+            continue
+        why = v.reason_unsupported(dtype=dtype, **info)
+        if why:
+            reasons.append(f"{v.key}: {why}")
+            continue
+        return v
+    raise ValueError(f"no {op} variant takes dtype {dtype} with {info}: " + "; ".join(reasons))
