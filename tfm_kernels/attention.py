@@ -1,10 +1,465 @@
-"""Scaffolding: replaced by the attention kernels' own module (in progress in this commit series)."""
+"""Attention forward and backward: the API, its validation, and the fp32 variants.
+
+    o, lse = attention_forward(q, k, v, causal=False, kv_lens=None, scale=None,
+                               *, backend=None, variant=None, out=None)
+    dq, dk, dv = attention_backward(do, q, k, v, o, lse, causal=False, kv_lens=None, scale=None,
+                                    *, backend=None, variant=None, out=None)
+
+Exactly ``numpy_ref.attention_forward/backward``'s semantics: q ``(B, H, Lq, D)``, k and v
+``(B, H, Lk, D)`` (Lq may differ from Lk), top-left causal (key j > query i hidden), ``kv_lens``
+``(B,)`` hiding keys ``j >= kv_lens[b]``, ``scale`` defaulting to ``1/sqrt(D)``, ``lse``
+``(B, H, Lq)`` float32 whatever the input dtype. A row that sees no key gives ``o = 0``,
+``lse = -inf`` and zero gradients, never NaN. ``out`` is ``(o, lse)`` in forward and
+``(dq, dk, dv)`` in backward: buffers the caller owns (the tests poison them with NaN first).
+
+The ladder (``tfm_kernels.variants("attention_forward")``; this module owns numbers 1-9, the
+fp16 tensor-core variants of ``attention_tc.py`` use 10 and up):
+
+    forward   1_naive       S = Q K^T and O = P V by this project's matmul, P by its softmax,
+                            masking and lse by two small kernels: the baseline, S materialized
+              2_flash       fp32 FlashAttention-2 forward: K_j/V_j tiles in shared memory, online
+                            softmax in registers, one pass, writes o and lse; nothing Lq x Lk stored
+    backward  1_naive       the same composition for P, dV = P^T dO, dP = dO V^T, dS by this
+                            project's softmax_backward, dQ = scale dS K, dK = scale dS^T Q
+              2_flash       fp32 FlashAttention-2 backward: one CTA per key block, P recomputed from
+                            lse, dK_j/dV_j in registers, dQ by float atomicAdd (order varies by run)
+              3_flash_det   as 2, but dQ by a second kernel per query block that walks the key
+                            blocks in order: bitwise reproducible, no float atomics, ~1.4x the work
+
+The variant protocol (what a registered ``fn`` receives; every variant of both ops, including
+the tensor-core ones, follows it). The op validates everything first, so a variant trusts its
+arguments:
+
+    forward:  fn(be, q, k, v, kv_lens, causal, scale, o, lse) -> None
+    backward: fn(be, do, q, k, v, o, lse, kv_lens, causal, scale, dq, dk, dv) -> None
+
+    be          the backend object (``be.launch(Launch(...))``, ``be.name`` for composed ops)
+    q, k, v     CuPy arrays, C-contiguous, one dtype (a variant's ``dtypes``), 16-byte aligned,
+                shapes (B, H, Lq, D), (B, H, Lk, D), (B, H, Lk, D); do and o like q
+    lse         float32 (B, H, Lq), C-contiguous (backward: as the forward wrote it)
+    kv_lens     ALWAYS a CuPy int32 array (B,) with 0 <= kv_lens[b] <= Lk; filled with Lk when
+                the caller passed None, so kernels have one code path and no null pointer
+    causal      Python bool; scale: Python float, finite (the default 1/sqrt(D) already applied)
+    o, lse, dq, dk, dv
+                outputs: C-contiguous, q's dtype (lse float32), possibly NaN-poisoned. The
+                variant writes EVERY element (zero-fill what it accumulates into); scratch
+                buffers it needs it allocates itself with ``cupy.empty``.
+
+    supports(dtype, batch, heads, seqlen_q, seqlen_k, head_dim, causal) -> None | reason
+
+Validation (one layer, before any launch; TypeError/ValueError naming the argument, all of it
+testable without a GPU because only metadata is read until the last step): q, k, v (and do, o,
+lse) CUDA arrays of rank 4 (lse 3), float32 or float16, one dtype (lse float32), C-contiguous,
+16-byte aligned, shapes consistent, no empty dimension; head_dim supported by the chosen variant;
+``causal`` a bool; ``scale`` a finite real; ``kv_lens`` an integer array (host, or CuPy and read
+back) of shape (B,) with values in [0, Lk]; per-head element counts within int32 offsets.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from . import _validate
+from ._registry import Launch, Variant, choose, register
+
+SOURCE = "attention.cu"
+FLOAT_DTYPES = ("float32", "float16")
+# Head dims with a compiled instantiation of the fp32 flash kernels (template parameter HEAD_DIM):
+# each thread owns HEAD_DIM / 16 output columns, so HEAD_DIM must be a multiple of 32 (float4 or
+# float2 column groups), and above 128 the per-thread accumulators (dK and dV: 2 x 4 x 128/16 = 64
+# registers) and the 4 shared tiles of the backward (4 x 64 x 132 x 4 B = 135 KB) stop fitting.
+FLASH_HEAD_DIMS = (32, 64, 96, 128)
+BLOCK_Q = 64       # query rows per tile (csrc/attention.cu: ATT_BQ)
+BLOCK_K = 64       # keys per tile (ATT_BK)
+THREADS = 256      # 16 x 16 threads: ty owns 4 rows, tx owns 4 score columns / HEAD_DIM/16 columns
 
 
-def attention_forward(q, k, v, causal=False, kv_lens=None, scale=None, *, backend=None, variant=None, out=None):
-    raise NotImplementedError("attention_forward: kernels not landed yet")
+# --------------------------------------------------------------------------------------------------
+# Validation: metadata first (works without a GPU), device arrays last.
+
+def _meta(x, name):
+    """(dtype name, shape, c_contiguous, data pointer or None) of a CUDA array, read without
+    touching the device. Host arrays and other objects get as_array's TypeError."""
+    try:
+        import cupy
+    except Exception:  # noqa: BLE001 - CuPy absent: only the interface protocol applies
+        cupy = None
+    if cupy is not None and isinstance(x, cupy.ndarray):
+        return x.dtype.name, tuple(x.shape), bool(x.flags.c_contiguous), x.data.ptr
+    cai = getattr(x, "__cuda_array_interface__", None) if not isinstance(x, np.ndarray) else None
+    if cai is not None:
+        dt = np.dtype(cai["typestr"])
+        shape = tuple(int(n) for n in cai["shape"])
+        strides = cai.get("strides")
+        contiguous = _validate._c_contiguous(shape, None if strides is None else tuple(strides),
+                                             dt.itemsize)
+        return dt.name, shape, contiguous, int(cai["data"][0])
+    # Anything else (host arrays, DLPack-only objects): as_array raises the right TypeError, or
+    # accepts a CUDA DLPack object (which needs the device to read its metadata).
+    arr = _validate.as_array(x, name, dtypes=FLOAT_DTYPES + ("float64",))
+    return arr.dtype.name, tuple(arr.shape), bool(arr.flags.c_contiguous), arr.data.ptr
 
 
-def attention_backward(do, q, k, v, o, lse, causal=False, kv_lens=None, scale=None, *, backend=None,
-                       variant=None, out=None):
-    raise NotImplementedError("attention_backward: kernels not landed yet")
+def _check_tensor(x, name, ndim, dtypes):
+    dt, shape, contiguous, ptr = _meta(x, name)
+    _validate._check_meta(name, dt, shape, contiguous, dtypes, ndim)
+    if any(n == 0 for n in shape):
+        raise ValueError(f"{name}: no dimension may be empty, got shape {shape}")
+    # Kernels load rows as float4 (16 bytes); a contiguous array whose base is not 16-byte aligned
+    # (a view starting mid-row of a flat buffer) would fault, so it is refused here.
+    if ptr is not None and ptr % 16:
+        raise ValueError(f"{name}: data pointer {ptr:#x} is not 16-byte aligned (kernels load "
+                         f"16-byte vectors); pass a freshly allocated or row-aligned array")
+    return dt, shape
+
+
+def _check_flag(causal):
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
+    return bool(causal)
+
+
+def _check_scale(scale, head_dim):
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale: expected a real number, got {type(scale).__name__}")
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale: must be finite, got {scale}")
+    return scale
+
+
+def _check_kv_lens(kv_lens, batch, seqlen_k):
+    """kv_lens as a host int64 array (B,) with values in [0, Lk], or None."""
+    if kv_lens is None:
+        return None
+    if hasattr(kv_lens, "__cuda_array_interface__") and not isinstance(kv_lens, np.ndarray):
+        dt, shape, _, _ = _meta(kv_lens, "kv_lens")
+        if np.dtype(dt).kind not in "iu":
+            raise TypeError(f"kv_lens: expected an integer array, got dtype {dt}")
+        if shape != (batch,):
+            raise ValueError(f"kv_lens: expected shape (B,) = ({batch},), got {shape}")
+        # Values must be checked before the launch: one small device-to-host copy (B integers).
+        kv_lens = _validate.as_array(kv_lens, "kv_lens", dtypes=(dt,)).get()
+    if isinstance(kv_lens, (bool, np.bool_)):
+        raise TypeError("kv_lens: expected an integer array of shape (B,), got bool")
+    try:
+        a = np.asarray(kv_lens)
+    except Exception as e:  # ragged lists
+        raise TypeError(f"kv_lens: expected an integer array of shape (B,): {e}") from None
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"kv_lens: expected an integer array, got dtype {a.dtype}")
+    if a.shape != (batch,):
+        raise ValueError(f"kv_lens: expected shape (B,) = ({batch},), got {a.shape}")
+    if a.size and (a.min() < 0 or a.max() > seqlen_k):
+        raise ValueError(f"kv_lens: values must lie in [0, Lk] = [0, {seqlen_k}], got min "
+                         f"{int(a.min())}, max {int(a.max())}")
+    return a.astype(np.int64)
+
+
+def _check_sizes(B, H, Lq, Lk, D):
+    # Kernels address one head with int32 offsets (row * D + col) and the (batch, head) base with
+    # int64; the grid's x dimension holds (query or key blocks) x B x H.
+    _validate.check_int32_indexing("q", Lq, D)
+    _validate.check_int32_indexing("k", Lk, D)
+    _validate.check_int32_indexing("q", B * H, Lq)   # lse / D_i rows, indexed in int32
+    _validate.check_int32_indexing("q", B * H, -(-max(Lq, Lk) // BLOCK_Q))
+
+
+def _check_qkv(q, k, v, causal, kv_lens, scale):
+    dt, (B, H, Lq, D) = _check_tensor(q, "q", 4, FLOAT_DTYPES)
+    dtk, kshape = _check_tensor(k, "k", 4, FLOAT_DTYPES)
+    dtv, vshape = _check_tensor(v, "v", 4, FLOAT_DTYPES)
+    if dtk != dt:
+        raise TypeError(f"k: dtype {dtk} differs from q's {dt}")
+    if dtv != dt:
+        raise TypeError(f"v: dtype {dtv} differs from q's {dt}")
+    if kshape[0] != B or kshape[1] != H or kshape[3] != D:
+        raise ValueError(f"k: expected shape (B, H, Lk, D) = ({B}, {H}, Lk, {D}) to match q "
+                         f"{(B, H, Lq, D)}, got {kshape}")
+    if vshape != kshape:
+        raise ValueError(f"v: expected k's shape {kshape}, got {vshape}")
+    Lk = kshape[2]
+    causal = _check_flag(causal)
+    kv_lens = _check_kv_lens(kv_lens, B, Lk)
+    scale = _check_scale(scale, D)
+    _check_sizes(B, H, Lq, Lk, D)
+    info = dict(batch=B, heads=H, seqlen_q=Lq, seqlen_k=Lk, head_dim=D, causal=causal)
+    return dt, info, causal, kv_lens, scale
+
+
+def _check_out(out, names, shapes, dtypes):
+    if out is None:
+        return None
+    if not isinstance(out, (tuple, list)) or len(out) != len(names):
+        raise TypeError(f"out: expected a tuple ({', '.join(names)}) or None, got "
+                        f"{type(out).__name__}" + (f" of length {len(out)}"
+                                                   if isinstance(out, (tuple, list)) else ""))
+    for x, name, shape, dt in zip(out, names, shapes, dtypes):
+        xdt, xshape = _check_tensor(x, f"out[{names.index(name)}] ({name})", len(shape), (dt,))
+        if xshape != tuple(shape):
+            raise ValueError(f"out[{names.index(name)}] ({name}): expected shape {tuple(shape)}, "
+                             f"got {xshape}")
+    return out
+
+
+def _device_kv_lens(kv_lens, batch, seqlen_k):
+    import cupy
+
+    if kv_lens is None:
+        return cupy.full((batch,), seqlen_k, dtype=cupy.int32)
+    return cupy.asarray(kv_lens.astype(np.int32))
+
+
+def _backend_for(backend):
+    from . import _backend
+
+    be = _backend.get(backend)
+    return be, getattr(be, "cc", None)
+
+
+# --------------------------------------------------------------------------------------------------
+# The ops
+
+def attention_forward(q, k, v, causal=False, kv_lens=None, scale=None, *, backend=None,
+                      variant=None, out=None):
+    """(o, lse): o = softmax(scale q k^T, masked) v, lse the log-sum-exp of each row's scores."""
+    dt, info, causal, kv_lens_h, scale = _check_qkv(q, k, v, causal, kv_lens, scale)
+    B, H, Lq, D = info["batch"], info["heads"], info["seqlen_q"], info["head_dim"]
+    _check_out(out, ("o", "lse"), ((B, H, Lq, D), (B, H, Lq)), (dt, "float32"))
+    # Chosen before the backend exists so a bad variant/head_dim fails without a GPU; chosen again
+    # with the device's compute capability once it is known.
+    chosen = choose("attention_forward", variant, dtype=dt, **info)
+    be, cc = _backend_for(backend)
+    if cc is not None:
+        chosen = choose("attention_forward", variant, dtype=dt, cc=cc, **info)
+    q = _validate.as_array(q, "q", dtypes=(dt,), ndim=4)
+    k = _validate.as_array(k, "k", dtypes=(dt,), ndim=4)
+    v = _validate.as_array(v, "v", dtypes=(dt,), ndim=4)
+    if out is None:
+        o = _validate.out_array(None, "out[0] (o)", (B, H, Lq, D), dt)
+        lse = _validate.out_array(None, "out[1] (lse)", (B, H, Lq), "float32")
+    else:
+        o = _validate.out_array(out[0], "out[0] (o)", (B, H, Lq, D), dt)
+        lse = _validate.out_array(out[1], "out[1] (lse)", (B, H, Lq), "float32")
+    kvl = _device_kv_lens(kv_lens_h, B, info["seqlen_k"])
+    chosen.fn(be, q, k, v, kvl, causal, scale, o, lse)
+    return o, lse
+
+
+def attention_backward(do, q, k, v, o, lse, causal=False, kv_lens=None, scale=None, *,
+                       backend=None, variant=None, out=None):
+    """(dq, dk, dv) of attention_forward, given its o and lse; no-key rows give zero gradients."""
+    dt, info, causal, kv_lens_h, scale = _check_qkv(q, k, v, causal, kv_lens, scale)
+    B, H, Lq, Lk, D = (info["batch"], info["heads"], info["seqlen_q"], info["seqlen_k"],
+                       info["head_dim"])
+    for x, name in ((do, "do"), (o, "o")):
+        xdt, xshape = _check_tensor(x, name, 4, FLOAT_DTYPES)
+        if xdt != dt:
+            raise TypeError(f"{name}: dtype {xdt} differs from q's {dt}")
+        if xshape != (B, H, Lq, D):
+            raise ValueError(f"{name}: expected q's shape {(B, H, Lq, D)}, got {xshape}")
+    _, lshape = _check_tensor(lse, "lse", 3, ("float32",))
+    if lshape != (B, H, Lq):
+        raise ValueError(f"lse: expected shape (B, H, Lq) = {(B, H, Lq)}, got {lshape}")
+    _check_out(out, ("dq", "dk", "dv"), ((B, H, Lq, D), (B, H, Lk, D), (B, H, Lk, D)), (dt,) * 3)
+    chosen = choose("attention_backward", variant, dtype=dt, **info)
+    be, cc = _backend_for(backend)
+    if cc is not None:
+        chosen = choose("attention_backward", variant, dtype=dt, cc=cc, **info)
+    arrays = [_validate.as_array(x, name, dtypes=(dt,), ndim=4)
+              for x, name in ((do, "do"), (q, "q"), (k, "k"), (v, "v"), (o, "o"))]
+    lse = _validate.as_array(lse, "lse", dtypes=("float32",), ndim=3)
+    shapes = ((B, H, Lq, D), (B, H, Lk, D), (B, H, Lk, D))
+    names = ("out[0] (dq)", "out[1] (dk)", "out[2] (dv)")
+    grads = [_validate.out_array(None if out is None else out[i], names[i], shapes[i], dt)
+             for i in range(3)]
+    kvl = _device_kv_lens(kv_lens_h, B, Lk)
+    do_, q_, k_, v_, o_ = arrays
+    chosen.fn(be, do_, q_, k_, v_, o_, lse, kvl, causal, scale, *grads)
+    return tuple(grads)
+
+
+# --------------------------------------------------------------------------------------------------
+# Variants (fn(be, ...) per the protocol in the module docstring)
+
+LOG2E = 1.4426950408889634
+
+
+def _flash_supports(dtype, head_dim, **_):
+    if head_dim not in FLASH_HEAD_DIMS:
+        return (f"head_dim {head_dim} is not one of {FLASH_HEAD_DIMS} (the compiled "
+                f"instantiations; use variant '1_naive' for any head_dim)")
+    return None
+
+
+def _flash_smem_fwd(D):
+    # Q_i and V_j tiles (64 rows, stride D + 4 floats), and K_j which the P tile (64 x 68) reuses.
+    return 4 * (2 * BLOCK_Q * (D + 4) + max(BLOCK_K * (D + 4), BLOCK_Q * (BLOCK_K + 4)))
+
+
+def _flash_smem_bwd(D):
+    # K_j, V_j, Q_i, dO_i tiles, the P^T / dS^T tile (64 x 68), lse_i and D_i (64 each).
+    return 4 * (4 * BLOCK_Q * (D + 4) + BLOCK_K * (BLOCK_Q + 4) + 2 * BLOCK_Q)
+
+
+def _flash_forward(be, q, k, v, kv_lens, causal, scale, o, lse):
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    nq = -(-Lq // BLOCK_Q)
+    be.launch(Launch(SOURCE, f"attention_fwd_flash<{D}>", (nq * B * H, 1, 1), (THREADS, 1, 1),
+                     (q, k, v, kv_lens, o, lse, np.int32(H), np.int32(Lq), np.int32(Lk),
+                      np.int32(nq), np.int32(causal), np.float32(scale * LOG2E)),
+                     _flash_smem_fwd(D)))
+
+
+def _bwd_preprocess(be, do, o):
+    """D_i = rowsum(dO_i * O_i), float32 (B*H*Lq,): one warp per row."""
+    import cupy
+
+    B, H, Lq, D = o.shape
+    rows = B * H * Lq
+    d_rows = cupy.empty((rows,), dtype=cupy.float32)
+    warps_per_block = 8
+    be.launch(Launch(SOURCE, "attention_bwd_preprocess", (-(-rows // warps_per_block), 1, 1),
+                     (32 * warps_per_block, 1, 1), (do, o, d_rows, np.int32(rows), np.int32(D))))
+    return d_rows
+
+
+def _flash_backward(be, do, q, k, v, o, lse, kv_lens, causal, scale, dq, dk, dv,
+                    deterministic=False):
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    d_rows = _bwd_preprocess(be, do, o)
+    nk = -(-Lk // BLOCK_K)
+    nq = -(-Lq // BLOCK_Q)
+    common = (np.int32(H), np.int32(Lq), np.int32(Lk), np.int32(causal), np.float32(scale))
+    if deterministic:
+        be.launch(Launch(SOURCE, f"attention_bwd_dkdv<{D}, false>", (nk * B * H, 1, 1),
+                         (THREADS, 1, 1),
+                         (q, k, v, do, lse, d_rows, kv_lens, dk, dv, dq, *common, np.int32(nk)),
+                         _flash_smem_bwd(D)))
+        be.launch(Launch(SOURCE, f"attention_bwd_dq<{D}>", (nq * B * H, 1, 1), (THREADS, 1, 1),
+                         (q, k, v, do, lse, d_rows, kv_lens, dq, *common, np.int32(nq)),
+                         _flash_smem_bwd(D)))
+    else:
+        # dq accumulates by atomicAdd from every key block's CTA, so it starts at zero.
+        dq.fill(0)
+        be.launch(Launch(SOURCE, f"attention_bwd_dkdv<{D}, true>", (nk * B * H, 1, 1),
+                         (THREADS, 1, 1),
+                         (q, k, v, do, lse, d_rows, kv_lens, dk, dv, dq, *common, np.int32(nk)),
+                         _flash_smem_bwd(D)))
+
+
+def _flash_backward_det(be, *args):
+    _flash_backward(be, *args, deterministic=True)
+
+
+# Naive: composed from this project's matmul and softmax; S and P (B*H, Lq, Lk) materialized.
+
+def _naive_mask(be, s, kv_lens, H, causal, scale, mode):
+    """mode 0: s = scale * s with hidden keys -inf, rows with no key all 0 (so softmax stays
+    finite); mode 1: p with rows that see no key zeroed (their P is exactly 0)."""
+    BH, Lq, Lk = s.shape
+    be.launch(Launch(SOURCE, "attention_naive_mask", (-(-Lk // 128), Lq, BH), (128, 1, 1),
+                     (s, kv_lens, np.int32(H), np.int32(Lq), np.int32(Lk), np.int32(causal),
+                      np.float32(scale), np.int32(mode))))
+
+
+def _naive_lse(be, s, kv_lens, H, causal, lse):
+    BH, Lq, Lk = s.shape
+    be.launch(Launch(SOURCE, "attention_naive_lse", (-(-(BH * Lq) // 8), 1, 1), (256, 1, 1),
+                     (s, kv_lens, lse, np.int32(H), np.int32(Lq), np.int32(Lk), np.int32(causal),
+                      np.int32(BH * Lq))))
+
+
+def _naive_probs(be, q, k, kv_lens, causal, scale, lse=None):
+    from . import matmul, softmax
+
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    q3, k3 = q.reshape(B * H, Lq, D), k.reshape(B * H, Lk, D)
+    s = matmul(q3, k3, trans_b=True, backend=be.name)                    # (BH, Lq, Lk)
+    _naive_mask(be, s, kv_lens, H, causal, scale, 0)
+    if lse is not None:
+        _naive_lse(be, s, kv_lens, H, causal, lse)
+    p = softmax(s.reshape(B * H * Lq, Lk), backend=be.name).reshape(B * H, Lq, Lk)
+    _naive_mask(be, p, kv_lens, H, causal, scale, 1)
+    return p
+
+
+def _naive_forward(be, q, k, v, kv_lens, causal, scale, o, lse):
+    from . import matmul
+
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    p = _naive_probs(be, q, k, kv_lens, causal, scale, lse)
+    matmul(p, v.reshape(B * H, Lk, D), backend=be.name, out=o.reshape(B * H, Lq, D))
+
+
+def _naive_backward(be, do, q, k, v, o, lse, kv_lens, causal, scale, dq, dk, dv):
+    from . import matmul, softmax_backward
+
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    BH = B * H
+    q3, k3, v3, do3 = (x.reshape(BH, -1, D) for x in (q, k, v, do))
+    # P recomputed exactly as the forward computed it (the same kernels, the same order).
+    p = _naive_probs(be, q, k, kv_lens, causal, scale)
+    matmul(p, do3, trans_a=True, backend=be.name, out=dv.reshape(BH, Lk, D))    # dV = P^T dO
+    dp = matmul(do3, v3, trans_b=True, backend=be.name)                          # dP = dO V^T
+    ds = softmax_backward(dp.reshape(BH * Lq, Lk), p.reshape(BH * Lq, Lk), backend=be.name)
+    ds = ds.reshape(BH, Lq, Lk)
+    _naive_mask(be, ds, kv_lens, H, causal, scale, 2)                            # dS *= scale
+    matmul(ds, k3, backend=be.name, out=dq.reshape(BH, Lq, D))                   # dQ = scale dS K
+    matmul(ds, q3, trans_a=True, backend=be.name, out=dk.reshape(BH, Lk, D))     # dK = scale dS^T Q
+
+
+def _naive_supports(dtype, seqlen_q, seqlen_k, batch, heads, **_):
+    n = batch * heads * seqlen_q * seqlen_k
+    if n > _validate.INT32_MAX:
+        return (f"the score matrix B*H*Lq*Lk = {n} elements overflows 32-bit indexing; use a "
+                f"flash variant")
+    return None
+
+
+_FLASH_KERNELS_FWD = tuple((SOURCE, f"attention_fwd_flash<{d}>") for d in FLASH_HEAD_DIMS)
+_FLASH_KERNELS_BWD = (((SOURCE, "attention_bwd_preprocess"),)
+                      + tuple((SOURCE, f"attention_bwd_dkdv<{d}, true>") for d in FLASH_HEAD_DIMS))
+_FLASH_KERNELS_BWD_DET = (((SOURCE, "attention_bwd_preprocess"),)
+                          + tuple((SOURCE, f"attention_bwd_dkdv<{d}, false>") for d in FLASH_HEAD_DIMS)
+                          + tuple((SOURCE, f"attention_bwd_dq<{d}>") for d in FLASH_HEAD_DIMS))
+_NAIVE_KERNELS = ((SOURCE, "attention_naive_mask"), (SOURCE, "attention_naive_lse"))
+
+register(Variant(
+    "attention_forward", 1, "naive",
+    "this project's matmul for S = Q K^T and O = P V, its softmax for P; S materialized "
+    "(B*H*Lq*Lk floats), masking and lse by two small kernels",
+    _naive_forward, dtypes=("float32",), supports=_naive_supports, kernels=_NAIVE_KERNELS))
+register(Variant(
+    "attention_forward", 2, "flash",
+    "fp32 FlashAttention-2: K_j/V_j tiles in shared memory, online softmax in registers, one pass; "
+    "no Lq x Lk buffer, causal and kv_lens blocks skipped",
+    _flash_forward, dtypes=("float32",), supports=_flash_supports, kernels=_FLASH_KERNELS_FWD,
+    hot=True))
+register(Variant(
+    "attention_backward", 1, "naive",
+    "matmul + softmax recompute P, dV = P^T dO, dP = dO V^T, softmax_backward for dS, "
+    "dQ = scale dS K, dK = scale dS^T Q; S, P, dP, dS materialized",
+    _naive_backward, dtypes=("float32",), supports=_naive_supports, kernels=_NAIVE_KERNELS))
+register(Variant(
+    "attention_backward", 2, "flash",
+    "fp32 FlashAttention-2 backward: CTA per key block, P from lse, dK_j/dV_j in registers, "
+    "dQ by float atomicAdd (summation order varies run to run)",
+    _flash_backward, dtypes=("float32",), supports=_flash_supports, kernels=_FLASH_KERNELS_BWD,
+    hot=True))
+register(Variant(
+    "attention_backward", 3, "flash_det",
+    "as 2_flash, but dQ by a second kernel per query block walking key blocks in order: no float "
+    "atomics, bitwise reproducible (opt-in: variant=3)",
+    _flash_backward_det, dtypes=("float32",), supports=_flash_supports,
+    kernels=_FLASH_KERNELS_BWD_DET, hot=True, extra={"opt_in": True}))
