@@ -1,5 +1,292 @@
-"""Scaffolding: replaced by the matmul kernels' own module (in progress in this commit series)."""
+"""matmul: C = op(a) @ op(b) on the GPU, the fp32 SGEMM ladder of csrc/matmul.cu and the API that
+every matmul variant (these, and the fp16 tensor-core ones of matmul_tc.py) is called through.
+
+Same semantics as ``numpy_ref.matmul`` (the float64 reference the tests compare against):
+
+    2-D:  a (M, K) [trans_a: (K, M)],  b (K, N) [trans_b: (N, K)]         -> (M, N)
+    3-D:  a (Bt, M, K) [(Bt, K, M)],   b (Bt, K, N) [(Bt, N, K)]          -> (Bt, M, N)
+
+op(x) is x transposed in place (the kernels read the stored layout directly, no copy), so a linear
+layer's three GEMMs are ``matmul(x, W, trans_b=True)``, ``matmul(dY, W)`` and
+``matmul(dY, x, trans_a=True)``. Any M, N, K >= 1: edge tiles are handled inside the kernels.
+
+Dtypes and the output:
+  * float32 inputs -> float32 output (fp32 accumulation). ``variant="9_tf32_mma"`` (opt-in, never
+    the default) rounds the inputs to TF32 on the tensor cores: about 1e-3 relative error.
+  * float16 inputs -> float16 output by default, accumulated in fp32 and rounded once at the end;
+    pass a float32 ``out`` to keep the fp32 accumulators unrounded (what a mixed-precision
+    gradient accumulation wants).
+  * a and b must have the same dtype; mixed inputs are refused, not promoted.
+
+Arguments: CUDA arrays (CuPy, or anything with ``__cuda_array_interface__``/DLPack on the GPU),
+C-contiguous. Every matrix must be addressable with 32-bit element offsets (M*K, K*N, M*N < 2**31;
+the batch dimension is offset in 64-bit), and the batch is at most 65535 (it is the grid's z).
+Every check runs on the arrays' metadata before the device is touched, so a bad call raises
+TypeError/ValueError naming the argument even on a machine without a GPU.
+
+The variant contract for op ``matmul`` (kept by matmul_tc.py too):
+  ``fn(be, a, b, trans_a, trans_b, out)`` with a, b, out validated, C-contiguous CuPy arrays
+  (2-D, or 3-D with equal batch, as the user passed them; kernels see raw pointers and the batch
+  strides M*K, K*N, M*N), out of dtype float32 or the input dtype;
+  ``supports(*, dtype, M, N, K, batch, trans_a, trans_b, out_dtype, align)`` where align is the
+  largest power of two (<= 256) dividing the byte addresses of a, b and out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _validate
+from ._registry import Launch, Variant, choose, register
+
+OP = "matmul"
+SOURCE = "matmul.cu"
+DTYPES = ("float32", "float16")
+GRID_YZ_MAX = 65535  # gridDim.y and gridDim.z limit; blockIdx.z walks the batch
+INT32_MAX = _validate.INT32_MAX
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: metadata only, so every error is raised (and testable) without a GPU
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Meta:
+    shape: tuple[int, ...]
+    dtype: str
+    contiguous: bool
+    ptr: int | None      # byte address, when the metadata carries it
+    nbytes: int
+
+
+def _meta(x, name: str, dtypes, ndim) -> _Meta:
+    """Shape/dtype/contiguity/address of a CUDA array read from its metadata (CuPy attributes or
+    ``__cuda_array_interface__``), checked per argument; anything else goes through
+    ``_validate.as_array``, which refuses host arrays with a TypeError naming ``name``."""
+    try:
+        import cupy
+    except Exception:  # CuPy missing: only the interface protocols can apply
+        cupy = None
+    if cupy is not None and isinstance(x, cupy.ndarray):
+        m = _Meta(tuple(x.shape), x.dtype.name, bool(x.flags.c_contiguous), int(x.data.ptr), int(x.nbytes))
+    else:
+        cai = None
+        if not isinstance(x, np.ndarray) and hasattr(x, "__cuda_array_interface__"):
+            try:
+                cai = x.__cuda_array_interface__
+            except Exception:
+                cai = None  # as_array below reports why
+        if cai is None:
+            arr = _validate.as_array(x, name, dtypes=dtypes, ndim=ndim)  # raises for host arrays
+            return _meta(arr, name, dtypes, ndim)
+        dt = np.dtype(cai["typestr"])
+        shape = tuple(int(n) for n in cai["shape"])
+        strides = cai.get("strides")
+        strides = None if strides is None else tuple(int(s) for s in strides)
+        contiguous = _validate._c_contiguous(shape, strides, dt.itemsize)
+        ptr = int(cai["data"][0]) if cai.get("data") else None
+        m = _Meta(shape, dt.name, contiguous, ptr, math.prod(shape) * dt.itemsize)
+    _validate._check_meta(name, m.dtype, m.shape, m.contiguous, dtypes, ndim)
+    return m
+
+
+def _flag(x, name: str) -> bool:
+    if not isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(x).__name__}")
+    return bool(x)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The validated shape of one call: what launch plans and ``supports`` read."""
+
+    M: int
+    N: int
+    K: int
+    batch: int
+    trans_a: bool
+    trans_b: bool
+    dtype: str
+    out_dtype: str
+    out_shape: tuple[int, ...]
+    align: int
+
+    def info(self) -> dict:
+        return dict(M=self.M, N=self.N, K=self.K, batch=self.batch, trans_a=self.trans_a,
+                    trans_b=self.trans_b, out_dtype=self.out_dtype, align=self.align)
+
+
+def _align(*ptrs) -> int:
+    a = 256
+    for p in ptrs:
+        if p is not None:
+            while a > 1 and p % a:
+                a //= 2
+    return a
+
+
+def _overlap(x: _Meta, y: _Meta) -> bool:
+    if x.ptr is None or y.ptr is None:
+        return False
+    return x.ptr < y.ptr + y.nbytes and y.ptr < x.ptr + x.nbytes
+
+
+def check_problem(a: _Meta, b: _Meta, out: _Meta | None, trans_a: bool, trans_b: bool) -> Problem:
+    """Cross-argument rules (rank, batch, inner dimension, dtypes, sizes, limits, aliasing)."""
+    if len(a.shape) != len(b.shape):
+        raise ValueError(f"b: expected the rank of a ({len(a.shape)}-D, shape {a.shape}), got shape {b.shape}")
+    if b.dtype != a.dtype:
+        raise TypeError(f"b: expected a's dtype {a.dtype}, got {b.dtype} (mixed inputs are not promoted)")
+    for name, m in (("a", a), ("b", b)):
+        if min(m.shape) < 1:
+            raise ValueError(f"{name}: every dimension must be >= 1, got shape {m.shape}")
+    batch = a.shape[0] if len(a.shape) == 3 else 1
+    if len(a.shape) == 3 and b.shape[0] != batch:
+        raise ValueError(f"b: expected a's batch size {batch}, got shape {b.shape}")
+    M, Ka = (a.shape[-1], a.shape[-2]) if trans_a else (a.shape[-2], a.shape[-1])
+    Kb, N = (b.shape[-1], b.shape[-2]) if trans_b else (b.shape[-2], b.shape[-1])
+    if Ka != Kb:
+        raise ValueError(f"b: inner dimensions differ: op(a) has K={Ka} (a shape {a.shape}, "
+                         f"trans_a={trans_a}), op(b) has K={Kb} (b shape {b.shape}, trans_b={trans_b})")
+    K = Ka
+    if batch > GRID_YZ_MAX:
+        raise ValueError(f"a: batch size {batch} exceeds {GRID_YZ_MAX} (the grid's z dimension)")
+    # Each matrix is addressed with int32 offsets inside the kernels; the batch offset is int64.
+    _validate.check_int32_indexing("a", M, K)
+    _validate.check_int32_indexing("b", K, N)
+    _validate.check_int32_indexing("out", M, N)
+    out_shape = (batch, M, N) if len(a.shape) == 3 else (M, N)
+    out_dtype = a.dtype
+    if out is not None:
+        allowed = ("float32",) if a.dtype == "float32" else ("float16", "float32")
+        if out.dtype not in allowed:
+            raise TypeError(f"out: expected dtype {' or '.join(allowed)} for {a.dtype} inputs, got {out.dtype}")
+        if out.shape != out_shape:
+            raise ValueError(f"out: expected shape {out_shape}, got {out.shape}")
+        for name, m in (("a", a), ("b", b)):
+            if _overlap(out, m):
+                raise ValueError(f"out: overlaps {name} in memory; the kernels read {name} while "
+                                 f"writing out, so they must be separate buffers")
+        out_dtype = out.dtype
+    return Problem(M, N, K, batch, trans_a, trans_b, a.dtype, out_dtype, out_shape,
+                   _align(a.ptr, b.ptr, None if out is None else out.ptr))
 
 
 def matmul(a, b, trans_a=False, trans_b=False, *, backend=None, variant=None, out=None):
-    raise NotImplementedError("matmul: kernels not landed yet")
+    """op(a) @ op(b); see the module docstring. Returns ``out`` (allocated when None)."""
+    trans_a = _flag(trans_a, "trans_a")
+    trans_b = _flag(trans_b, "trans_b")
+    if backend is not None and backend not in ("ext", "cupy"):
+        raise ValueError(f"backend: expected 'ext', 'cupy' or None, got {backend!r}")
+    ma = _meta(a, "a", DTYPES, (2, 3))
+    mb = _meta(b, "b", DTYPES, (2, 3))
+    mo = None if out is None else _meta(out, "out", DTYPES, (2, 3))
+    p = check_problem(ma, mb, mo, trans_a, trans_b)
+    if variant is not None:  # a bad name, dtype or shape for the asked-for variant: before the device
+        choose(OP, variant, dtype=p.dtype, **p.info())
+    # The device from here on.
+    a = _validate.as_array(a, "a", dtypes=DTYPES, ndim=(2, 3))
+    b = _validate.as_array(b, "b", dtypes=DTYPES, ndim=(2, 3))
+    if out is None:
+        out = _validate.out_array(None, "out", p.out_shape, p.out_dtype)
+    else:
+        out = _validate.out_array(out, "out", p.out_shape, p.out_dtype)
+    from . import _backend
+
+    be = _backend.get(backend)
+    v = choose(OP, variant, dtype=p.dtype, cc=be.cc, **p.info())
+    v.fn(be, a, b, p.trans_a, p.trans_b, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The fp32 ladder: one launch plan per variant
+# ---------------------------------------------------------------------------------------------
+
+def dims(a, b, trans_a: bool, trans_b: bool) -> tuple[int, int, int, int]:
+    """(M, N, K, batch) of op(a) @ op(b) for validated 2-D or 3-D arrays."""
+    M, K = (a.shape[-1], a.shape[-2]) if trans_a else (a.shape[-2], a.shape[-1])
+    N = b.shape[-2] if trans_b else b.shape[-1]
+    return int(M), int(N), int(K), int(a.shape[0]) if a.ndim == 3 else 1
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _b(x: bool) -> str:
+    return "true" if x else "false"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one fp32 variant launches: ``kernel`` is the name-expression template (``{ta}``/``{tb}``
+    filled with the layout), BM x BN the block tile (``n_major``: blockIdx.x walks N tiles and
+    blockIdx.y walks M tiles; otherwise the reverse, as in the naive kernel), ``block`` the thread
+    block, ``smem`` the dynamic shared memory in bytes."""
+
+    kernel: str
+    bm: int
+    bn: int
+    block: tuple[int, int, int]
+    smem: int = 0
+    n_major: bool = True
+
+    def name(self, trans_a: bool, trans_b: bool) -> str:
+        return self.kernel.format(ta=_b(trans_a), tb=_b(trans_b))
+
+    def grid(self, M: int, N: int, batch: int) -> tuple[int, int, int]:
+        if self.n_major:
+            return (_cdiv(N, self.bn), _cdiv(M, self.bm), batch)
+        return (_cdiv(M, self.bm), _cdiv(N, self.bn), batch)
+
+    def supports(self, *, M, N, **_) -> str | None:
+        gy = self.grid(M, N, 1)[1]
+        if gy > GRID_YZ_MAX:
+            which = "M" if self.n_major else "N"
+            return (f"{which}={M if self.n_major else N} needs {gy} tiles of "
+                    f"{self.bm if self.n_major else self.bn} along grid y (at most {GRID_YZ_MAX})")
+        return None
+
+    def kernels(self) -> tuple[tuple[str, str], ...]:
+        return tuple((SOURCE, self.name(ta, tb)) for ta in (False, True) for tb in (False, True))
+
+
+def _launcher(plan: Plan):
+    def fn(be, a, b, trans_a, trans_b, out):
+        M, N, K, batch = dims(a, b, trans_a, trans_b)
+        be.launch(Launch(
+            source=SOURCE, kernel=plan.name(trans_a, trans_b), grid=plan.grid(M, N, batch),
+            block=plan.block, smem=plan.smem,
+            args=(a, b, out, np.int32(M), np.int32(N), np.int32(K),
+                  np.int64(M * K), np.int64(K * N), np.int64(M * N))))
+    return fn
+
+
+# (number, name, plan, hot, description: what changes and the predicted effect)
+LADDER = [
+    (1, "naive", Plan("matmul_naive<{ta}, {tb}>", 32, 32, (32, 32, 1), n_major=False), False,
+     "one thread per output, threadIdx.x walks M: uncoalesced A reads and C writes (~1-2% of cuBLAS)"),
+    (2, "coalesced", Plan("matmul_coalesced<{ta}, {tb}>", 32, 32, (32, 32, 1)), False,
+     "threadIdx.x walks N: a warp reads 32 consecutive B/C floats in one transaction (~8-10x 1)"),
+    (3, "smem_tiling", Plan("matmul_smem<32, {ta}, {tb}>", 32, 32, (32, 32, 1)), False,
+     "32x32 tiles of op(A), op(B) staged in shared memory, loaded along their contiguous axis (~1.5x 2)"),
+    (4, "blocktile_1d", Plan("matmul_blocktile_1d<64, 64, 8, 8, {ta}, {tb}>", 64, 64, (512, 1, 1)), False,
+     "each thread computes 8 outputs of a column: one smem B value feeds 8 FMAs (~2-3x 3)"),
+    (5, "blocktile_2d", Plan("matmul_blocktile_2d<128, 128, 8, 8, 8, {ta}, {tb}>", 128, 128, (256, 1, 1)), True,
+     "each thread computes an 8x8 block: 16 smem loads feed 64 FMAs (~2x 4)"),
+]
+
+
+def _register_fp32(number, name, plan, hot, description, **kw):
+    register(Variant(
+        op=OP, number=number, name=name, description=description, fn=_launcher(plan),
+        dtypes=("float32",), supports=plan.supports, kernels=plan.kernels(), hot=hot, arch=80,
+        **kw))
+
+
+for _n, _name, _plan, _hot, _desc in LADDER:
+    _register_fp32(_n, _name, _plan, _hot, _desc)

@@ -1,0 +1,289 @@
+"""tests/test_matmul.py: the fp32 matmul ladder (csrc/matmul.cu) and the `tfm_kernels.matmul` API.
+
+* Validation (no GPU needed): every bad argument raises TypeError/ValueError naming it, before any
+  launch. Device arrays are faked with `__cuda_array_interface__` metadata, which the wrapper reads
+  without touching a device.
+* Registry: the ladder is numbered, described, and its kernels are exported by the source.
+* GPU: every fp32 variant x both backends x all four layouts x awkward shapes (1, 7, 127, 129,
+  1000, 4097, tall, wide, K not a multiple of any tile, batched) against numpy_ref.matmul in
+  float64, outputs poisoned with NaN first. fp32: |err| <= 1e-6 * sqrt(K) * max|ref|. The opt-in
+  TF32 variant is held to the same fp32 bound against a reference computed from TF32-rounded
+  inputs (that catches any indexing slip), and to its documented contract, 1e-3 * sqrt(K) *
+  max|ref|, against the exact product.
+The fp16 tensor-core variants are tested in tests/test_matmul_tc.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+import numpy_ref
+import tfm_kernels
+from helpers import POISON, assert_close_fp32, errors
+from tfm_kernels import _backend, _registry
+
+# The module (the package attribute `tfm_kernels.matmul` is the function).
+mm_mod = importlib.import_module("tfm_kernels.matmul")
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation, no GPU
+# ---------------------------------------------------------------------------------------------
+
+class FakeDeviceArray:
+    """Metadata of a CUDA array (the `__cuda_array_interface__` protocol), with no memory behind
+    it: enough for the wrapper's checks, which run before the device is touched."""
+
+    _next = 1 << 32
+
+    def __init__(self, shape, dtype="float32", strides=None, ptr=None):
+        if ptr is None:  # distinct, 256-byte aligned, non-overlapping addresses
+            ptr = FakeDeviceArray._next
+            FakeDeviceArray._next += (int(np.prod(shape)) * np.dtype(dtype).itemsize + 255) // 256 * 256 + 256
+        self.__cuda_array_interface__ = {
+            "shape": tuple(shape), "typestr": np.dtype(dtype).str, "strides": strides,
+            "data": (ptr, False), "version": 3,
+        }
+
+
+F = FakeDeviceArray
+
+
+def _raises(exc, match, *args, **kw):
+    with pytest.raises(exc, match=match):
+        tfm_kernels.matmul(*args, **kw)
+
+
+@pytest.mark.parametrize("a, b, kw, exc, match", [
+    # what the arguments are
+    (np.ones((4, 4), np.float32), F((4, 4)), {}, TypeError, r"^a: expected a CUDA array.*host"),
+    (F((4, 4)), [[1.0]], {}, TypeError, r"^b: expected a CUDA array"),
+    (F((4, 4), "float64"), F((4, 4), "float64"), {}, TypeError, r"^a: expected dtype float32 or float16, got float64"),
+    (F((4, 4), "int32"), F((4, 4)), {}, TypeError, r"^a: expected dtype"),
+    (F((4, 4)), F((4, 4), "float16"), {}, TypeError, r"^b: expected a's dtype float32, got float16"),
+    (F((4, 4)), F((4, 4)), {"trans_a": 1}, TypeError, r"^trans_a: expected a bool"),
+    (F((4, 4)), F((4, 4)), {"trans_b": "yes"}, TypeError, r"^trans_b: expected a bool"),
+    # shapes
+    (F((4,)), F((4, 4)), {}, ValueError, r"^a: expected 2 or 3 dimensions"),
+    (F((4, 4)), F((1, 1, 4, 4)), {}, ValueError, r"^b: expected 2 or 3 dimensions"),
+    (F((2, 4, 4)), F((4, 4)), {}, ValueError, r"^b: expected the rank of a"),
+    (F((2, 4, 4)), F((3, 4, 4)), {}, ValueError, r"^b: expected a's batch size 2"),
+    (F((4, 5)), F((4, 3)), {}, ValueError, r"^b: inner dimensions differ: op\(a\) has K=5"),
+    (F((4, 5)), F((5, 3)), {"trans_a": True}, ValueError, r"^b: inner dimensions differ: op\(a\) has K=4"),
+    (F((4, 5)), F((5, 3)), {"trans_b": True}, ValueError, r"^b: inner dimensions differ.*op\(b\) has K=3"),
+    (F((0, 5)), F((5, 3)), {}, ValueError, r"^a: every dimension must be >= 1"),
+    (F((4, 5)), F((5, 0)), {}, ValueError, r"^b: every dimension must be >= 1"),
+    # contiguity: a transposed view (strides swapped) is refused, not silently copied
+    (F((4, 5), strides=(4, 16)), F((5, 3)), {}, ValueError, r"^a: must be C-contiguous"),
+    # limits: int32 offsets inside one matrix, batch on grid z
+    (F((65536, 32768)), F((32768, 2)), {}, ValueError, r"^a: 65536 x 32768 = .* overflows 32-bit"),
+    (F((2, 46341 * 2)), F((46341 * 2, 46341)), {}, ValueError, r"^b: .* overflows 32-bit"),
+    (F((65536, 1)), F((1, 65536)), {}, ValueError, r"^out: 65536 x 65536 = .* overflows 32-bit"),
+    (F((65536, 2, 2)), F((65536, 2, 2)), {}, ValueError, r"^a: batch size 65536 exceeds 65535"),
+    # out
+    (F((4, 5)), F((5, 3)), {"out": F((4, 4))}, ValueError, r"^out: expected shape \(4, 3\), got \(4, 4\)"),
+    (F((2, 4, 5)), F((2, 5, 3)), {"out": F((4, 3))}, ValueError, r"^out: expected shape \(2, 4, 3\)"),
+    (F((4, 5)), F((5, 3)), {"out": F((4, 3), "float16")}, TypeError, r"^out: expected dtype float32 for float32 inputs"),
+    (F((4, 5), "float16"), F((5, 3), "float16"), {"out": F((4, 3), "float64")}, TypeError, r"^out: expected dtype"),
+    (F((4, 5)), F((5, 3)), {"out": np.empty((4, 3), np.float32)}, TypeError, r"^out: expected a CUDA array"),
+    (F((4, 5)), F((5, 3)), {"out": F((4, 3), strides=(4, 16))}, ValueError, r"^out: must be C-contiguous"),
+    # backend / variant names
+    (F((4, 5)), F((5, 3)), {"backend": "cuda"}, ValueError, r"^backend: expected 'ext', 'cupy' or None"),
+    (F((4, 5)), F((5, 3)), {"variant": "no_such"}, ValueError, r"^variant: matmul has no variant 'no_such'"),
+    (F((4, 5), "float16"), F((5, 3), "float16"), {"variant": "1_naive"}, TypeError,
+     r"^variant: matmul/1_naive takes float32 inputs, not float16"),
+])
+def test_validation(a, b, kw, exc, match):
+    _raises(exc, match, a, b, **kw)
+
+
+def test_out_aliasing_refused():
+    a = F((8, 8), ptr=1 << 40)
+    b = F((8, 8))
+    out = F((8, 8), ptr=(1 << 40) + 64)  # overlaps a's rows 2..7
+    _raises(ValueError, r"^out: overlaps a in memory", a, b, out=out)
+
+
+def test_valid_call_without_device_says_why():
+    """A well-formed call on a machine with no usable GPU reaches the device check and stops there
+    with RuntimeError (not a silent no-op, not a crash)."""
+    if _backend.status()["device"][0]:
+        pytest.skip("a CUDA device is usable here; this checks the GPU-less path")
+    with pytest.raises(RuntimeError, match="no CUDA device is usable"):
+        tfm_kernels.matmul(F((4, 5)), F((5, 3)))
+
+
+def test_problem_dims_and_dtype_rules():
+    """check_problem: M/N/K/batch for each layout, and the output dtype rules of the docstring."""
+    meta = lambda shape, dt="float32": mm_mod._meta(F(shape, dt), "x", mm_mod.DTYPES, (2, 3))  # noqa: E731
+    for ta in (False, True):
+        for tb in (False, True):
+            a = meta((7, 5) if ta else (5, 7))
+            b = meta((11, 7) if tb else (7, 11))
+            p = mm_mod.check_problem(a, b, None, ta, tb)
+            assert (p.M, p.N, p.K, p.batch, p.out_shape) == (5, 11, 7, 1, (5, 11))
+    p = mm_mod.check_problem(meta((2, 5, 7)), meta((2, 7, 3)), None, False, False)
+    assert (p.batch, p.out_shape, p.out_dtype) == (2, (2, 5, 3), "float32")
+    h = lambda s: meta(s, "float16")  # noqa: E731
+    assert mm_mod.check_problem(h((5, 7)), h((7, 3)), None, False, False).out_dtype == "float16"
+    assert mm_mod.check_problem(h((5, 7)), h((7, 3)), meta((5, 3)), False, False).out_dtype == "float32"
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry, no GPU
+# ---------------------------------------------------------------------------------------------
+
+FP32 = [v for v in tfm_kernels.variants("matmul") if "float32" in v.dtypes]
+
+
+def test_ladder_registered():
+    nums = [v.number for v in FP32]
+    assert nums == sorted(nums) and nums[:5] == [1, 2, 3, 4, 5], nums
+    for v in FP32:
+        assert v.description and v.kernels, v.qualname
+        exported = set(_backend.exports("matmul.cu"))
+        for source, name in v.kernels:
+            assert source == "matmul.cu" and name in exported, f"{v.qualname}: {name} not exported"
+        # every layout has its own instantiation
+        assert len(v.kernels) == 4, v.qualname
+
+
+def test_default_is_best_plain_fp32():
+    """The default for float32 is the highest plain-fp32 variant; the TF32 one is opt-in only."""
+    v = _registry.choose("matmul", None, dtype="float32", M=4096, N=4096, K=4096, batch=1,
+                         trans_a=False, trans_b=False, out_dtype="float32", align=256)
+    plain = [x for x in FP32 if not x.extra.get("opt_in")]
+    assert v is plain[-1]
+    for x in FP32:
+        if x.extra.get("opt_in"):
+            assert "tf32" in x.name
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: every variant, both backends, all four layouts
+# ---------------------------------------------------------------------------------------------
+
+# (M, N, K): smaller than any tile; K below BK; 127/129 around the tiles; tall and wide; K = 1001
+# (odd: no vector path on a K-contiguous operand) and 4097 (long reduction); multiples of every
+# tile (the unguarded fast path); N, M multiples of 4 with ragged tiles (vector loads + guards).
+SHAPES = [
+    (1, 1, 1), (7, 5, 3), (1, 129, 127), (129, 1, 7), (127, 129, 129), (129, 127, 17),
+    (1000, 17, 97), (17, 1000, 63), (260, 132, 1001), (64, 96, 4097), (4097, 3, 33),
+    (5, 4097, 33), (256, 256, 256), (384, 128, 64),
+]
+LAYOUTS = [(False, False), (False, True), (True, False), (True, True)]
+LAYOUT_IDS = ["NN", "NT", "TN", "TT"]
+
+
+def _operands(rng, M, N, K, ta, tb, batch=None):
+    lead = () if batch is None else (batch,)
+    a = rng.standard_normal(lead + ((K, M) if ta else (M, K))).astype(np.float32)
+    b = rng.standard_normal(lead + ((N, K) if tb else (K, N))).astype(np.float32)
+    return a, b
+
+
+def round_tf32(x: np.ndarray) -> np.ndarray:
+    """cvt.rna.tf32.f32 in NumPy: keep 10 mantissa bits, round half away from zero (adding half an
+    ulp of the kept bits to the sign-magnitude pattern, then truncating)."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def _run(backend, variant, a, b, ta, tb):
+    import cupy as cp
+
+    da, db = cp.asarray(a), cp.asarray(b)
+    M = a.shape[-1] if ta else a.shape[-2]
+    N = b.shape[-2] if tb else b.shape[-1]
+    out = cp.full(a.shape[:-2] + (M, N), POISON, dtype=cp.float32)
+    got = tfm_kernels.matmul(da, db, ta, tb, backend=backend, variant=variant, out=out)
+    assert got is out
+    return cp.asnumpy(out)
+
+
+def _check(out, a, b, ta, tb, variant: _registry.Variant, what: str):
+    K = a.shape[-2] if ta else a.shape[-1]
+    ref = numpy_ref.matmul(a.astype(np.float64), b.astype(np.float64), ta, tb)
+    if variant.extra.get("opt_in"):  # TF32
+        ref_t = numpy_ref.matmul(round_tf32(a).astype(np.float64), round_tf32(b).astype(np.float64), ta, tb)
+        assert_close_fp32(out, ref_t, reduction=K, what=f"{what} vs TF32-rounded inputs")
+        assert_close_fp32(out, ref, reduction=K, rtol=variant.extra["rtol"], what=f"{what} vs exact")
+    else:
+        assert_close_fp32(out, ref, reduction=K, what=what)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ta, tb", LAYOUTS, ids=LAYOUT_IDS)
+@pytest.mark.parametrize("variant", FP32, ids=lambda v: v.key)
+def test_variant(backend, variant, ta, tb, rng):
+    for M, N, K in SHAPES:
+        a, b = _operands(rng, M, N, K, ta, tb)
+        out = _run(backend, variant.key, a, b, ta, tb)
+        _check(out, a, b, ta, tb, variant, f"{variant.qualname} {backend} M={M} N={N} K={K} ta={ta} tb={tb}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ta, tb", LAYOUTS, ids=LAYOUT_IDS)
+@pytest.mark.parametrize("variant", FP32, ids=lambda v: v.key)
+def test_variant_batched(backend, variant, ta, tb, rng):
+    """blockIdx.z over the batch: each matrix with its own data, edges in every dimension."""
+    a, b = _operands(rng, 133, 67, 45, ta, tb, batch=3)
+    out = _run(backend, variant.key, a, b, ta, tb)
+    _check(out, a, b, ta, tb, variant, f"{variant.qualname} {backend} batched ta={ta} tb={tb}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", [v for v in FP32 if v.number >= 6], ids=lambda v: v.key)
+def test_misaligned_views(backend, variant, rng):
+    """Views that start 4 bytes into an allocation: the vector (16-byte) paths must fall back to
+    their guarded scalar loads, whatever the row lengths say."""
+    import cupy as cp
+
+    M, N, K = 68, 72, 36  # every row a multiple of 4 floats: only the base address is misaligned
+    for ta, tb in LAYOUTS:
+        a, b = _operands(rng, M, N, K, ta, tb)
+        da = cp.empty(a.size + 1, cp.float32)[1:].reshape(a.shape)
+        db = cp.empty(b.size + 1, cp.float32)[1:].reshape(b.shape)
+        da[...] = cp.asarray(a)
+        db[...] = cp.asarray(b)
+        out = cp.full(M * N + 1, POISON, cp.float32)[1:].reshape(M, N)
+        tfm_kernels.matmul(da, db, ta, tb, backend=backend, variant=variant.key, out=out)
+        _check(cp.asnumpy(out), a, b, ta, tb, variant, f"{variant.qualname} {backend} misaligned ta={ta} tb={tb}")
+
+
+@pytest.mark.gpu
+def test_default_variant_and_allocation(backend, rng):
+    """No variant, no out: the default plain-fp32 variant, a fresh float32 (M, N) result."""
+    import cupy as cp
+
+    a, b = _operands(rng, 300, 200, 100, False, True)
+    got = tfm_kernels.matmul(cp.asarray(a), cp.asarray(b), trans_b=True, backend=backend)
+    assert got.dtype == cp.float32 and got.shape == (300, 200)
+    ref = numpy_ref.matmul(a.astype(np.float64), b.astype(np.float64), False, True)
+    assert_close_fp32(got, ref, reduction=100)
+
+
+@pytest.mark.gpu
+def test_float16_output_dtype_rules(backend, rng):
+    """float16 inputs: float16 out by default, float32 when the caller passes a float32 out (the
+    fp32 accumulators unrounded, so strictly closer to the exact product)."""
+    import cupy as cp
+
+    if not any("float16" in v.dtypes for v in tfm_kernels.variants("matmul")):
+        pytest.skip("no float16 matmul variant registered")
+    a = rng.standard_normal((96, 80)).astype(np.float16)
+    b = rng.standard_normal((80, 72)).astype(np.float16)
+    ref = numpy_ref.matmul(a.astype(np.float64), b.astype(np.float64))
+    half = tfm_kernels.matmul(cp.asarray(a), cp.asarray(b), backend=backend)
+    assert half.dtype == cp.float16 and half.shape == (96, 72)
+    out = cp.full((96, 72), POISON, cp.float32)
+    full = tfm_kernels.matmul(cp.asarray(a), cp.asarray(b), backend=backend, out=out)
+    assert full is out
+    # fp32 output: only fp32 accumulation error on exact fp16 products; fp16 output adds a rounding
+    e_full, _, scale = errors(full, ref)
+    e_half, _, _ = errors(half, ref)
+    assert e_full <= 1e-6 * np.sqrt(80) * scale, (e_full, scale)
+    assert e_half <= 2.0 ** -11 * scale * 1.01 + e_full, (e_half, scale)
