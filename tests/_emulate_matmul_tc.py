@@ -1,0 +1,157 @@
+"""Lane-level NumPy emulation of csrc/matmul_tc.cu's matmul_mma kernel (used by tests/test_matmul_tc.py).
+
+Blind-written tensor-core kernels go wrong in their index math: which lane hands ldmatrix which row
+address, which 8x8 matrix lands in which fragment register, how the XOR swizzle maps a tile element
+to a shared-memory slot. This module runs the kernel's own formulas (tile_offset, load_tile, the
+ldmatrix row addresses of compute_stage, the epilogue's (row, col) per lane), copied one for one,
+on top of an emulation of the hardware written from the PTX ISA's definitions:
+
+  ldmatrix .m8n8.x4 [.trans]  lanes 8j..8j+7 give the row addresses of 8x8 matrix j; lane l
+                              receives M_j[l/4][2(l%4) .. +1] (no .trans) or M_j[2(l%4) .. +1][l/4]
+  mma.m16n8k16 .row.col       A reg0..3 = A[g][2t..], A[g+8][2t..], A[g][2t+8..], A[g+8][2t+8..];
+                              B reg0..1 = B[2t..][g], B[2t+8..][g]; C c0..3 = C[g][2t..], C[g+8][2t..]
+                              (g = lane/4, t = lane%4)
+
+It also records, for every ldmatrix phase (8 lanes = 8 row addresses of 16 bytes), how many of the
+8 16-byte bank groups of a 128-byte line it touches: 8 means conflict-free.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LANE = np.arange(32)
+G, T = LANE // 4, LANE % 4
+
+
+def tile_offset(cols: int, swizzle: bool, r, c):
+    """csrc/matmul_tc.cu tile_offset<COLS, SWIZZLE>(r, c), vectorized."""
+    r, c = np.asarray(r), np.asarray(c)
+    chunks = cols // 8
+    chunk = c >> 3
+    if swizzle:
+        chunk = chunk ^ (((r >> 1) & 3) if chunks == 4 else (r & 7))
+    return r * cols + (chunk << 3) + (c & 7)
+
+
+class Smem:
+    """Shared memory as a flat array of halves (held in float64), with a bank-conflict log."""
+
+    def __init__(self, n_halves: int):
+        self.data = np.full(n_halves, np.nan)
+        self.phase_groups: list[int] = []  # distinct 16-byte bank groups per 8-address phase
+
+    def ldmatrix_x4(self, offsets, trans: bool):
+        """offsets: 32 element offsets (row starts). Returns regs (32, 4, 2)."""
+        offsets = np.asarray(offsets)
+        assert offsets.shape == (32,) and np.all(offsets % 8 == 0), "rows must be 16-byte aligned"
+        rows = self.data[offsets[:, None] + np.arange(8)]  # (32, 8): row (lane%8) of matrix lane//8
+        mats = rows.reshape(4, 8, 8)
+        for j in range(4):
+            self.phase_groups.append(len(set(((offsets[8 * j:8 * j + 8] * 2) // 16 % 8).tolist())))
+        regs = np.empty((32, 4, 2))
+        for j in range(4):
+            if trans:
+                regs[:, j, 0], regs[:, j, 1] = mats[j][2 * T, G], mats[j][2 * T + 1, G]
+            else:
+                regs[:, j, 0], regs[:, j, 1] = mats[j][G, 2 * T], mats[j][G, 2 * T + 1]
+        return regs
+
+
+def mma_16816(acc, a, b):
+    """acc (32, 4) += A(16x16) @ B(16x8) with A, B rebuilt from the lanes' fragments."""
+    A = np.full((16, 16), np.nan)
+    B = np.full((16, 8), np.nan)
+    for h in range(2):
+        A[G, 2 * T + h] = a[:, 0, h]
+        A[G + 8, 2 * T + h] = a[:, 1, h]
+        A[G, 2 * T + 8 + h] = a[:, 2, h]
+        A[G + 8, 2 * T + 8 + h] = a[:, 3, h]
+        B[2 * T + h, G] = b[:, 0, h]
+        B[2 * T + 8 + h, G] = b[:, 1, h]
+    assert not np.isnan(A).any() and not np.isnan(B).any(), "fragment does not cover the tile"
+    Cm = A @ B
+    for h in range(2):
+        acc[:, h] += Cm[G, 2 * T + h]
+        acc[:, 2 + h] += Cm[G + 8, 2 * T + h]
+
+
+def load_tile(smem: Smem, base: int, rows: int, cols: int, swizzle: bool, g, row0: int, col0: int):
+    """load_tile<ROWS, COLS, ...>: g is the stored (nrows x ncols) matrix; outside reads 0."""
+    nrows, ncols = g.shape
+    idx = np.arange(rows * cols // 8)
+    r, c = idx // (cols // 8), (idx % (cols // 8)) * 8
+    for e in range(8):
+        gr, gc = row0 + r, col0 + c + e
+        ok = (gr < nrows) & (gc < ncols)
+        vals = np.where(ok, g[np.minimum(gr, nrows - 1), np.minimum(gc, ncols - 1)], 0.0)
+        smem.data[base + tile_offset(cols, swizzle, r, c) + e] = vals
+
+
+def matmul_mma(A, B, trans_a: bool, trans_b: bool, *, BM=128, BN=128, BK=32, WARPS_M=2, WARPS_N=2,
+               swizzle=True, stages=1):
+    """The whole kernel for one matrix: A stored (M, K) or (K, M), B stored (K, N) or (N, K).
+    Returns (C, smem_log) where smem_log lists the bank groups touched per ldmatrix phase."""
+    M, K = (A.shape[1], A.shape[0]) if trans_a else A.shape
+    N = B.shape[0] if trans_b else B.shape[1]
+    WTM, WTN = BM // WARPS_M, BN // WARPS_N
+    MT, NT = WTM // 16, WTN // 8
+    A_ELEMS, B_ELEMS = BM * BK, BK * BN
+    C = np.full((M, N), np.nan)
+    log: list[int] = []
+    j, r8 = LANE >> 3, LANE & 7
+    for by in range(-(-M // BM)):
+        for bx in range(-(-N // BN)):
+            bm0, bn0 = by * BM, bx * BN
+            smem = Smem(stages * (A_ELEMS + B_ELEMS))
+            acc = np.zeros((WARPS_M * WARPS_N, MT, NT, 32, 4))
+            for kt in range(-(-K // BK)):
+                stage, k0 = kt % stages, kt * BK
+                ta, tb = stage * A_ELEMS, stages * A_ELEMS + stage * B_ELEMS
+                if trans_a:
+                    load_tile(smem, ta, BK, BM, swizzle, A, k0, bm0)
+                else:
+                    load_tile(smem, ta, BM, BK, swizzle, A, bm0, k0)
+                if trans_b:
+                    load_tile(smem, tb, BN, BK, swizzle, B, bn0, k0)
+                else:
+                    load_tile(smem, tb, BK, BN, swizzle, B, k0, bn0)
+                for warp in range(WARPS_M * WARPS_N):
+                    wm, wn = warp // WARPS_N, warp % WARPS_N
+                    for kk in range(0, BK, 16):
+                        af = []
+                        for mt in range(MT):
+                            m = wm * WTM + mt * 16
+                            if trans_a:
+                                off = tile_offset(BM, swizzle, kk + (j >> 1) * 8 + r8, m + (j & 1) * 8)
+                                af.append(smem.ldmatrix_x4(ta + off, trans=True))
+                            else:
+                                off = tile_offset(BK, swizzle, m + (j & 1) * 8 + r8, kk + (j >> 1) * 8)
+                                af.append(smem.ldmatrix_x4(ta + off, trans=False))
+                        bf = [None] * NT
+                        for np_ in range(NT // 2):
+                            n = wn * WTN + np_ * 16
+                            if trans_b:
+                                off = tile_offset(BK, swizzle, n + (j >> 1) * 8 + r8, kk + (j & 1) * 8)
+                                t = smem.ldmatrix_x4(tb + off, trans=False)
+                            else:
+                                off = tile_offset(BN, swizzle, kk + (j & 1) * 8 + r8, n + (j >> 1) * 8)
+                                t = smem.ldmatrix_x4(tb + off, trans=True)
+                            bf[2 * np_] = t[:, 0:2]
+                            bf[2 * np_ + 1] = t[:, 2:4]
+                        for mt in range(MT):
+                            for nt in range(NT):
+                                mma_16816(acc[warp, mt, nt], af[mt], bf[nt])
+            for warp in range(WARPS_M * WARPS_N):
+                wm, wn = warp // WARPS_N, warp % WARPS_N
+                for mt in range(MT):
+                    row = bm0 + wm * WTM + mt * 16 + (LANE >> 2)
+                    for nt in range(NT):
+                        col = bn0 + wn * WTN + nt * 8 + (LANE & 3) * 2
+                        for dr, e0 in ((0, 0), (8, 2)):
+                            for dc in range(2):
+                                rr, cc = row + dr, col + dc
+                                ok = (rr < M) & (cc < N)
+                                C[rr[ok], cc[ok]] = acc[warp, mt, nt][ok, e0 + dc]
+            log.extend(smem.phase_groups)
+    return C, log

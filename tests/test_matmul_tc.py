@@ -1,0 +1,289 @@
+"""tests/test_matmul_tc.py: the fp16 tensor-core matmul variants (csrc/matmul_tc.cu, mma.sync;
+csrc/matmul_sm90.cu, wgmma), registered by tfm_kernels/matmul_tc.py as variants 10+ of `matmul`.
+
+No GPU needed:
+* the registry: numbered, described, every kernel a variant may launch is exported by its source;
+* a lane-level NumPy emulation of matmul_mma (tests/_emulate_matmul_tc.py: the kernel's own index
+  formulas on top of ldmatrix/mma.sync as the PTX ISA defines them) reproduces op(A) @ op(B) for
+  all four layouts, ragged edges included, and the swizzled tiles are bank-conflict-free;
+* NVRTC compiles the kernels and the PTX of each holds the tensor-core instructions it is meant to
+  (mma.sync.aligned.m16n8k16, ldmatrix with .trans exactly where an operand is M/N-contiguous).
+Where cuobjdump and the built extension exist (the GPU machine): the SASS of every matmul_mma
+kernel contains HMMA.
+GPU: every variant x both backends x all four layouts x (fp16 out, fp32 out) over awkward shapes
+against numpy_ref.matmul in float64, outputs poisoned with NaN. Tolerance (helpers.
+assert_close_lowprec): error <= 2 x the error of NumPy computing the same product from the same
+fp16 inputs in float32 and rounding to the output dtype, + 1e-5 x max|ref|.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import _emulate_matmul_tc as emu
+import numpy_ref
+import tfm_kernels
+from helpers import POISON, assert_close_lowprec
+from tfm_kernels import _backend, _registry
+from tfm_kernels import matmul_tc as tc
+
+FP16 = [v for v in tfm_kernels.variants("matmul") if "float16" in v.dtypes]
+MMA = [v for v in FP16 if v.number in (10, 11)]
+LAYOUTS = [(False, False), (False, True), (True, False), (True, True)]
+LAYOUT_IDS = ["NN", "NT", "TN", "TT"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry, no GPU
+# ---------------------------------------------------------------------------------------------
+
+def test_registered():
+    nums = [v.number for v in FP16]
+    assert nums[:2] == [10, 11], nums
+    for v in FP16:
+        assert v.op == "matmul" and v.dtypes == ("float16",) and v.description, v.qualname
+        exported = set(_backend.exports(v.kernels[0][0]))
+        for source, name in v.kernels:
+            assert name in exported, f"{v.qualname}: {source} does not export {name}"
+    for v in MMA:  # 4 layouts x (aligned, gathered) x (fp32, fp16 out)
+        assert len(set(v.kernels)) == 16, v.qualname
+
+
+def test_kernel_choice():
+    """The launch plan picks the 16-byte cp.async path only when every chunk is whole and aligned."""
+    class Arr:  # the metadata _aligned16 reads
+        def __init__(self, shape, ptr):
+            self.shape, self.data = shape, type("D", (), {"ptr": ptr})()
+
+    assert tc._aligned16(Arr((5, 64), 256))
+    assert not tc._aligned16(Arr((5, 63), 256))      # a ragged last chunk
+    assert not tc._aligned16(Arr((5, 64), 258))      # a view 1 half into its allocation
+    name = tc.mma_kernel_name(4, True, True, False, True, np.float16)
+    assert name == "matmul_mma<128, 128, 32, 2, 2, 4, true, true, false, true, __half>"
+
+
+# ---------------------------------------------------------------------------------------------
+# Lane-level emulation, no GPU
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("swizzle", [False, True], ids=["plain", "swizzled"])
+@pytest.mark.parametrize("ta, tb", LAYOUTS, ids=LAYOUT_IDS)
+def test_emulated_kernel(ta, tb, swizzle, rng):
+    """The kernel's fragment/ldmatrix/swizzle/epilogue index math reproduces op(A) @ op(B) exactly
+    (float64 emulation) on a 2x2 grid of CTAs with ragged M, N and K (K tail of 9 in a BK of 32)."""
+    M, N, K = 130, 137, 41
+    A = rng.standard_normal((K, M) if ta else (M, K))
+    B = rng.standard_normal((N, K) if tb else (K, N))
+    C, groups = emu.matmul_mma(A, B, ta, tb, swizzle=swizzle)
+    ref = numpy_ref.matmul(A, B, ta, tb)
+    assert not np.isnan(C).any(), "an output element was never written"
+    np.testing.assert_allclose(C, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+    if swizzle:  # every 8-lane ldmatrix phase touches all 8 16-byte bank groups: conflict-free
+        assert min(groups) == 8, sorted(set(groups))
+    else:        # the documented conflicts of the plain layout (matmul_tc.cu header)
+        assert max(groups) <= 2 and min(groups) >= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Build: NVRTC PTX, and SASS where cuobjdump exists
+# ---------------------------------------------------------------------------------------------
+
+def _nvrtc_ptx(source: str, names: list[str], arch: str) -> dict[str, str]:
+    """Compile csrc/<source> for `names` with NVRTC (no GPU needed); the PTX body of each kernel."""
+    nvrtc = pytest.importorskip("cuda.bindings.nvrtc")
+    from pathlib import Path
+
+    inc = [f"-I{p}" for p in ("/usr/local/cuda/include",) if Path(p).is_dir()]
+    opts = [o for o in _backend.nvrtc_options(source) if not o.startswith("-arch")]
+    opts = [o.encode() for o in opts + inc + [f"-arch={arch}"]]
+    err, prog = nvrtc.nvrtcCreateProgram(_backend.nvrtc_code(source).encode(), source.encode(), 0, [], [])
+    for n in names:
+        nvrtc.nvrtcAddNameExpression(prog, n.encode())
+    (res,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+    _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+    log = b" " * size
+    nvrtc.nvrtcGetProgramLog(prog, log)
+    assert res == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace")
+    _, size = nvrtc.nvrtcGetPTXSize(prog)
+    ptx = b" " * size
+    nvrtc.nvrtcGetPTX(prog, ptx)
+    ptx = ptx.decode(errors="replace")
+    bodies = {}
+    for n in names:
+        _, lowered = nvrtc.nvrtcGetLoweredName(prog, n.encode())
+        lowered = lowered.decode()
+        start = ptx.index(f".entry {lowered}(")
+        end = ptx.find(".entry ", start + 1)
+        bodies[n] = ptx[start:end if end > 0 else len(ptx)]
+    return bodies
+
+
+def test_nvrtc_ptx_mma_sync():
+    """One kernel per (variant, layout): mma.sync m16n8k16 with f32 accumulators, cp.async, and
+    ldmatrix.trans exactly for the M/N-contiguous operands (A when trans_a, B when not trans_b)."""
+    want = [(1, False, ta, tb, ta == tb, "float16" if ta else "float32") for ta, tb in LAYOUTS]
+    want += [(4, True, ta, tb, ta != tb, "float32" if ta else "float16") for ta, tb in LAYOUTS]
+    names = {tc.mma_kernel_name(st, sw, ta, tb, al, od): (ta, tb) for st, sw, ta, tb, al, od in want}
+    bodies = _nvrtc_ptx(tc.SOURCE_MMA, list(names), "compute_90")
+    for name, body in bodies.items():
+        ta, tb = names[name]
+        assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in body, name
+        n_trans = body.count("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16")
+        n_plain = body.count("ldmatrix.sync.aligned.m8n8.x4.shared.b16")
+        # per k16 step: 4 A loads (trans iff ta) and 4 B loads (trans iff not tb)
+        assert n_trans == 4 * (int(ta) + int(not tb)) * 2, (name, n_trans)
+        assert n_plain == 4 * (int(not ta) + int(tb)) * 2, (name, n_plain)
+        if "true, __half>" in name or "true, float>" in name:  # ALIGNED: the zero-fill cp.async path
+            assert "cp.async.cg.shared.global" in body, name
+
+
+def _ext_sass() -> dict[str, str]:
+    """{mangled kernel name: SASS} from cuobjdump on the built extension; skips where either is
+    missing (this machine has no cuobjdump; the GPU machine has both)."""
+    exe = shutil.which("cuobjdump")
+    if exe is None:
+        pytest.skip("cuobjdump not on PATH")
+    if not _backend.status()["ext"][0]:
+        pytest.skip(f"extension not built: {_backend.status()['ext'][1]}")
+    from tfm_kernels import _ext
+
+    out = subprocess.run([exe, "--dump-sass", _ext.__file__], capture_output=True, text=True,
+                         timeout=600, check=True).stdout
+    funcs: dict[str, str] = {}
+    for chunk in re.split(r"\n\s*Function : ", out)[1:]:
+        name, _, body = chunk.partition("\n")
+        funcs[name.strip()] = funcs.get(name.strip(), "") + body
+    return funcs
+
+
+def test_sass_hmma():
+    """Every matmul_mma kernel in the extension runs on the tensor cores (HMMA in its SASS)."""
+    funcs = {n: s for n, s in _ext_sass().items() if n.startswith("_Z10matmul_mma")}
+    assert len(funcs) >= 32, f"expected the 32 matmul_mma instantiations, found {len(funcs)}"
+    for name, sass in funcs.items():
+        assert "HMMA.16816.F32" in sass, f"{name}: no HMMA.16816.F32 in its SASS"
+        assert "LDSM" in sass, f"{name}: no LDSM (ldmatrix) in its SASS"
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: every variant, both backends, all four layouts, both output dtypes
+# ---------------------------------------------------------------------------------------------
+
+# (M, N, K): smaller than an mma tile; 7s (odd: the gathered, non-cp.async path); around the
+# 128-tiles; K = 1000 with ragged M/N (aligned K-contiguous operands, gathered M/N-contiguous
+# ones); K = 4097 and 4096 (long reductions, both paths); tall; wide; a multi-tile aligned square.
+SHAPES = [
+    (1, 1, 1), (7, 7, 7), (1, 129, 127), (129, 1, 7), (127, 129, 129), (129, 127, 1000),
+    (64, 72, 4097), (136, 264, 4096), (4097, 24, 64), (24, 4097, 64), (512, 384, 256),
+    (1000, 1000, 1000),
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _case(M, N, K, ta, tb, batch=0):
+    """fp16 operands (never zero: standard normal), the float64 reference and the float32 NumPy
+    product of the same fp16 values, for one shape and layout; cached across variants, backends
+    and output dtypes so each reference is computed once."""
+    rng = np.random.default_rng([M, N, K, int(ta), int(tb), batch])
+    lead = (batch,) if batch else ()
+    a = rng.standard_normal(lead + ((K, M) if ta else (M, K))).astype(np.float16)
+    b = rng.standard_normal(lead + ((N, K) if tb else (K, N))).astype(np.float16)
+    ref = numpy_ref.matmul(a.astype(np.float64), b.astype(np.float64), ta, tb)
+    f32 = numpy_ref.matmul(a.astype(np.float32), b.astype(np.float32), ta, tb)
+    return a, b, ref, f32
+
+
+def _run_case(backend, variant, a, b, ta, tb, out_dtype):
+    import cupy as cp
+
+    M = a.shape[-1] if ta else a.shape[-2]
+    N = b.shape[-2] if tb else b.shape[-1]
+    out = cp.full(a.shape[:-2] + (M, N), POISON, dtype=out_dtype)
+    got = tfm_kernels.matmul(cp.asarray(a), cp.asarray(b), ta, tb, backend=backend,
+                             variant=variant.key, out=out)
+    assert got is out
+    return cp.asnumpy(out)
+
+
+def _needs(variant, backend):
+    cc = _backend.get(backend).cc
+    if cc < variant.arch:
+        pytest.skip(f"{variant.qualname} needs sm_{variant.arch}, device is sm_{cc}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("out_dtype", ["float16", "float32"])
+@pytest.mark.parametrize("ta, tb", LAYOUTS, ids=LAYOUT_IDS)
+@pytest.mark.parametrize("variant", FP16, ids=lambda v: v.key)
+def test_variant(backend, variant, ta, tb, out_dtype):
+    _needs(variant, backend)
+    for M, N, K in SHAPES:
+        a, b, ref, f32 = _case(M, N, K, ta, tb)
+        info = dict(M=M, N=N, K=K, batch=1, trans_a=ta, trans_b=tb, out_dtype=out_dtype, align=256)
+        why = variant.reason_unsupported(dtype="float16", **info)
+        if why:  # refused shapes must say why (the wgmma variant's TMA alignment rule)
+            assert isinstance(why, str) and why
+            continue
+        out = _run_case(backend, variant, a, b, ta, tb, out_dtype)
+        assert_close_lowprec(out, ref, f32.astype(out_dtype),
+                             what=f"{variant.qualname} {backend} M={M} N={N} K={K} ta={ta} tb={tb} "
+                                  f"out={out_dtype}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ta, tb", LAYOUTS, ids=LAYOUT_IDS)
+@pytest.mark.parametrize("variant", FP16, ids=lambda v: v.key)
+def test_variant_batched(backend, variant, ta, tb):
+    """blockIdx.z walks the batch: each matrix its own data, ragged edges (M, N) and an aligned K."""
+    _needs(variant, backend)
+    for M, N, K in ((133, 67, 45), (200, 136, 64)):
+        a, b, ref, f32 = _case(M, N, K, ta, tb, batch=3)
+        info = dict(M=M, N=N, K=K, batch=3, trans_a=ta, trans_b=tb, out_dtype="float16", align=256)
+        if variant.reason_unsupported(dtype="float16", **info):
+            continue
+        out = _run_case(backend, variant, a, b, ta, tb, "float16")
+        assert_close_lowprec(out, ref, f32.astype(np.float16),
+                             what=f"{variant.qualname} {backend} batched M={M} N={N} K={K} ta={ta} tb={tb}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", MMA, ids=lambda v: v.key)
+def test_misaligned_views(backend, variant):
+    """Views starting 2 bytes into their allocations: every row length is a multiple of 8 halves, so
+    only the base addresses rule out the 16-byte cp.async path and the paired stores."""
+    import cupy as cp
+
+    M, N, K = 72, 80, 48
+    for ta, tb in LAYOUTS:
+        a, b, ref, f32 = _case(M, N, K, ta, tb)
+        for out_dtype in ("float16", "float32"):
+            da = cp.empty(a.size + 1, cp.float16)[1:].reshape(a.shape)
+            db = cp.empty(b.size + 1, cp.float16)[1:].reshape(b.shape)
+            da[...] = cp.asarray(a)
+            db[...] = cp.asarray(b)
+            out = cp.full(M * N + 1, POISON, out_dtype)[1:].reshape(M, N)
+            tfm_kernels.matmul(da, db, ta, tb, backend=backend, variant=variant.key, out=out)
+            assert_close_lowprec(out, ref, f32.astype(out_dtype),
+                                 what=f"{variant.qualname} {backend} misaligned ta={ta} tb={tb} out={out_dtype}")
+
+
+@pytest.mark.gpu
+def test_default_fp16_variant(backend):
+    """No variant named: float16 inputs run the highest-numbered tensor-core variant that takes the
+    shape on this device, and give a float16 result."""
+    import cupy as cp
+
+    a, b, ref, f32 = _case(256, 256, 256, False, True)
+    be = _backend.get(backend)
+    v = _registry.choose("matmul", None, dtype="float16", cc=be.cc, M=256, N=256, K=256, batch=1,
+                         trans_a=False, trans_b=True, out_dtype="float16", align=256)
+    assert v.number == max(x.number for x in FP16 if x.arch <= be.cc and not x.broken), v.qualname
+    got = tfm_kernels.matmul(cp.asarray(a), cp.asarray(b), False, True, backend=backend)
+    assert got.dtype == cp.float16
+    assert_close_lowprec(got, ref, f32.astype(np.float16), what=f"default {v.qualname} {backend}")
