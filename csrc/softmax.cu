@@ -1,0 +1,529 @@
+// softmax.cu: softmax over the last axis, forward and backward, as a ladder of numbered versions.
+//
+//   y  = exp(x - m) / sum exp(x - m),  m = max x        (forward, per row of `cols` elements)
+//   dx = y * (dy - sum(dy * y))                           (backward)
+//
+// Reference: numpy_ref/softmax.py. Inputs/outputs float32 or float16 (T = float / __half), math in
+// fp32 always. Rows are contiguous, `rows * cols < 2^31` (tfm_kernels/softmax.py refuses more, so an
+// element index inside a row fits an int; row offsets are computed in 64 bits anyway). Masks: an
+// entry of -inf gives exactly 0; a row that is all -inf gives 0 everywhere, never NaN (safe_max in
+// reduce.cuh shifts such a row by 0, so every exp is exp(-inf) = 0, the sum is 0 and 1/sum is
+// replaced by 0). Backward then gives dx = 0 * (dy - 0) = 0 there too.
+//
+// Bytes per element, fp32 (minimum: forward reads x and writes y = 8 B; backward reads y, dy and
+// writes dx = 12 B). The pass count is the lever: at 8192 x 8192 the data (256 MiB) is 5x the
+// H200's 50 MiB L2, so a pass that re-reads x goes to HBM.
+//
+// Forward
+//   1 softmax_fwd_naive   thread per row, three passes (max, sum, write) = 3 reads + 1 write:
+//                         16 B/elt; a warp touches 32 rows at once, uncoalesced.
+//   2 softmax_fwd_block   block per row, strided coalesced loads, shared-memory tree reductions
+//                         (log2(256) = 8 barriers each); still 3 reads + 1 write.
+//   3 softmax_fwd_3pass   warp per row (TPR = 32), shuffle reductions, 16-byte loads/stores (scalar
+//                         head/tail where a row is not 16-byte aligned); still 3 reads + 1 write,
+//                         but fewer instructions and no barriers.
+//   4 softmax_fwd_online  one read for max and sum together (Milakov & Gimelshein 2018), then the
+//                         write pass: 2 reads + 1 write = 12 B/elt (4 -> 3 accesses). Threads per
+//                         row grow with the row (32 .. 1024), so long rows are not starved.
+//   5 softmax_fwd_regs    the row lives in registers (E = 32 floats per thread, TPR up to 1024 ->
+//                         rows <= 32768): x read once, y written once = 8 B/elt, the minimum.
+//
+// Backward
+//   1 softmax_bwd_naive   thread per row, two passes: 2x(y, dy) + dx = 20 B/elt.
+//   2 softmax_bwd_block   block per row, shared-memory tree, two passes, 20 B/elt.
+//   3 softmax_bwd_2pass   warp per row, shuffles, 16-byte vectors; 20 B/elt.
+//   4 softmax_bwd_2pass   the same kernel with TPR up to 1024 threads per row for long rows.
+//   5 softmax_bwd_regs    y and dy in registers (E = 16 each, rows <= 16384): 12 B/elt, minimum.
+//
+// Launch shapes (grid, block, which instantiation) are planned once in tfm_kernels/softmax.py for
+// both backends. Every row loop is grid-stride and uniform over a warp (TPR <= 32) or the block
+// (TPR > 32): a group whose row is past the end works on 0 elements but still takes part in the
+// shuffles and barriers of reduce.cuh.
+#include "common.cuh"
+#include "reduce.cuh"
+
+#include <cuda_fp16.h>
+
+// ------------------------------------------------------------------------- loads and stores
+static __device__ __forceinline__ float to_float(float v) { return v; }
+static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+static __device__ __forceinline__ void set_from_float(float& d, float v) { d = v; }
+static __device__ __forceinline__ void set_from_float(__half& d, float v) { d = __float2half_rn(v); }
+
+// N elements moved as one access: 16 bytes (ld.global.v4) for 4 floats or 8 halves.
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+    T v[N];
+};
+
+template <typename T, int N>
+static __device__ __forceinline__ void load_pack(const T* p, float (&a)[N]) {
+    const Pack<T, N> pk = *reinterpret_cast<const Pack<T, N>*>(p);
+#pragma unroll
+    for (int k = 0; k < N; ++k) a[k] = to_float(pk.v[k]);
+}
+
+template <typename T, int N>
+static __device__ __forceinline__ void store_pack(T* p, const float (&a)[N]) {
+    Pack<T, N> pk;
+#pragma unroll
+    for (int k = 0; k < N; ++k) set_from_float(pk.v[k], a[k]);
+    *reinterpret_cast<Pack<T, N>*>(p) = pk;
+}
+
+template <int N>
+struct IntC {
+    static constexpr int value = N;
+};
+
+// Elements before the first 16-byte boundary of a row (at most n). The wrapper launches VEC > 1
+// only when every pointer has the same address mod 16, so one head fits all of a row's arrays.
+template <typename T>
+static __device__ __forceinline__ int head_elems(const T* p, int n) {
+    const unsigned mis = static_cast<unsigned>(reinterpret_cast<unsigned long long>(p)) & 15u;
+    const int h = static_cast<int>(((16u - mis) & 15u) / sizeof(T));
+    return h < n ? h : n;
+}
+
+// Visit thread t's share of a row of n elements (a group of TPR threads per row) as: a scalar
+// head up to the 16-byte boundary, whole VEC-packs (pack p goes to thread p % TPR: consecutive
+// threads read consecutive 16 bytes), a scalar tail. f(i, IntC<W>) handles elements [i, i + W).
+template <int VEC, int TPR, typename F>
+static __device__ __forceinline__ void for_each_pack(int n, int head, int t, F&& f) {
+    if constexpr (VEC == 1) {
+#pragma unroll 4
+        for (int i = t; i < n; i += TPR) f(i, IntC<1>());
+    } else {
+        for (int i = t; i < head; i += TPR) f(i, IntC<1>());
+        const int packs = (n - head) / VEC;
+        // 4 packs in flight per thread: the loads of one unrolled step are independent.
+#pragma unroll 4
+        for (int p = t; p < packs; p += TPR) f(head + p * VEC, IntC<VEC>());
+        for (int i = head + packs * VEC + t; i < n; i += TPR) f(i, IntC<1>());
+    }
+}
+
+// Rows per block for a group of TPR threads per row: blocks of at least 128 threads (4 warps) so
+// short rows still give the SM enough warps per block; TPR > 32 means one row per block.
+template <int TPR>
+struct Groups {
+    static constexpr int BLOCK = TPR < 128 ? 128 : TPR;
+    static constexpr int RPB = BLOCK / TPR;
+    // For __launch_bounds__: 1024 / BLOCK blocks of BLOCK threads per SM caps a thread at 64
+    // registers (half the SM's 2048 threads resident). Without it ptxas picked 32 registers and
+    // spilled 4 bytes in softmax_fwd_online<float, 4, 32>.
+    static constexpr int MIN_BLOCKS = 1024 / BLOCK;
+    static_assert(TPR <= 32 || BLOCK == TPR, "a row group wider than a warp must be the block");
+};
+
+// ================================================================================= forward
+
+// 1: thread per row. Three sequential walks over the row; lanes of a warp are `cols` elements
+// apart, so each load instruction touches up to 32 different cache lines.
+template <typename T>
+__global__ void softmax_fwd_naive(const T* __restrict__ x, T* __restrict__ y, int rows, int cols) {
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; row < rows;
+         row += stride) {
+        const T* xr = x + row * cols;
+        T* yr = y + row * cols;
+        float m = neg_inf();
+        for (int i = 0; i < cols; ++i) m = fmaxf(m, to_float(xr[i]));
+        const float ms = safe_max(m);
+        float s = 0.0f;
+        for (int i = 0; i < cols; ++i) s += expf(to_float(xr[i]) - ms);
+        const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+        for (int i = 0; i < cols; ++i) set_from_float(yr[i], expf(to_float(xr[i]) - ms) * inv);
+    }
+}
+TFM_EXPORT(softmax_fwd_naive<float>)
+TFM_EXPORT(softmax_fwd_naive<__half>)
+
+// 2: block of NT threads per row; thread t takes elements t, t + NT, ... (coalesced), then the
+// shared-memory tree combines the NT partials.
+template <typename T, int NT>
+__global__ void __launch_bounds__(NT) softmax_fwd_block(const T* __restrict__ x, T* __restrict__ y,
+                                                       int rows, int cols) {
+    __shared__ float red[NT];
+    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+        const T* xr = x + row * cols;
+        T* yr = y + row * cols;
+        float m = neg_inf();
+        for (int i = threadIdx.x; i < cols; i += NT) m = fmaxf(m, to_float(xr[i]));
+        m = block_reduce_tree<NT>(m, MaxOp(), red);
+        const float ms = safe_max(m);
+        float s = 0.0f;
+        for (int i = threadIdx.x; i < cols; i += NT) s += expf(to_float(xr[i]) - ms);
+        s = block_reduce_tree<NT>(s, SumOp(), red);
+        const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+        for (int i = threadIdx.x; i < cols; i += NT) set_from_float(yr[i], expf(to_float(xr[i]) - ms) * inv);
+    }
+}
+TFM_EXPORT(softmax_fwd_block<float, 256>)
+TFM_EXPORT(softmax_fwd_block<__half, 256>)
+
+// 3: a group of TPR threads per row (the ladder uses TPR = 32, a warp), three passes over global
+// memory as in 1 and 2, but with shuffle reductions and 16-byte accesses.
+template <typename T, int VEC, int TPR>
+__global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
+    softmax_fwd_3pass(const T* __restrict__ x, T* __restrict__ y, int rows, int cols) {
+    constexpr int RPB = Groups<TPR>::RPB;
+    __shared__ float scratch[TPR > 32 ? TPR / 32 : 1];
+    const int g = threadIdx.x / TPR, t = threadIdx.x % TPR;
+    for (int64_t rb = static_cast<int64_t>(blockIdx.x) * RPB; rb < rows; rb += static_cast<int64_t>(gridDim.x) * RPB) {
+        const int64_t row = rb + g < rows ? rb + g : rows - 1;
+        const int n = rb + g < rows ? cols : 0;  // past the end: no elements, same reductions
+        const T* xr = x + row * cols;
+        T* yr = y + row * cols;
+        const int head = VEC > 1 ? head_elems(xr, n) : 0;
+
+        float m = neg_inf();
+        for_each_pack<VEC, TPR>(n, head, t, [&](int i, auto w) {
+            constexpr int W = decltype(w)::value;
+            float a[W];
+            load_pack<T, W>(xr + i, a);
+#pragma unroll
+            for (int k = 0; k < W; ++k) m = fmaxf(m, a[k]);
+        });
+        m = group_reduce<TPR>(m, MaxOp(), scratch);
+        const float ms = safe_max(m);
+
+        float s = 0.0f;
+        for_each_pack<VEC, TPR>(n, head, t, [&](int i, auto w) {
+            constexpr int W = decltype(w)::value;
+            float a[W];
+            load_pack<T, W>(xr + i, a);
+#pragma unroll
+            for (int k = 0; k < W; ++k) s += expf(a[k] - ms);
+        });
+        s = group_reduce<TPR>(s, SumOp(), scratch);
+        const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+
+        for_each_pack<VEC, TPR>(n, head, t, [&](int i, auto w) {
+            constexpr int W = decltype(w)::value;
+            float a[W];
+            load_pack<T, W>(xr + i, a);
+#pragma unroll
+            for (int k = 0; k < W; ++k) a[k] = expf(a[k] - ms) * inv;
+            store_pack<T, W>(yr + i, a);
+        });
+    }
+}
+TFM_EXPORT(softmax_fwd_3pass<float, 4, 32>)
+TFM_EXPORT(softmax_fwd_3pass<float, 1, 32>)
+TFM_EXPORT(softmax_fwd_3pass<__half, 8, 32>)
+TFM_EXPORT(softmax_fwd_3pass<__half, 1, 32>)
+
+// 4: online softmax. Each thread keeps (m, d) = (running max, sum of exp(x - m)) and rescales d
+// when the max grows: one pass finds both, the group merges the pairs, the second pass writes.
+template <typename T, int VEC, int TPR>
+__global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
+    softmax_fwd_online(const T* __restrict__ x, T* __restrict__ y, int rows, int cols) {
+    constexpr int RPB = Groups<TPR>::RPB;
+    __shared__ float scratch[TPR > 32 ? 2 * TPR / 32 : 1];
+    const int g = threadIdx.x / TPR, t = threadIdx.x % TPR;
+    for (int64_t rb = static_cast<int64_t>(blockIdx.x) * RPB; rb < rows; rb += static_cast<int64_t>(gridDim.x) * RPB) {
+        const int64_t row = rb + g < rows ? rb + g : rows - 1;
+        const int n = rb + g < rows ? cols : 0;
+        const T* xr = x + row * cols;
+        T* yr = y + row * cols;
+        const int head = VEC > 1 ? head_elems(xr, n) : 0;
+
+        float m = neg_inf(), d = 0.0f;
+        for_each_pack<VEC, TPR>(n, head, t, [&](int i, auto w) {
+            constexpr int W = decltype(w)::value;
+            float a[W];
+            load_pack<T, W>(xr + i, a);
+            // One rescale per pack, not per element: W + 1 exps for W elements.
+            float mc = a[0];
+#pragma unroll
+            for (int k = 1; k < W; ++k) mc = fmaxf(mc, a[k]);
+            const float mn = fmaxf(m, mc);
+            const float ms = safe_max(mn);
+            float s = 0.0f;
+#pragma unroll
+            for (int k = 0; k < W; ++k) s += expf(a[k] - ms);
+            d = d * expf(m - ms) + s;
+            m = mn;
+        });
+        group_reduce_online<TPR>(m, d, scratch);
+        const float ms = safe_max(m);
+        const float inv = d > 0.0f ? 1.0f / d : 0.0f;
+
+        for_each_pack<VEC, TPR>(n, head, t, [&](int i, auto w) {
+            constexpr int W = decltype(w)::value;
+            float a[W];
+            load_pack<T, W>(xr + i, a);
+#pragma unroll
+            for (int k = 0; k < W; ++k) a[k] = expf(a[k] - ms) * inv;
+            store_pack<T, W>(yr + i, a);
+        });
+    }
+}
+TFM_EXPORT(softmax_fwd_online<float, 4, 32>)
+TFM_EXPORT(softmax_fwd_online<float, 4, 256>)
+TFM_EXPORT(softmax_fwd_online<float, 4, 1024>)
+TFM_EXPORT(softmax_fwd_online<float, 1, 32>)
+TFM_EXPORT(softmax_fwd_online<float, 1, 256>)
+TFM_EXPORT(softmax_fwd_online<float, 1, 1024>)
+TFM_EXPORT(softmax_fwd_online<__half, 8, 32>)
+TFM_EXPORT(softmax_fwd_online<__half, 8, 256>)
+TFM_EXPORT(softmax_fwd_online<__half, 8, 1024>)
+TFM_EXPORT(softmax_fwd_online<__half, 1, 32>)
+TFM_EXPORT(softmax_fwd_online<__half, 1, 256>)
+TFM_EXPORT(softmax_fwd_online<__half, 1, 1024>)
+
+// 5: the row in registers. Thread t of the group holds packs j*TPR + t (j < E/VEC), so every
+// load instruction of the group is one contiguous TPR*VEC-element span; slots past the row hold
+// -inf (exp gives 0). x is read once and y written once: the minimum traffic. The register array
+// is indexed only by unrolled constants, so it stays in registers (ptxas -v: no local memory).
+// VEC > 1 only when cols % VEC == 0 and the pointers are 16-byte aligned (the wrapper checks).
+template <typename T, int VEC, int TPR, int E>
+__global__ void __launch_bounds__(Groups<TPR>::BLOCK)
+    softmax_fwd_regs(const T* __restrict__ x, T* __restrict__ y, int rows, int cols) {
+    static_assert(E % VEC == 0, "E must be a multiple of VEC");
+    constexpr int NV = E / VEC, RPB = Groups<TPR>::RPB;
+    __shared__ float scratch[TPR > 32 ? TPR / 32 : 1];
+    const int g = threadIdx.x / TPR, t = threadIdx.x % TPR;
+    for (int64_t rb = static_cast<int64_t>(blockIdx.x) * RPB; rb < rows; rb += static_cast<int64_t>(gridDim.x) * RPB) {
+        const int64_t row = rb + g < rows ? rb + g : rows - 1;
+        const int n = rb + g < rows ? cols : 0;
+        const T* xr = x + row * cols;
+        T* yr = y + row * cols;
+
+        float v[NV][VEC];
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const int i = (j * TPR + t) * VEC;
+            if (i + VEC <= n) {
+                load_pack<T, VEC>(xr + i, v[j]);
+            } else {
+#pragma unroll
+                for (int k = 0; k < VEC; ++k) v[j][k] = i + k < n ? to_float(xr[i + k]) : neg_inf();
+            }
+        }
+        float m = neg_inf();
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) m = fmaxf(m, v[j][k]);
+        m = group_reduce<TPR>(m, MaxOp(), scratch);
+        const float ms = safe_max(m);
+
+        float s = 0.0f;
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) {
+                v[j][k] = expf(v[j][k] - ms);
+                s += v[j][k];
+            }
+        s = group_reduce<TPR>(s, SumOp(), scratch);
+        const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const int i = (j * TPR + t) * VEC;
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) v[j][k] *= inv;
+            if (i + VEC <= n) {
+                store_pack<T, VEC>(yr + i, v[j]);
+            } else {
+#pragma unroll
+                for (int k = 0; k < VEC; ++k)
+                    if (i + k < n) set_from_float(yr[i + k], v[j][k]);
+            }
+        }
+    }
+}
+TFM_EXPORT(softmax_fwd_regs<float, 4, 1, 32>)
+TFM_EXPORT(softmax_fwd_regs<float, 4, 32, 32>)
+TFM_EXPORT(softmax_fwd_regs<float, 4, 128, 32>)
+TFM_EXPORT(softmax_fwd_regs<float, 4, 256, 32>)
+TFM_EXPORT(softmax_fwd_regs<float, 4, 512, 32>)
+TFM_EXPORT(softmax_fwd_regs<float, 4, 1024, 32>)
+TFM_EXPORT(softmax_fwd_regs<float, 1, 1, 32>)
+TFM_EXPORT(softmax_fwd_regs<float, 1, 32, 32>)
+TFM_EXPORT(softmax_fwd_regs<float, 1, 128, 32>)
+TFM_EXPORT(softmax_fwd_regs<float, 1, 256, 32>)
+TFM_EXPORT(softmax_fwd_regs<float, 1, 512, 32>)
+TFM_EXPORT(softmax_fwd_regs<float, 1, 1024, 32>)
+TFM_EXPORT(softmax_fwd_regs<__half, 8, 1, 32>)
+TFM_EXPORT(softmax_fwd_regs<__half, 8, 32, 32>)
+TFM_EXPORT(softmax_fwd_regs<__half, 8, 128, 32>)
+TFM_EXPORT(softmax_fwd_regs<__half, 8, 256, 32>)
+TFM_EXPORT(softmax_fwd_regs<__half, 8, 512, 32>)
+TFM_EXPORT(softmax_fwd_regs<__half, 8, 1024, 32>)
+TFM_EXPORT(softmax_fwd_regs<__half, 1, 1, 32>)
+TFM_EXPORT(softmax_fwd_regs<__half, 1, 32, 32>)
+TFM_EXPORT(softmax_fwd_regs<__half, 1, 128, 32>)
+TFM_EXPORT(softmax_fwd_regs<__half, 1, 256, 32>)
+TFM_EXPORT(softmax_fwd_regs<__half, 1, 512, 32>)
+TFM_EXPORT(softmax_fwd_regs<__half, 1, 1024, 32>)
+
+// ================================================================================= backward
+
+// 1: thread per row: s = sum(dy * y), then dx = y * (dy - s). Reads y and dy twice.
+template <typename T>
+__global__ void softmax_bwd_naive(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ dx,
+                                  int rows, int cols) {
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; row < rows;
+         row += stride) {
+        const T* gr = dy + row * cols;
+        const T* yr = y + row * cols;
+        T* dr = dx + row * cols;
+        float s = 0.0f;
+        for (int i = 0; i < cols; ++i) s += to_float(gr[i]) * to_float(yr[i]);
+        for (int i = 0; i < cols; ++i) set_from_float(dr[i], to_float(yr[i]) * (to_float(gr[i]) - s));
+    }
+}
+TFM_EXPORT(softmax_bwd_naive<float>)
+TFM_EXPORT(softmax_bwd_naive<__half>)
+
+// 2: block per row, shared-memory tree for the one sum.
+template <typename T, int NT>
+__global__ void __launch_bounds__(NT) softmax_bwd_block(const T* __restrict__ dy, const T* __restrict__ y,
+                                                       T* __restrict__ dx, int rows, int cols) {
+    __shared__ float red[NT];
+    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+        const T* gr = dy + row * cols;
+        const T* yr = y + row * cols;
+        T* dr = dx + row * cols;
+        float s = 0.0f;
+        for (int i = threadIdx.x; i < cols; i += NT) s += to_float(gr[i]) * to_float(yr[i]);
+        s = block_reduce_tree<NT>(s, SumOp(), red);
+        for (int i = threadIdx.x; i < cols; i += NT)
+            set_from_float(dr[i], to_float(yr[i]) * (to_float(gr[i]) - s));
+    }
+}
+TFM_EXPORT(softmax_bwd_block<float, 256>)
+TFM_EXPORT(softmax_bwd_block<__half, 256>)
+
+// 3 (TPR = 32) and 4 (TPR up to 1024, long rows): shuffles, 16-byte accesses, two passes.
+template <typename T, int VEC, int TPR>
+__global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
+    softmax_bwd_2pass(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ dx, int rows, int cols) {
+    constexpr int RPB = Groups<TPR>::RPB;
+    __shared__ float scratch[TPR > 32 ? TPR / 32 : 1];
+    const int g = threadIdx.x / TPR, t = threadIdx.x % TPR;
+    for (int64_t rb = static_cast<int64_t>(blockIdx.x) * RPB; rb < rows; rb += static_cast<int64_t>(gridDim.x) * RPB) {
+        const int64_t row = rb + g < rows ? rb + g : rows - 1;
+        const int n = rb + g < rows ? cols : 0;
+        const T* gr = dy + row * cols;
+        const T* yr = y + row * cols;
+        T* dr = dx + row * cols;
+        const int head = VEC > 1 ? head_elems(yr, n) : 0;
+
+        float s = 0.0f;
+        for_each_pack<VEC, TPR>(n, head, t, [&](int i, auto w) {
+            constexpr int W = decltype(w)::value;
+            float a[W], b[W];
+            load_pack<T, W>(gr + i, a);
+            load_pack<T, W>(yr + i, b);
+#pragma unroll
+            for (int k = 0; k < W; ++k) s += a[k] * b[k];
+        });
+        s = group_reduce<TPR>(s, SumOp(), scratch);
+
+        for_each_pack<VEC, TPR>(n, head, t, [&](int i, auto w) {
+            constexpr int W = decltype(w)::value;
+            float a[W], b[W];
+            load_pack<T, W>(gr + i, a);
+            load_pack<T, W>(yr + i, b);
+#pragma unroll
+            for (int k = 0; k < W; ++k) a[k] = b[k] * (a[k] - s);
+            store_pack<T, W>(dr + i, a);
+        });
+    }
+}
+TFM_EXPORT(softmax_bwd_2pass<float, 4, 32>)
+TFM_EXPORT(softmax_bwd_2pass<float, 4, 256>)
+TFM_EXPORT(softmax_bwd_2pass<float, 4, 1024>)
+TFM_EXPORT(softmax_bwd_2pass<float, 1, 32>)
+TFM_EXPORT(softmax_bwd_2pass<float, 1, 256>)
+TFM_EXPORT(softmax_bwd_2pass<float, 1, 1024>)
+TFM_EXPORT(softmax_bwd_2pass<__half, 8, 32>)
+TFM_EXPORT(softmax_bwd_2pass<__half, 8, 256>)
+TFM_EXPORT(softmax_bwd_2pass<__half, 8, 1024>)
+TFM_EXPORT(softmax_bwd_2pass<__half, 1, 32>)
+TFM_EXPORT(softmax_bwd_2pass<__half, 1, 256>)
+TFM_EXPORT(softmax_bwd_2pass<__half, 1, 1024>)
+
+// 5: y and dy in registers (E each: 2E floats per thread, so E = 16 keeps TPR = 1024 under the
+// 64-registers-per-thread cap of a full block): one read of each, one write of dx.
+template <typename T, int VEC, int TPR, int E>
+__global__ void __launch_bounds__(Groups<TPR>::BLOCK)
+    softmax_bwd_regs(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ dx, int rows, int cols) {
+    static_assert(E % VEC == 0, "E must be a multiple of VEC");
+    constexpr int NV = E / VEC, RPB = Groups<TPR>::RPB;
+    __shared__ float scratch[TPR > 32 ? TPR / 32 : 1];
+    const int g = threadIdx.x / TPR, t = threadIdx.x % TPR;
+    for (int64_t rb = static_cast<int64_t>(blockIdx.x) * RPB; rb < rows; rb += static_cast<int64_t>(gridDim.x) * RPB) {
+        const int64_t row = rb + g < rows ? rb + g : rows - 1;
+        const int n = rb + g < rows ? cols : 0;
+        const T* gr = dy + row * cols;
+        const T* yr = y + row * cols;
+        T* dr = dx + row * cols;
+
+        float a[NV][VEC], b[NV][VEC];  // a = dy, b = y; 0 past the row
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const int i = (j * TPR + t) * VEC;
+            if (i + VEC <= n) {
+                load_pack<T, VEC>(gr + i, a[j]);
+                load_pack<T, VEC>(yr + i, b[j]);
+            } else {
+#pragma unroll
+                for (int k = 0; k < VEC; ++k) {
+                    a[j][k] = i + k < n ? to_float(gr[i + k]) : 0.0f;
+                    b[j][k] = i + k < n ? to_float(yr[i + k]) : 0.0f;
+                }
+            }
+        }
+        float s = 0.0f;
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) s += a[j][k] * b[j][k];
+        s = group_reduce<TPR>(s, SumOp(), scratch);
+
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const int i = (j * TPR + t) * VEC;
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) a[j][k] = b[j][k] * (a[j][k] - s);
+            if (i + VEC <= n) {
+                store_pack<T, VEC>(dr + i, a[j]);
+            } else {
+#pragma unroll
+                for (int k = 0; k < VEC; ++k)
+                    if (i + k < n) set_from_float(dr[i + k], a[j][k]);
+            }
+        }
+    }
+}
+TFM_EXPORT(softmax_bwd_regs<float, 4, 1, 16>)
+TFM_EXPORT(softmax_bwd_regs<float, 4, 32, 16>)
+TFM_EXPORT(softmax_bwd_regs<float, 4, 128, 16>)
+TFM_EXPORT(softmax_bwd_regs<float, 4, 256, 16>)
+TFM_EXPORT(softmax_bwd_regs<float, 4, 512, 16>)
+TFM_EXPORT(softmax_bwd_regs<float, 4, 1024, 16>)
+TFM_EXPORT(softmax_bwd_regs<float, 1, 1, 16>)
+TFM_EXPORT(softmax_bwd_regs<float, 1, 32, 16>)
+TFM_EXPORT(softmax_bwd_regs<float, 1, 128, 16>)
+TFM_EXPORT(softmax_bwd_regs<float, 1, 256, 16>)
+TFM_EXPORT(softmax_bwd_regs<float, 1, 512, 16>)
+TFM_EXPORT(softmax_bwd_regs<float, 1, 1024, 16>)
+TFM_EXPORT(softmax_bwd_regs<__half, 8, 1, 16>)
+TFM_EXPORT(softmax_bwd_regs<__half, 8, 32, 16>)
+TFM_EXPORT(softmax_bwd_regs<__half, 8, 128, 16>)
+TFM_EXPORT(softmax_bwd_regs<__half, 8, 256, 16>)
+TFM_EXPORT(softmax_bwd_regs<__half, 8, 512, 16>)
+TFM_EXPORT(softmax_bwd_regs<__half, 8, 1024, 16>)
+TFM_EXPORT(softmax_bwd_regs<__half, 1, 1, 16>)
+TFM_EXPORT(softmax_bwd_regs<__half, 1, 32, 16>)
+TFM_EXPORT(softmax_bwd_regs<__half, 1, 128, 16>)
+TFM_EXPORT(softmax_bwd_regs<__half, 1, 256, 16>)
+TFM_EXPORT(softmax_bwd_regs<__half, 1, 512, 16>)
+TFM_EXPORT(softmax_bwd_regs<__half, 1, 1024, 16>)
