@@ -151,6 +151,9 @@ class BuildExt(build_ext):
 
 
 def extensions() -> list[Extension]:
+    if os.environ.get("TFM_SKIP_EXT"):  # `make setup`: the Makefile's `ext` step builds it in place
+        log("TFM_SKIP_EXT is set: installing without tfm_kernels._ext")
+        return []
     try:
         import pybind11
     except ImportError:
@@ -167,9 +170,9 @@ def extensions() -> list[Extension]:
 
 setup(
     packages=find_packages(include=["numpy_ref", "numpy_ref.*", "tfm_kernels", "tfm_kernels.*"])
-    + ["tfm_kernels.csrc"],
+    + ["tfm_kernels.csrc", "tfm_kernels.csrc.ext"],
     package_dir={"tfm_kernels.csrc": "csrc"},
-    package_data={"tfm_kernels.csrc": ["*.cu", "*.cuh", "ext/*.cu", "ext/*.cpp"]},
+    package_data={"tfm_kernels.csrc": ["*.cu", "*.cuh"], "tfm_kernels.csrc.ext": ["*.cu", "*.cpp"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExt},
 )
