@@ -92,3 +92,21 @@ def same_shape(a: np.ndarray, name: str, shape) -> None:
 def same_dtype(a: np.ndarray, name: str, dtype, other: str) -> None:
     if a.dtype != dtype:
         raise TypeError(f"{name} must have the dtype of {other} ({dtype}), got {a.dtype}")
+
+
+def integer(x, name: str) -> int:
+    """Any Python/NumPy integer (negative allowed; bools refused)."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(x).__name__}")
+    return int(x)
+
+
+def scalar(x, name: str) -> float:
+    """A finite real scalar, also accepting 0-d float arrays (what a loss returns)."""
+    if isinstance(x, np.ndarray):
+        if x.ndim != 0:
+            raise ValueError(f"{name} must be a scalar, got shape {x.shape}")
+        if x.dtype.kind != "f":
+            raise TypeError(f"{name} must be a real number, got dtype {x.dtype}")
+        x = x.item()
+    return real(x, name)

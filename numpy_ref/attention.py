@@ -116,22 +116,30 @@ def _neg_inf_to_pos(lse):
 # --------------------------------------------------------------------------------------------------
 # Plain attention
 
-def attention_forward(q, k, v, causal=False, kv_lens=None, scale=None):
-    """(o, lse) of softmax(scale * q k^T, masked) v; see the module docstring."""
-    q, k, v, causal, kv_lens, scale = _check_qkv(q, k, v, causal, kv_lens, scale)
-    Lq, Lk = q.shape[2], k.shape[2]
-    s = np.matmul(q, np.swapaxes(k, -1, -2)) * scale                      # (B, H, Lq, Lk)
-    vis = _visible(0, Lq, 0, Lk, causal, kv_lens)
+def masked_softmax_scores(q, k, vis, scale):
+    """(p, lse): p = softmax over keys of scale * q k^T with hidden keys (vis False) at exactly 0,
+    lse its log-sum-exp. vis is a bool array broadcastable to (..., Lq, Lk), or None for none
+    hidden. Rows with no visible key: p = 0, lse = -inf. Shared by attention_forward and the
+    multi-head attention module (whose key padding masks need not be suffixes). Unvalidated."""
+    s = np.matmul(q, np.swapaxes(k, -1, -2)) * scale                      # (..., Lq, Lk)
     if vis is not None:
         s = np.where(vis, s, np.asarray(-np.inf, q.dtype))
     m = np.max(s, axis=-1, keepdims=True)
     m = np.where(m == -np.inf, np.zeros((), q.dtype), m)                  # no-key rows: shift by 0
-    p = np.exp(s - m)
+    p = np.exp(s - m, out=s)
     l = np.sum(p, axis=-1, keepdims=True)                                 # 0 exactly on no-key rows
     with np.errstate(divide="ignore"):
         lse = (m + np.log(l))[..., 0]                                     # -inf on no-key rows
-    o = np.matmul(p / np.where(l == 0, np.ones((), q.dtype), l), v)      # 0 on no-key rows
-    return o, lse
+    p /= np.where(l == 0, np.ones((), q.dtype), l)                       # 0 on no-key rows
+    return p, lse
+
+
+def attention_forward(q, k, v, causal=False, kv_lens=None, scale=None):
+    """(o, lse) of softmax(scale * q k^T, masked) v; see the module docstring."""
+    q, k, v, causal, kv_lens, scale = _check_qkv(q, k, v, causal, kv_lens, scale)
+    Lq, Lk = q.shape[2], k.shape[2]
+    p, lse = masked_softmax_scores(q, k, _visible(0, Lq, 0, Lk, causal, kv_lens), scale)
+    return np.matmul(p, v), lse
 
 
 def attention_backward(do, q, k, v, o, lse, causal=False, kv_lens=None, scale=None):
