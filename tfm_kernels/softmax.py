@@ -1,9 +1,393 @@
-"""Scaffolding: replaced by the softmax kernels' own module (in progress in this commit series)."""
+"""softmax / softmax_backward over the last axis on the GPU: the ladders of csrc/softmax.cu and the
+API every softmax variant is called through.
+
+Same semantics as ``numpy_ref.softmax`` / ``numpy_ref.softmax_backward`` (the float64 reference the
+tests compare against):
+
+    softmax(x)              y  = exp(x - max x) / sum exp(x - max x)     over the last axis
+    softmax_backward(dy, y) dx = y * (dy - sum(dy * y))                  over the last axis
+
+Any rank >= 1 (every leading axis is a row: shape (..., cols) is rows = prod(...) rows of cols).
+float32 or float16 in and out (float16 is computed in fp32 and rounded once on the store). Masks: an
+entry of -inf gives exactly 0, a row that is all -inf gives 0 everywhere and zero gradient, never
+NaN (torch gives NaN there). A last axis of length 0 gives an empty result without a launch.
+
+Arguments: CUDA arrays (CuPy, or anything with ``__cuda_array_interface__``/DLPack on the GPU),
+C-contiguous, fewer than 2**31 elements (kernels index a row with int32; row offsets are int64).
+``out`` (optional) must have the input's shape and dtype and must not overlap an input (the kernels
+read the inputs through ``__restrict__`` pointers). Every check runs on metadata before the device
+is touched, so bad calls raise TypeError/ValueError naming the argument on a machine without a GPU.
+
+The variant contract:
+  forward  ``fn(be, x, out)``,     backward ``fn(be, dy, y, out)``: validated C-contiguous CuPy
+  arrays, viewed as (rows, cols);
+  ``supports(*, dtype, rows, cols)`` -> None or the reason the variant cannot take the shape.
+Each fn plans its launch from the shape and the pointers' alignment: the 16-byte vector paths
+(4 floats / 8 halves per access) are used only where they are legal (see ``_vec``), else the same
+kernel's scalar instantiation.
+
+The ladders (numbers are the order to read csrc/softmax.cu in; the default is the highest-numbered
+variant that takes the shape: 5 up to its register capacity, 4 beyond):
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _validate
+from ._registry import Launch, Variant, choose, register
+
+SOURCE = "softmax.cu"
+DTYPES = ("float32", "float16")
+_CTYPE = {"float32": "float", "float16": "__half"}
+
+# Grid-stride loops cap the grid; tests lower this to make every kernel walk its row loop.
+MAX_GRID = 65535
+
+# Row-in-registers capacity: E fp32 values per thread x up to 1024 threads per row.
+FWD_REGS_E = 32  # x: 32 registers of row data per thread -> rows up to 32768
+BWD_REGS_E = 16  # y and dy: 2 x 16 registers per thread -> rows up to 16384
+REGS_TPR = (1, 32, 128, 256, 512, 1024)  # instantiated threads-per-row of the *_regs kernels
+STREAM_TPR = (32, 256, 1024)             # instantiated threads-per-row of the streaming kernels
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: metadata only, so every error is raised (and testable) without a GPU
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Meta:
+    shape: tuple[int, ...]
+    dtype: str
+    ptr: int | None
+    nbytes: int
+
+
+def _meta(x, name: str) -> _Meta:
+    """Shape, dtype and address of a CUDA array read from its metadata (CuPy attributes or
+    ``__cuda_array_interface__``), with dtype/contiguity checked; anything else goes through
+    ``_validate.as_array``, which refuses host arrays with a TypeError naming ``name``."""
+    try:
+        import cupy
+    except Exception:  # CuPy missing: only the interface protocols can apply
+        cupy = None
+    if cupy is not None and isinstance(x, cupy.ndarray):
+        shape, dt, contiguous = tuple(x.shape), x.dtype.name, bool(x.flags.c_contiguous)
+        ptr, nbytes = int(x.data.ptr), int(x.nbytes)
+    else:
+        cai = None
+        if not isinstance(x, np.ndarray) and hasattr(x, "__cuda_array_interface__"):
+            try:
+                cai = x.__cuda_array_interface__
+            except Exception:
+                cai = None  # as_array below says why
+        if cai is None:
+            return _meta(_validate.as_array(x, name, dtypes=DTYPES), name)
+        d = np.dtype(cai["typestr"])
+        shape = tuple(int(n) for n in cai["shape"])
+        strides = cai.get("strides")
+        strides = None if strides is None else tuple(int(s) for s in strides)
+        dt, contiguous = d.name, _validate._c_contiguous(shape, strides, d.itemsize)
+        ptr = int(cai["data"][0]) if cai.get("data") else None
+        nbytes = math.prod(shape) * d.itemsize
+    _validate._check_meta(name, dt, shape, contiguous, DTYPES, None)
+    if len(shape) == 0:
+        raise ValueError(f"{name}: expected at least 1 dimension (softmax is over the last axis), "
+                         f"got a 0-d array")
+    return _Meta(shape, dt, ptr, nbytes)
+
+
+def _overlap(a: _Meta, b: _Meta) -> bool:
+    if a.ptr is None or b.ptr is None or a.nbytes == 0 or b.nbytes == 0:
+        return False
+    return a.ptr < b.ptr + b.nbytes and b.ptr < a.ptr + a.nbytes
+
+
+def _check_out(out: _Meta, ref: _Meta, ref_name: str, inputs: dict[str, _Meta]) -> None:
+    if out.dtype != ref.dtype:
+        raise TypeError(f"out: expected dtype {ref.dtype} (the dtype of {ref_name}), got {out.dtype}")
+    if out.shape != ref.shape:
+        raise ValueError(f"out: expected shape {ref.shape} (the shape of {ref_name}), got {out.shape}")
+    for name, m in inputs.items():
+        if _overlap(out, m):
+            raise ValueError(f"out: overlaps {name} in memory; the kernels read {name} while writing "
+                             f"out, so they must be separate buffers")
+
+
+def _rows_cols(m: _Meta, name: str) -> tuple[int, int]:
+    _validate.check_int32_indexing(name, *m.shape)
+    cols = m.shape[-1]
+    return (math.prod(m.shape[:-1]), cols)
+
+
+def _check_backend(backend) -> None:
+    if backend is not None and backend not in ("ext", "cupy"):
+        raise ValueError(f"backend: expected 'ext', 'cupy' or None, got {backend!r}")
 
 
 def softmax(x, *, backend=None, variant=None, out=None):
-    raise NotImplementedError("softmax: kernels not landed yet")
+    """Softmax over the last axis of ``x``; see the module docstring. Returns ``out`` (allocated
+    when None)."""
+    _check_backend(backend)
+    mx = _meta(x, "x")
+    mo = None if out is None else _meta(out, "out")
+    if mo is not None:
+        _check_out(mo, mx, "x", {"x": mx})
+    rows, cols = _rows_cols(mx, "x")
+    if variant is not None:  # a bad name, dtype or shape for the asked-for variant: before the device
+        choose("softmax", variant, dtype=mx.dtype, rows=rows, cols=cols)
+    # The device from here on.
+    x = _validate.as_array(x, "x", dtypes=DTYPES)
+    out = _validate.out_array(out, "out", mx.shape, mx.dtype)
+    if rows * cols == 0:
+        return out
+    from . import _backend
+
+    be = _backend.get(backend)
+    v = choose("softmax", variant, dtype=mx.dtype, cc=be.cc, rows=rows, cols=cols)
+    v.fn(be, x.reshape(rows, cols), out.reshape(rows, cols))
+    return out
 
 
 def softmax_backward(dy, y, *, backend=None, variant=None, out=None):
-    raise NotImplementedError("softmax_backward: kernels not landed yet")
+    """dx = y * (dy - sum(dy * y)) over the last axis; see the module docstring. Returns ``out``
+    (allocated when None)."""
+    _check_backend(backend)
+    my = _meta(y, "y")
+    mdy = _meta(dy, "dy")
+    if mdy.dtype != my.dtype:
+        raise TypeError(f"dy: expected y's dtype {my.dtype}, got {mdy.dtype}")
+    if mdy.shape != my.shape:
+        raise ValueError(f"dy: expected y's shape {my.shape}, got {mdy.shape}")
+    mo = None if out is None else _meta(out, "out")
+    if mo is not None:
+        _check_out(mo, my, "y", {"dy": mdy, "y": my})
+    rows, cols = _rows_cols(my, "y")
+    if variant is not None:
+        choose("softmax_backward", variant, dtype=my.dtype, rows=rows, cols=cols)
+    dy = _validate.as_array(dy, "dy", dtypes=DTYPES)
+    y = _validate.as_array(y, "y", dtypes=DTYPES)
+    out = _validate.out_array(out, "out", my.shape, my.dtype)
+    if rows * cols == 0:
+        return out
+    from . import _backend
+
+    be = _backend.get(backend)
+    v = choose("softmax_backward", variant, dtype=my.dtype, cc=be.cc, rows=rows, cols=cols)
+    v.fn(be, dy.reshape(rows, cols), y.reshape(rows, cols), out.reshape(rows, cols))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch planning, shared by both backends
+# ---------------------------------------------------------------------------------------------
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _vec_width(dtype: str) -> int:
+    """Elements per 16-byte access."""
+    return 16 // np.dtype(dtype).itemsize
+
+
+def _stream_vec(dtype: str, *arrays) -> int:
+    """VEC for the streaming kernels (3pass, online, 2pass): they peel a scalar head up to the
+    16-byte boundary per row, which is one boundary for all arrays only when every pointer has the
+    same address mod 16. Otherwise 1 (scalar, still coalesced)."""
+    residues = {int(a.data.ptr) % 16 for a in arrays}
+    return _vec_width(dtype) if len(residues) == 1 else 1
+
+
+def _regs_vec(dtype: str, cols: int, *arrays) -> int:
+    """VEC for the row-in-registers kernels: whole packs only, so every row start must be 16-byte
+    aligned: cols a multiple of the pack and every pointer 16-byte aligned."""
+    w = _vec_width(dtype)
+    if cols % w == 0 and all(int(a.data.ptr) % 16 == 0 for a in arrays):
+        return w
+    return 1
+
+
+def _groups_block(tpr: int) -> tuple[int, int]:
+    """(threads per block, rows per block) of a group kernel: csrc/softmax.cu's Groups<TPR>."""
+    block = max(tpr, 128)
+    return block, block // tpr
+
+
+def _grid(row_groups: int) -> tuple[int, int, int]:
+    return (max(1, min(row_groups, MAX_GRID)), 1, 1)
+
+
+def regs_tpr(cols: int, e: int) -> int | None:
+    """Threads per row of a *_regs kernel: the fewest instantiated that hold the row (TPR*E >= cols)."""
+    for tpr in REGS_TPR:
+        if tpr * e >= cols:
+            return tpr
+    return None
+
+
+def stream_tpr(cols: int) -> int:
+    """Threads per row of the online / long-row streaming kernels: a warp up to 2048 elements (64
+    per lane), 256 threads up to 16384, then 1024: enough loads in flight per row without leaving
+    most threads of a short row idle."""
+    if cols <= 2048:
+        return 32
+    if cols <= 16384:
+        return 256
+    return 1024
+
+
+def _args(*arrays, rows: int, cols: int) -> tuple:
+    return tuple(arrays) + (np.int32(rows), np.int32(cols))
+
+
+# Forward launchers -----------------------------------------------------------------------------
+
+def _fwd_naive(be, x, out):
+    rows, cols = x.shape
+    t = _CTYPE[x.dtype.name]
+    be.launch(Launch(SOURCE, f"softmax_fwd_naive<{t}>", _grid(_cdiv(rows, 128)), (128, 1, 1),
+                     _args(x, out, rows=rows, cols=cols)))
+
+
+def _fwd_block(be, x, out):
+    rows, cols = x.shape
+    t = _CTYPE[x.dtype.name]
+    be.launch(Launch(SOURCE, f"softmax_fwd_block<{t}, 256>", _grid(rows), (256, 1, 1),
+                     _args(x, out, rows=rows, cols=cols)))
+
+
+def _fwd_stream(kernel: str, tpr_of):
+    def fn(be, x, out):
+        rows, cols = x.shape
+        t = _CTYPE[x.dtype.name]
+        vec = _stream_vec(x.dtype.name, x, out)
+        tpr = tpr_of(cols)
+        block, rpb = _groups_block(tpr)
+        be.launch(Launch(SOURCE, f"{kernel}<{t}, {vec}, {tpr}>", _grid(_cdiv(rows, rpb)), (block, 1, 1),
+                         _args(x, out, rows=rows, cols=cols)))
+    return fn
+
+
+def _fwd_regs(be, x, out):
+    rows, cols = x.shape
+    t = _CTYPE[x.dtype.name]
+    vec = _regs_vec(x.dtype.name, cols, x, out)
+    tpr = regs_tpr(cols, FWD_REGS_E)
+    block, rpb = _groups_block(tpr)
+    be.launch(Launch(SOURCE, f"softmax_fwd_regs<{t}, {vec}, {tpr}, {FWD_REGS_E}>", _grid(_cdiv(rows, rpb)),
+                     (block, 1, 1), _args(x, out, rows=rows, cols=cols)))
+
+
+# Backward launchers ----------------------------------------------------------------------------
+
+def _bwd_naive(be, dy, y, out):
+    rows, cols = y.shape
+    t = _CTYPE[y.dtype.name]
+    be.launch(Launch(SOURCE, f"softmax_bwd_naive<{t}>", _grid(_cdiv(rows, 128)), (128, 1, 1),
+                     _args(dy, y, out, rows=rows, cols=cols)))
+
+
+def _bwd_block(be, dy, y, out):
+    rows, cols = y.shape
+    t = _CTYPE[y.dtype.name]
+    be.launch(Launch(SOURCE, f"softmax_bwd_block<{t}, 256>", _grid(rows), (256, 1, 1),
+                     _args(dy, y, out, rows=rows, cols=cols)))
+
+
+def _bwd_stream(tpr_of):
+    def fn(be, dy, y, out):
+        rows, cols = y.shape
+        t = _CTYPE[y.dtype.name]
+        vec = _stream_vec(y.dtype.name, dy, y, out)
+        tpr = tpr_of(cols)
+        block, rpb = _groups_block(tpr)
+        be.launch(Launch(SOURCE, f"softmax_bwd_2pass<{t}, {vec}, {tpr}>", _grid(_cdiv(rows, rpb)),
+                         (block, 1, 1), _args(dy, y, out, rows=rows, cols=cols)))
+    return fn
+
+
+def _bwd_regs(be, dy, y, out):
+    rows, cols = y.shape
+    t = _CTYPE[y.dtype.name]
+    vec = _regs_vec(y.dtype.name, cols, dy, y, out)
+    tpr = regs_tpr(cols, BWD_REGS_E)
+    block, rpb = _groups_block(tpr)
+    be.launch(Launch(SOURCE, f"softmax_bwd_regs<{t}, {vec}, {tpr}, {BWD_REGS_E}>", _grid(_cdiv(rows, rpb)),
+                     (block, 1, 1), _args(dy, y, out, rows=rows, cols=cols)))
+
+
+# The kernels each variant may launch (the build tests compile them and read their ptxas reports).
+
+def _names(template: str, vecs: dict[str, tuple[int, ...]], tprs=(None,), extra: str = "") -> tuple:
+    out = []
+    for dt, t in _CTYPE.items():
+        for vec in vecs[dt]:
+            for tpr in tprs:
+                inner = ", ".join(str(p) for p in (t, vec if vec else None, tpr) if p is not None)
+                out.append((SOURCE, f"{template}<{inner}{extra}>"))
+    return tuple(out)
+
+
+_NOVEC = {"float32": (None,), "float16": (None,)}
+_VECS = {"float32": (4, 1), "float16": (8, 1)}
+
+
+def _regs_supports(e: int):
+    cap = REGS_TPR[-1] * e
+
+    def supports(*, dtype, rows, cols, **_):
+        if cols > cap:
+            return (f"rows of {cols} elements do not fit in registers ({REGS_TPR[-1]} threads x {e} "
+                    f"= {cap} elements at most)")
+        return None
+    return supports
+
+
+# (number, name, fn, kernels, hot, description: what it changes and the predicted effect)
+FORWARD = [
+    (1, "naive", _fwd_naive, _names("softmax_fwd_naive", _NOVEC), False,
+     "a thread per row, three passes (max, sum, write): 3 reads + 1 write, uncoalesced (~1-5% of copy)"),
+    (2, "block", _fwd_block, _names("softmax_fwd_block", _NOVEC, extra=", 256"), False,
+     "a 256-thread block per row, coalesced, shared-memory tree reductions; still 4 accesses/elt "
+     "(~40-50% of copy: 3 of them reach HBM once rows exceed L2 reuse)"),
+    (3, "warp_vec", _fwd_stream("softmax_fwd_3pass", lambda cols: 32),
+     _names("softmax_fwd_3pass", _VECS, (32,)), False,
+     "a warp per row, shuffle reductions, 16-byte loads (scalar head/tail); same 4 accesses/elt, "
+     "fewer instructions, no barriers (~1.1x 2 on short rows)"),
+    (4, "online", _fwd_stream("softmax_fwd_online", stream_tpr),
+     _names("softmax_fwd_online", _VECS, STREAM_TPR), True,
+     "online max+sum in one read (Milakov & Gimelshein 2018), then the write pass: 3 accesses/elt "
+     "instead of 4 (~1.3x 3); 32-1024 threads per row by length, the default beyond 32768"),
+    (5, "regs", _fwd_regs, _names("softmax_fwd_regs", _VECS, REGS_TPR, extra=f", {FWD_REGS_E}"), True,
+     "the row held in registers (32 per thread, 1-1024 threads per row): x read once, y written once, "
+     "2 accesses/elt = the minimum bytes (>= 90% of copy); rows up to 32768"),
+]
+
+BACKWARD = [
+    (1, "naive", _bwd_naive, _names("softmax_bwd_naive", _NOVEC), False,
+     "a thread per row, two passes (sum(dy*y), write): 5 accesses/elt, uncoalesced"),
+    (2, "block", _bwd_block, _names("softmax_bwd_block", _NOVEC, extra=", 256"), False,
+     "a 256-thread block per row, coalesced, shared-memory tree reduction; 5 accesses/elt"),
+    (3, "warp_vec", _bwd_stream(lambda cols: 32), _names("softmax_bwd_2pass", _VECS, (32,)), False,
+     "a warp per row, shuffle reduction, 16-byte loads (scalar head/tail); 5 accesses/elt"),
+    (4, "block_vec", _bwd_stream(stream_tpr), _names("softmax_bwd_2pass", _VECS, STREAM_TPR), True,
+     "the same two passes with 32-1024 threads per row by length: long rows get a block's worth of "
+     "loads in flight; the default beyond 16384"),
+    (5, "regs", _bwd_regs, _names("softmax_bwd_regs", _VECS, REGS_TPR, extra=f", {BWD_REGS_E}"), True,
+     "y and dy held in registers (16 each per thread): read once, dx written once, 3 accesses/elt = "
+     "the minimum bytes (>= 85% of copy); rows up to 16384"),
+]
+
+for _op, _ladder, _e in (("softmax", FORWARD, FWD_REGS_E), ("softmax_backward", BACKWARD, BWD_REGS_E)):
+    for _n, _name, _fn, _kernels, _hot, _desc in _ladder:
+        register(Variant(op=_op, number=_n, name=_name, description=_desc, fn=_fn, dtypes=DTYPES,
+                         supports=_regs_supports(_e) if _name == "regs" else None, kernels=_kernels,
+                         hot=_hot, arch=80))
+
+if __doc__:  # None under python -OO
+    __doc__ += "".join(f"\n  softmax/{n}_{name:<10} {d}" for n, name, _f, _k, _h, d in FORWARD)
+    __doc__ += "\n" + "".join(f"\n  softmax_backward/{n}_{name:<10} {d}" for n, name, _f, _k, _h, d in BACKWARD)
