@@ -391,3 +391,68 @@ for _op, _ladder, _e in (("softmax", FORWARD, FWD_REGS_E), ("softmax_backward", 
 if __doc__:  # None under python -OO
     __doc__ += "".join(f"\n  softmax/{n}_{name:<10} {d}" for n, name, _f, _k, _h, d in FORWARD)
     __doc__ += "\n" + "".join(f"\n  softmax_backward/{n}_{name:<10} {d}" for n, name, _f, _k, _h, d in BACKWARD)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases for `tfm-kernels check` (protocol: tfm_kernels/check.py)
+# ---------------------------------------------------------------------------------------------
+
+def _case_inputs(rng, rows: int, cols: int, kind: str) -> np.ndarray:
+    """float64 logits: "normal" (N(0, 2^2)), "large" (uniform +-1e4: near one-hot rows; fits fp16),
+    "masked" (~30% -inf, one row all -inf, one row with a single finite entry)."""
+    if kind == "large":
+        return rng.uniform(-1e4, 1e4, (rows, cols))
+    x = rng.standard_normal((rows, cols)) * 2.0
+    if kind == "masked":
+        x[rng.random((rows, cols)) < 0.3] = -np.inf
+        x[int(rng.integers(rows))] = -np.inf
+        if rows > 1:
+            r = (rows - 1) // 2
+            x[r] = -np.inf
+            x[r, int(rng.integers(cols))] = 1.0
+    return x
+
+
+def check_cases(rng, quick: bool):
+    """Forward and backward cases over awkward row lengths (every planning threshold), masks,
+    large magnitudes, both dtypes; outputs NaN-filled before each run."""
+    from .check import Case, fp32_rule, lowprec_rule
+    import numpy_ref
+
+    if quick:
+        shapes = [(1, 1), (9, 31), (17, 33), (97, 1025), (3, 4097), (2, 32769), (3000, 3)]
+    else:
+        shapes = [(1, 1), (5, 1), (7, 17), (9, 31), (11, 33), (3, 97), (64, 129), (40, 1000), (6, 1025),
+                  (3, 4097), (2, 8192), (3, 8193), (2, 16385), (2, 32768), (2, 32769), (2, 100000),
+                  (1, 262144), (70000, 3)]
+    kinds = ("normal", "large", "masked")
+    for i, (rows, cols) in enumerate(shapes):
+        kind = kinds[i % 3]
+        for dt in (np.float32, np.float16):
+            x = _case_inputs(rng, rows, cols, kind).astype(dt)
+            dy = rng.standard_normal((rows, cols)).astype(dt)
+            y = numpy_ref.softmax(x.astype(np.float64)).astype(dt)
+            tag = f"{np.dtype(dt).name} {rows}x{cols} {kind}"
+            if dt == np.float32:
+                tol_f = tol_b = fp32_rule(reduction=cols)
+            else:  # same computation in NumPy: float32 math, one rounding to float16
+                tol_f = lowprec_rule(numpy_ref.softmax(x.astype(np.float32)).astype(np.float16))
+                tol_b = lowprec_rule(numpy_ref.softmax_backward(dy.astype(np.float32), y.astype(np.float32))
+                                     .astype(np.float16))
+
+            def run_f(backend, variant, x=x):
+                import cupy as cp
+
+                out = cp.full(x.shape, np.nan, dtype=x.dtype)
+                return softmax(cp.asarray(x), backend=backend, variant=variant, out=out)
+
+            def run_b(backend, variant, dy=dy, y=y):
+                import cupy as cp
+
+                out = cp.full(y.shape, np.nan, dtype=y.dtype)
+                return softmax_backward(cp.asarray(dy), cp.asarray(y), backend=backend, variant=variant, out=out)
+
+            yield Case("softmax", tag, run_f, lambda x=x: numpy_ref.softmax(x.astype(np.float64)), tol_f)
+            yield Case("softmax_backward", tag, run_b,
+                       lambda dy=dy, y=y: numpy_ref.softmax_backward(dy.astype(np.float64), y.astype(np.float64)),
+                       tol_b)
