@@ -365,9 +365,11 @@ def _naive_mask(be, s, kv_lens, H, causal, scale, mode):
     """mode 0: s = scale * s with hidden keys -inf, rows with no key all 0 (so softmax stays
     finite); mode 1: p with rows that see no key zeroed (their P is exactly 0)."""
     BH, Lq, Lk = s.shape
-    be.launch(Launch(SOURCE, "attention_naive_mask", (-(-Lk // 128), Lq, BH), (128, 1, 1),
+    rows = BH * Lq
+    # One CTA per row, grid-stride past 2**20 rows (a row costs Lk / 128 loads per thread).
+    be.launch(Launch(SOURCE, "attention_naive_mask", (min(rows, 1 << 20), 1, 1), (128, 1, 1),
                      (s, kv_lens, np.int32(H), np.int32(Lq), np.int32(Lk), np.int32(causal),
-                      np.float32(scale), np.int32(mode))))
+                      np.float32(scale), np.int32(mode), np.int32(rows))))
 
 
 def _naive_lse(be, s, kv_lens, H, causal, lse):
