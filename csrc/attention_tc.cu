@@ -84,7 +84,7 @@ template <int D, int BN, int MW>
 __global__ void __launch_bounds__(128)
 attn_fwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
             __half* __restrict__ o, float* __restrict__ lse, const int* __restrict__ kv_lens,
-            int has_kv_lens, int H, int Lq, int Lk, float scale_log2, int causal) {
+            int H, int Lq, int Lk, int ntiles, float scale_log2, int causal) {
     static_assert(D % 16 == 0 && D <= 256, "head dim: multiple of 16");
     static_assert(BN % 16 == 0, "BN: multiple of 16");
     constexpr int THREADS = 128, BM = 64 * MW, LD = D + 8;
@@ -98,19 +98,22 @@ attn_fwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int g = lane / 4, t = lane % 4;
-    // Causal: diagonal tiles cost more the later they sit; launch those first so the tail of the
-    // grid is short tiles (FA2 does the same).
-    const int mblk = causal ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
+    // Grid: x = tile * (B*H) + (b*H + h), so consecutive CTAs are different heads of the same
+    // tile index. Causal: the last query tiles see the most keys; numbering them first puts every
+    // head's long tiles at the front of the launch and leaves short tiles for the tail.
+    const int bh_count = gridDim.x / ntiles;
+    const int tile = blockIdx.x / bh_count, bhi = blockIdx.x % bh_count;
+    const int mblk = causal ? ntiles - 1 - tile : tile;
+    const int b = bhi / H;
     const int m0 = mblk * BM;
-    const size_t bh = (size_t)blockIdx.z * H + blockIdx.y;
+    const size_t bh = bhi;
     q += bh * Lq * D;
     o += bh * Lq * D;
     lse += bh * Lq;
     k += bh * Lk * D;
     v += bh * Lk * D;
 
-    int kv_len = Lk;
-    if (has_kv_lens) kv_len = min(Lk, max(kv_lens[blockIdx.z], 0));
+    const int kv_len = min(Lk, max(kv_lens[b], 0));
     // Keys this tile can see: j < kv_len, and with causal j <= last query of the tile.
     const int n_end = causal ? min(kv_len, m0 + BM) : kv_len;
     const int nblocks = n_end > 0 ? tfm_cdiv(n_end, BN) : 0;
@@ -300,3 +303,470 @@ TFM_EXPORT(attn_fwd_tc<32, 64, 2>)
 TFM_EXPORT(attn_fwd_tc<64, 64, 2>)
 TFM_EXPORT(attn_fwd_tc<96, 64, 1>)
 TFM_EXPORT(attn_fwd_tc<128, 64, 1>)
+
+// ------------------------------------------------------------------------------------------------
+// Backward preprocessing: D_i = rowsum(dO_i * O_i) (fp32 sums of fp16 products), one warp per row;
+// with zero_dq it also zeroes the fp32 dQ accumulator rows that backward 11 adds into.
+template <int D>
+__global__ void __launch_bounds__(256)
+attn_bwd_dot_tc(const __half* __restrict__ dout, const __half* __restrict__ out, float* __restrict__ Dd,
+                float* __restrict__ dq_acc, int rows, int zero_dq) {
+    const int row = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const __half2* a = reinterpret_cast<const __half2*>(dout + (size_t)row * D);
+    const __half2* b = reinterpret_cast<const __half2*>(out + (size_t)row * D);
+    float s = 0.f;
+#pragma unroll
+    for (int c = lane; c < D / 2; c += 32) {
+        const float2 x = __half22float2(a[c]), y = __half22float2(b[c]);
+        s = fmaf(x.x, y.x, fmaf(x.y, y.y, s));
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (lane == 0) Dd[row] = s;
+    if (zero_dq) {
+        float2* z = reinterpret_cast<float2*>(dq_acc + (size_t)row * D);
+#pragma unroll
+        for (int c = lane; c < D / 2; c += 32) z[c] = make_float2(0.f, 0.f);
+    }
+}
+
+TFM_EXPORT(attn_bwd_dot_tc<32>)
+TFM_EXPORT(attn_bwd_dot_tc<64>)
+TFM_EXPORT(attn_bwd_dot_tc<96>)
+TFM_EXPORT(attn_bwd_dot_tc<128>)
+
+// ------------------------------------------------------------------------------------------------
+// Backward 11 / 12: CTA per key block K_j, V_j of 64 keys; warp w owns keys 16w..16w+15 of it, and
+// their dK_j, dV_j rows (fp32 registers). Everything is computed transposed (keys are the mma's M),
+// so the score fragments are S^T: sT[nt][0..1] = key g, queries 8nt + 2t + {0,1}; [2..3] = key g+8.
+// Per query block Q_i (BM rows; Q_i, dO_i double-buffered by cp.async, lse_i and D_i through
+// registers into smem):
+//   S^T  = K_j Q_i^T                 A = K_j (plain ldmatrix), B = Q_i rows (plain)
+//   P^T  = exp2(S^T * scale*log2e - lse_i*log2e), masked to 0
+//   dV  += P^T dO_i                  A = fp16(P^T) from registers, B = dO_i (.trans)
+//   dP^T = V_j dO_i^T                A = V_j (plain), B = dO_i rows (plain)
+//   dS^T = P^T (dP^T - D_i)
+//   dK  += dS^T Q_i                  A = fp16(dS^T), B = Q_i (.trans)
+//   ATOMIC: dQ_i += dS K_j           dS^T staged in smem as fp16 [key][query]; A = dS (.trans of the
+//                                    staged tile), B = K_j (.trans); fp32 atomics into dq_acc.
+// dK is scaled once at the end; dQ's scale is applied when dq_acc is converted.
+template <int D, int BM, bool ATOMIC>
+__global__ void __launch_bounds__(128)
+attn_bwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
+            const __half* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ Dd,
+            __half* __restrict__ dk, __half* __restrict__ dv, float* __restrict__ dq_acc,
+            const int* __restrict__ kv_lens, int H, int Lq, int Lk, int ntiles, float scale,
+            int causal) {
+    static_assert(D % 16 == 0 && BM % 16 == 0, "tile shapes: multiples of 16");
+    constexpr int THREADS = 128, BN = 64, LD = D + 8, LDS = BM + 8;
+    constexpr int KT = D / 16, DT = D / 8, MT = BM / 8;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    __half* sK = reinterpret_cast<__half*>(smem_raw);  // [BN][LD]
+    __half* sV = sK + BN * LD;                          // [BN][LD]
+    __half* sQ = sV + BN * LD;                          // [2][BM][LD]
+    __half* sdO = sQ + 2 * BM * LD;                     // [2][BM][LD]
+    __half* sdS = sdO + 2 * BM * LD;                    // [BN][LDS] (ATOMIC only)
+    float* sL = reinterpret_cast<float*>(sdS + (ATOMIC ? BN * LDS : 0));  // [2][BM] lse * log2e
+    float* sD = sL + 2 * BM;                                               // [2][BM] D_i
+
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int g = lane / 4, t = lane % 4;
+    // Grid: x = key block * (B*H) + (b*H + h); with causal the first key blocks meet the most
+    // query blocks, and they are launched first.
+    const int bh_count = gridDim.x / ntiles;
+    const int jblk = blockIdx.x / bh_count, bhi = blockIdx.x % bh_count;
+    const int b = bhi / H;
+    const int n0 = jblk * BN, kw = warp * 16;
+    const size_t bh = bhi;
+    q += bh * Lq * D;
+    dout += bh * Lq * D;
+    lse += bh * Lq;
+    Dd += bh * Lq;
+    k += bh * Lk * D;
+    v += bh * Lk * D;
+    dk += bh * Lk * D;
+    dv += bh * Lk * D;
+    if (ATOMIC) dq_acc += bh * Lq * D;
+    const float scale_log2 = scale * TFM_LOG2E;
+
+    const int kv_len = min(Lk, max(kv_lens[b], 0));
+    // With causal, queries i < n0 see none of these keys: start at the query block holding n0.
+    const int i_start = causal ? (n0 / BM) * BM : 0;
+    const int nblocks = (n0 < kv_len && i_start < Lq) ? tfm_cdiv(Lq - i_start, BM) : 0;
+
+    float dK[DT][4], dV[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) dK[dt][c] = dV[dt][c] = 0.f;
+
+    // Registers that carry the next block's lse_i, D_i into smem (thread tid < BM owns row tid).
+    float lse_next = 0.f, d_next = 0.f;
+    auto fetch_rowstats = [&](int m0) {
+        const int row = m0 + tid;
+        if (tid < BM) {
+            const float l = row < Lq ? lse[row] : tc_neg_inf();
+            // No-key rows (lse = -inf) and padding rows get +inf: exp2(x - inf) = 0 exactly.
+            lse_next = l == tc_neg_inf() ? __int_as_float(0x7f800000) : l * TFM_LOG2E;
+            d_next = row < Lq ? Dd[row] : 0.f;
+        }
+    };
+
+    if (nblocks > 0) {
+        tc_load_tile<BN, D, THREADS>(sK, k, n0, kv_len, tid);
+        tc_load_tile<BN, D, THREADS>(sV, v, n0, kv_len, tid);
+        tc_load_tile<BM, D, THREADS>(sQ, q, i_start, Lq, tid);
+        tc_load_tile<BM, D, THREADS>(sdO, dout, i_start, Lq, tid);
+        cp_async_commit();
+        fetch_rowstats(i_start);
+    }
+
+    for (int ib = 0; ib < nblocks; ++ib) {
+        const int buf = ib & 1;
+        const int m0 = i_start + ib * BM;
+        if (tid < BM) {
+            sL[buf * BM + tid] = lse_next;
+            sD[buf * BM + tid] = d_next;
+        }
+        cp_async_wait<0>();
+        __syncthreads();  // Q_i, dO_i, lse_i, D_i visible; the other buffers (and sdS) are free
+        if (ib + 1 < nblocks) {
+            tc_load_tile<BM, D, THREADS>(sQ + (buf ^ 1) * BM * LD, q, m0 + BM, Lq, tid);
+            tc_load_tile<BM, D, THREADS>(sdO + (buf ^ 1) * BM * LD, dout, m0 + BM, Lq, tid);
+            fetch_rowstats(m0 + BM);
+        }
+        cp_async_commit();
+        const __half* Qi = sQ + buf * BM * LD;
+        const __half* dOi = sdO + buf * BM * LD;
+        const float* Li = sL + buf * BM;
+        const float* Di = sD + buf * BM;
+
+        // S^T = K_j Q_i^T (this warp's 16 keys x BM queries).
+        float sT[MT][4];
+#pragma unroll
+        for (int nt = 0; nt < MT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) sT[nt][c] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KT; ++kk) {
+            uint32_t a[4];
+            ldmatrix_x4(a, smem_u32(sK + (kw + lane % 16) * LD + kk * 16 + (lane / 16) * 8));
+#pragma unroll
+            for (int np = 0; np < MT / 2; ++np) {
+                uint32_t b[4];
+                ldmatrix_x4(b, smem_u32(Qi + (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 +
+                                        ((lane / 8) % 2) * 8));
+                const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+                mma_16816(sT[2 * np], a, b0);
+                mma_16816(sT[2 * np + 1], a, b1);
+            }
+        }
+
+        // P^T = exp2(S^T scale log2e - lse log2e); masks only on tiles crossing kv_len or the diagonal.
+        const bool edge = (n0 + BN > kv_len) || (causal && n0 + kw + 15 > m0);
+#pragma unroll
+        for (int nt = 0; nt < MT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int qcol = nt * 8 + 2 * t + (c % 2);
+                float p = exp2f(fmaf(sT[nt][c], scale_log2, -Li[qcol]));
+                if (edge) {
+                    const int key = n0 + kw + g + 8 * (c / 2);
+                    if (key >= kv_len || (causal && key > m0 + qcol)) p = 0.f;
+                }
+                sT[nt][c] = p;
+            }
+
+        // dV_j += P^T dO_i.
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk) {
+            const uint32_t pa[4] = {pack_half2(sT[2 * kk][0], sT[2 * kk][1]),
+                                    pack_half2(sT[2 * kk][2], sT[2 * kk][3]),
+                                    pack_half2(sT[2 * kk + 1][0], sT[2 * kk + 1][1]),
+                                    pack_half2(sT[2 * kk + 1][2], sT[2 * kk + 1][3])};
+#pragma unroll
+            for (int dp = 0; dp < D / 16; ++dp) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, smem_u32(dOi + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD +
+                                              dp * 16 + (lane / 16) * 8));
+                const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+                mma_16816(dV[2 * dp], pa, b0);
+                mma_16816(dV[2 * dp + 1], pa, b1);
+            }
+        }
+
+        // dP^T = V_j dO_i^T, then dS^T = P^T (dP^T - D_i) in place.
+        float dsT[MT][4];
+#pragma unroll
+        for (int nt = 0; nt < MT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) dsT[nt][c] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KT; ++kk) {
+            uint32_t a[4];
+            ldmatrix_x4(a, smem_u32(sV + (kw + lane % 16) * LD + kk * 16 + (lane / 16) * 8));
+#pragma unroll
+            for (int np = 0; np < MT / 2; ++np) {
+                uint32_t b[4];
+                ldmatrix_x4(b, smem_u32(dOi + (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 +
+                                        ((lane / 8) % 2) * 8));
+                const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+                mma_16816(dsT[2 * np], a, b0);
+                mma_16816(dsT[2 * np + 1], a, b1);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < MT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) dsT[nt][c] = sT[nt][c] * (dsT[nt][c] - Di[nt * 8 + 2 * t + (c % 2)]);
+
+        // dK_j += dS^T Q_i.
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk) {
+            const uint32_t da[4] = {pack_half2(dsT[2 * kk][0], dsT[2 * kk][1]),
+                                    pack_half2(dsT[2 * kk][2], dsT[2 * kk][3]),
+                                    pack_half2(dsT[2 * kk + 1][0], dsT[2 * kk + 1][1]),
+                                    pack_half2(dsT[2 * kk + 1][2], dsT[2 * kk + 1][3])};
+#pragma unroll
+            for (int dp = 0; dp < D / 16; ++dp) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, smem_u32(Qi + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD +
+                                              dp * 16 + (lane / 16) * 8));
+                const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+                mma_16816(dK[2 * dp], da, b0);
+                mma_16816(dK[2 * dp + 1], da, b1);
+            }
+        }
+
+        if constexpr (ATOMIC) {
+            // Stage dS^T as fp16 [key][query]; the next loop's top __syncthreads protects it from
+            // being overwritten while another warp still reads it.
+#pragma unroll
+            for (int nt = 0; nt < MT; ++nt)
+#pragma unroll
+                for (int r = 0; r < 2; ++r)
+                    *reinterpret_cast<uint32_t*>(sdS + (kw + g + 8 * r) * LDS + nt * 8 + 2 * t) =
+                        pack_half2(dsT[nt][2 * r], dsT[nt][2 * r + 1]);
+            __syncthreads();
+            // dQ_i += dS K_j over the 64 keys: (BM/16) x (D/16) output tiles of 16x16 dealt to the
+            // 4 warps round-robin. A[query][key] = sdS[key][query] (.trans): lane -> key
+            // 16kk + lane%8 + (lane/16)*8, query 16mt + ((lane/8)%2)*8. B = K_j[key][d] (.trans).
+            for (int tile = warp; tile < (BM / 16) * (D / 16); tile += 4) {
+                const int mt = tile / (D / 16), dp = tile % (D / 16);
+                float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+                for (int kk = 0; kk < BN / 16; ++kk) {
+                    uint32_t a[4], b[4];
+                    ldmatrix_x4_trans(a, smem_u32(sdS + (kk * 16 + lane % 8 + (lane / 16) * 8) * LDS +
+                                                  mt * 16 + ((lane / 8) % 2) * 8));
+                    ldmatrix_x4_trans(b, smem_u32(sK + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD +
+                                                  dp * 16 + (lane / 16) * 8));
+                    const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+                    mma_16816(acc[0], a, b0);
+                    mma_16816(acc[1], a, b1);
+                }
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const int row = m0 + mt * 16 + g + 8 * r;
+                    if (row >= Lq) continue;
+                    float* dst = dq_acc + (size_t)row * D + dp * 16 + 2 * t;
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        atomicAdd(dst + h * 8, acc[h][2 * r]);
+                        atomicAdd(dst + h * 8 + 1, acc[h][2 * r + 1]);
+                    }
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+    // Epilogue: dK_j = scale * dK_j, dV_j; keys >= kv_len came out 0 (their P was 0) and are written.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int key = n0 + kw + g + 8 * r;
+        if (key >= Lk) continue;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt) {
+            *reinterpret_cast<uint32_t*>(dk + (size_t)key * D + dt * 8 + 2 * t) =
+                pack_half2(dK[dt][2 * r] * scale, dK[dt][2 * r + 1] * scale);
+            *reinterpret_cast<uint32_t*>(dv + (size_t)key * D + dt * 8 + 2 * t) =
+                pack_half2(dV[dt][2 * r], dV[dt][2 * r + 1]);
+        }
+    }
+}
+
+TFM_EXPORT(attn_bwd_tc<32, 64, true>)
+TFM_EXPORT(attn_bwd_tc<64, 64, true>)
+TFM_EXPORT(attn_bwd_tc<96, 32, true>)
+TFM_EXPORT(attn_bwd_tc<128, 32, true>)
+TFM_EXPORT(attn_bwd_tc<32, 64, false>)
+TFM_EXPORT(attn_bwd_tc<64, 64, false>)
+TFM_EXPORT(attn_bwd_tc<96, 32, false>)
+TFM_EXPORT(attn_bwd_tc<128, 32, false>)
+
+// dq = fp16(scale * dq_acc), 4 elements per thread (D % 16 == 0, so the total is a multiple of 4).
+__global__ void __launch_bounds__(256)
+attn_bwd_dq_convert(const float* __restrict__ dq_acc, __half* __restrict__ dq, int64_t n4, float scale) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n4; i += (int64_t)gridDim.x * blockDim.x) {
+        const float4 x = reinterpret_cast<const float4*>(dq_acc)[i];
+        uint2 y;
+        y.x = pack_half2(x.x * scale, x.y * scale);
+        y.y = pack_half2(x.z * scale, x.w * scale);
+        reinterpret_cast<uint2*>(dq)[i] = y;
+    }
+}
+
+TFM_EXPORT(attn_bwd_dq_convert)
+
+// ------------------------------------------------------------------------------------------------
+// Backward 12's dQ, without atomics: CTA per query tile of 64 rows (warp = 16 rows), like the
+// forward; Q_i and dO_i as A fragments in registers, K_j / V_j double-buffered, dQ_i in fp32
+// registers. Per key block: S = Q_i K_j^T, P = exp2(S scale log2e - lse log2e) (masked 0),
+// dP = dO_i V_j^T (B = V_j rows, plain ldmatrix), dS = P (dP - D_i), dQ_i += dS K_j (B = K_j .trans).
+template <int D, int BN>
+__global__ void __launch_bounds__(128, 1)
+attn_bwd_dq_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
+               const __half* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ Dd,
+               __half* __restrict__ dq, const int* __restrict__ kv_lens, int H, int Lq,
+               int Lk, int ntiles, float scale, int causal) {
+    constexpr int THREADS = 128, BM = 64, LD = D + 8;
+    constexpr int KT = D / 16, NT = BN / 8, DT = D / 8;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    __half* sQ = reinterpret_cast<__half*>(smem_raw);  // [BM][LD]
+    __half* sdO = sQ + BM * LD;                         // [BM][LD]
+    __half* sK = sdO + BM * LD;                         // [2][BN][LD]
+    __half* sV = sK + 2 * BN * LD;                      // [2][BN][LD]
+
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int g = lane / 4, t = lane % 4;
+    const int bh_count = gridDim.x / ntiles;  // grid as in the forward
+    const int tile = blockIdx.x / bh_count, bhi = blockIdx.x % bh_count;
+    const int mblk = causal ? ntiles - 1 - tile : tile;
+    const int b = bhi / H;
+    const int m0 = mblk * BM, wrow = warp * 16;
+    const size_t bh = bhi;
+    q += bh * Lq * D;
+    dout += bh * Lq * D;
+    dq += bh * Lq * D;
+    lse += bh * Lq;
+    Dd += bh * Lq;
+    k += bh * Lk * D;
+    v += bh * Lk * D;
+    const float scale_log2 = scale * TFM_LOG2E;
+
+    const int kv_len = min(Lk, max(kv_lens[b], 0));
+    const int n_end = causal ? min(kv_len, m0 + BM) : kv_len;
+    const int nblocks = n_end > 0 ? tfm_cdiv(n_end, BN) : 0;
+
+    // This lane's two rows: lse in base 2 (+inf for no-key and padding rows: P = 0) and D_i.
+    float lrow[2], drow[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = m0 + wrow + g + 8 * r;
+        const float l = row < Lq ? lse[row] : tc_neg_inf();
+        lrow[r] = l == tc_neg_inf() ? __int_as_float(0x7f800000) : l * TFM_LOG2E;
+        drow[r] = row < Lq ? Dd[row] : 0.f;
+    }
+
+    float acc[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[dt][c] = 0.f;
+
+    if (nblocks > 0) {
+        tc_load_tile<BM, D, THREADS>(sQ, q, m0, Lq, tid);
+        tc_load_tile<BM, D, THREADS>(sdO, dout, m0, Lq, tid);
+        tc_load_tile<BN, D, THREADS>(sK, k, 0, kv_len, tid);
+        tc_load_tile<BN, D, THREADS>(sV, v, 0, kv_len, tid);
+        cp_async_commit();
+    }
+    uint32_t qf[KT][4], dof[KT][4];
+    for (int jb = 0; jb < nblocks; ++jb) {
+        const int buf = jb & 1, n0 = jb * BN;
+        cp_async_wait<0>();
+        __syncthreads();
+        if (jb == 0) {
+#pragma unroll
+            for (int kk = 0; kk < KT; ++kk) {
+                ldmatrix_x4(qf[kk], smem_u32(sQ + (wrow + lane % 16) * LD + kk * 16 + (lane / 16) * 8));
+                ldmatrix_x4(dof[kk], smem_u32(sdO + (wrow + lane % 16) * LD + kk * 16 + (lane / 16) * 8));
+            }
+        }
+        if (jb + 1 < nblocks) {
+            tc_load_tile<BN, D, THREADS>(sK + (buf ^ 1) * BN * LD, k, n0 + BN, kv_len, tid);
+            tc_load_tile<BN, D, THREADS>(sV + (buf ^ 1) * BN * LD, v, n0 + BN, kv_len, tid);
+        }
+        cp_async_commit();
+        const __half* Kj = sK + buf * BN * LD;
+        const __half* Vj = sV + buf * BN * LD;
+
+        float s[NT][4], dp[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) s[nt][c] = dp[nt][c] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KT; ++kk)
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                uint32_t b[4];
+                const int off = (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8;
+                ldmatrix_x4(b, smem_u32(Kj + off));
+                const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+                mma_16816(s[2 * np], qf[kk], b0);
+                mma_16816(s[2 * np + 1], qf[kk], b1);
+                ldmatrix_x4(b, smem_u32(Vj + off));
+                const uint32_t c0[2] = {b[0], b[1]}, c1[2] = {b[2], b[3]};
+                mma_16816(dp[2 * np], dof[kk], c0);
+                mma_16816(dp[2 * np + 1], dof[kk], c1);
+            }
+        const bool edge = (n0 + BN > kv_len) || (causal && n0 + BN - 1 > m0 + wrow);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int r = c / 2;
+                float p = exp2f(fmaf(s[nt][c], scale_log2, -lrow[r]));
+                if (edge) {
+                    const int row = m0 + wrow + g + 8 * r;
+                    const int col = n0 + nt * 8 + 2 * t + (c % 2);
+                    if (col >= kv_len || (causal && col > row)) p = 0.f;
+                }
+                s[nt][c] = p * (dp[nt][c] - drow[r]);  // dS
+            }
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            const uint32_t da[4] = {pack_half2(s[2 * kk][0], s[2 * kk][1]), pack_half2(s[2 * kk][2], s[2 * kk][3]),
+                                    pack_half2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    pack_half2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int dpi = 0; dpi < D / 16; ++dpi) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, smem_u32(Kj + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD +
+                                              dpi * 16 + (lane / 16) * 8));
+                const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+                mma_16816(acc[2 * dpi], da, b0);
+                mma_16816(acc[2 * dpi + 1], da, b1);
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = m0 + wrow + g + 8 * r;
+        if (row >= Lq) continue;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt)
+            *reinterpret_cast<uint32_t*>(dq + (size_t)row * D + dt * 8 + 2 * t) =
+                pack_half2(acc[dt][2 * r] * scale, acc[dt][2 * r + 1] * scale);
+    }
+}
+
+TFM_EXPORT(attn_bwd_dq_tc<32, 64>)
+TFM_EXPORT(attn_bwd_dq_tc<64, 64>)
+TFM_EXPORT(attn_bwd_dq_tc<96, 64>)
+TFM_EXPORT(attn_bwd_dq_tc<128, 32>)

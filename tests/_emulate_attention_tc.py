@@ -233,3 +233,208 @@ def fwd(q, k, v, *, kv_len, causal, scale, D, BN, MW):
         mblk = grid - 1 - bx if causal else bx
         fwd_cta(q, k, v, o, lse, kv_len=kv_len, causal=causal, scale=scale, D=D, BN=BN, MW=MW, mblk=mblk)
     return o, lse
+
+
+# ------------------------------------------------------------------------------------------ backward
+
+def _a_from_acc(x, kk):
+    """The A fragment (32, 4, 2) fp16 of columns 16kk..16kk+15 from (n8 tiles, 32, 4) fp32 C
+    fragments: {X[2kk][0,1], X[2kk][2,3], X[2kk+1][0,1], X[2kk+1][2,3]}."""
+    return np.stack([pack_half2(x[2 * kk][:, 0], x[2 * kk][:, 1]), pack_half2(x[2 * kk][:, 2], x[2 * kk][:, 3]),
+                     pack_half2(x[2 * kk + 1][:, 0], x[2 * kk + 1][:, 1]),
+                     pack_half2(x[2 * kk + 1][:, 2], x[2 * kk + 1][:, 3])], axis=1)
+
+
+def bwd_dot(do, o):
+    """attn_bwd_dot_tc: D_i in fp32 (the lane-strided order of the kernel's sum does not change what
+    is checked here: fp32 accumulation of exact fp16 products)."""
+    return np.sum(do.astype(np.float32) * o.astype(np.float32), axis=-1, dtype=np.float32)
+
+
+def _rowstats(lse, Dd, m0, BM, Lq):
+    rows = m0 + np.arange(BM)
+    lv = np.where(rows < Lq, lse[np.minimum(rows, Lq - 1)], -np.inf).astype(np.float32)
+    sl = np.where(lv == -np.inf, np.float32(np.inf), lv * np.float32(LOG2E)).astype(np.float32)
+    sd = np.where(rows < Lq, Dd[np.minimum(rows, Lq - 1)], 0).astype(np.float32)
+    return sl, sd
+
+
+def bwd_cta(q, k, v, do, lse, Dd, dk, dv, dq_acc, *, kv_len, causal, scale, D, BM, atomic, jblk):
+    """attn_bwd_tc<D, BM, ATOMIC> for one (b, h) and key block jblk."""
+    Lq, Lk = q.shape[0], k.shape[0]
+    BN, LD, LDS, KT, DT, MT = 64, D + 8, BM + 8, D // 16, D // 8, BM // 8
+    scale_log2 = np.float32(scale * LOG2E)
+    n0 = jblk * BN
+    i_start = (n0 // BM) * BM if causal else 0
+    nblocks = -(-(Lq - i_start) // BM) if (n0 < kv_len and i_start < Lq) else 0
+    sK = load_tile(BN, D, k, n0, kv_len)
+    sV = load_tile(BN, D, v, n0, kv_len)
+    dK = np.zeros((4, DT, 32, 4), np.float32)
+    dV = np.zeros((4, DT, 32, 4), np.float32)
+    for ib in range(nblocks):
+        m0 = i_start + ib * BM
+        Qi = load_tile(BM, D, q, m0, Lq)
+        dOi = load_tile(BM, D, do, m0, Lq)
+        Li, Di = _rowstats(lse, Dd, m0, BM, Lq)
+        sdS = np.full((BN * LDS,), np.nan, np.float16)
+        dsT_all = []
+        for warp in range(4):
+            kw = warp * 16
+            sT = np.zeros((MT, 32, 4), np.float32)
+            for kk in range(KT):
+                a = ldmatrix_x4(sK, (kw + LANES % 16) * LD + kk * 16 + (LANES // 16) * 8)
+                for np_ in range(MT // 2):
+                    b = ldmatrix_x4(Qi, (np_ * 16 + LANES % 8 + (LANES // 16) * 8) * LD + kk * 16 + ((LANES // 8) % 2) * 8)
+                    mma_16816(sT[2 * np_], a, b[:, 0:2])
+                    mma_16816(sT[2 * np_ + 1], a, b[:, 2:4])
+            edge = (n0 + BN > kv_len) or (causal and n0 + kw + 15 > m0)
+            for nt in range(MT):
+                for c in range(4):
+                    qcol = nt * 8 + 2 * T + (c % 2)
+                    with np.errstate(invalid="ignore"):
+                        p = np.exp2(sT[nt, :, c] * scale_log2 - Li[qcol]).astype(np.float32)
+                    if edge:
+                        key = n0 + kw + G + 8 * (c // 2)
+                        p = np.where((key >= kv_len) | (causal & (key > m0 + qcol)), np.float32(0), p)
+                    sT[nt, :, c] = p
+            for kk in range(BM // 16):
+                pa = _a_from_acc(sT, kk)
+                for dp in range(D // 16):
+                    b = ldmatrix_x4(dOi, (kk * 16 + LANES % 8 + ((LANES // 8) % 2) * 8) * LD + dp * 16 + (LANES // 16) * 8, trans=True)
+                    mma_16816(dV[warp, 2 * dp], pa, b[:, 0:2])
+                    mma_16816(dV[warp, 2 * dp + 1], pa, b[:, 2:4])
+            dsT = np.zeros((MT, 32, 4), np.float32)
+            for kk in range(KT):
+                a = ldmatrix_x4(sV, (kw + LANES % 16) * LD + kk * 16 + (LANES // 16) * 8)
+                for np_ in range(MT // 2):
+                    b = ldmatrix_x4(dOi, (np_ * 16 + LANES % 8 + (LANES // 16) * 8) * LD + kk * 16 + ((LANES // 8) % 2) * 8)
+                    mma_16816(dsT[2 * np_], a, b[:, 0:2])
+                    mma_16816(dsT[2 * np_ + 1], a, b[:, 2:4])
+            for nt in range(MT):
+                for c in range(4):
+                    dsT[nt, :, c] = sT[nt, :, c] * (dsT[nt, :, c] - Di[nt * 8 + 2 * T + (c % 2)])
+            for kk in range(BM // 16):
+                da = _a_from_acc(dsT, kk)
+                for dp in range(D // 16):
+                    b = ldmatrix_x4(Qi, (kk * 16 + LANES % 8 + ((LANES // 8) % 2) * 8) * LD + dp * 16 + (LANES // 16) * 8, trans=True)
+                    mma_16816(dK[warp, 2 * dp], da, b[:, 0:2])
+                    mma_16816(dK[warp, 2 * dp + 1], da, b[:, 2:4])
+            dsT_all.append(dsT)
+        if atomic:
+            for warp in range(4):
+                kw = warp * 16
+                for nt in range(MT):
+                    for r in range(2):
+                        addr = (kw + G + 8 * r) * LDS + nt * 8 + 2 * T
+                        pair = pack_half2(dsT_all[warp][nt, :, 2 * r], dsT_all[warp][nt, :, 2 * r + 1])
+                        sdS[addr] = pair[:, 0]
+                        sdS[addr + 1] = pair[:, 1]
+            for warp in range(4):
+                for tile in range(warp, (BM // 16) * (D // 16), 4):
+                    mt, dp = tile // (D // 16), tile % (D // 16)
+                    acc = np.zeros((2, 32, 4), np.float32)
+                    for kk in range(BN // 16):
+                        a = ldmatrix_x4(sdS, (kk * 16 + LANES % 8 + (LANES // 16) * 8) * LDS + mt * 16 + ((LANES // 8) % 2) * 8, trans=True)
+                        b = ldmatrix_x4(sK, (kk * 16 + LANES % 8 + ((LANES // 8) % 2) * 8) * LD + dp * 16 + (LANES // 16) * 8, trans=True)
+                        mma_16816(acc[0], a, b[:, 0:2])
+                        mma_16816(acc[1], a, b[:, 2:4])
+                    for r in range(2):
+                        rows = m0 + mt * 16 + G + 8 * r
+                        for l in range(32):
+                            if rows[l] >= Lq:
+                                continue
+                            for h in range(2):
+                                col = dp * 16 + 2 * T[l] + h * 8
+                                dq_acc[rows[l], col] += acc[h, l, 2 * r]
+                                dq_acc[rows[l], col + 1] += acc[h, l, 2 * r + 1]
+    for warp in range(4):
+        for r in range(2):
+            keys = n0 + warp * 16 + G + 8 * r
+            for l in range(32):
+                if keys[l] >= Lk:
+                    continue
+                for dt in range(DT):
+                    cs = slice(dt * 8 + 2 * T[l], dt * 8 + 2 * T[l] + 2)
+                    dk[keys[l], cs] = pack_half2(dK[warp, dt, l:l + 1, 2 * r] * np.float32(scale),
+                                                 dK[warp, dt, l:l + 1, 2 * r + 1] * np.float32(scale))[0]
+                    dv[keys[l], cs] = pack_half2(dV[warp, dt, l:l + 1, 2 * r], dV[warp, dt, l:l + 1, 2 * r + 1])[0]
+
+
+def dq_cta(q, k, v, do, lse, Dd, dq, *, kv_len, causal, scale, D, BN, mblk):
+    """attn_bwd_dq_tc<D, BN> for one (b, h) and query tile mblk (remapped index)."""
+    Lq, Lk = q.shape[0], k.shape[0]
+    BM, LD, KT, NT, DT = 64, D + 8, D // 16, BN // 8, D // 8
+    scale_log2 = np.float32(scale * LOG2E)
+    m0 = mblk * BM
+    n_end = min(kv_len, m0 + BM) if causal else kv_len
+    nblocks = -(-n_end // BN) if n_end > 0 else 0
+    sQ = load_tile(BM, D, q, m0, Lq)
+    sdO = load_tile(BM, D, do, m0, Lq)
+    Lrow, Drow = _rowstats(lse, Dd, m0, BM, Lq)
+    for warp in range(4):
+        wrow = warp * 16
+        lrow = [Lrow[wrow + G + 8 * r] for r in range(2)]
+        drow = [Drow[wrow + G + 8 * r] for r in range(2)]
+        acc = np.zeros((DT, 32, 4), np.float32)
+        qf = [ldmatrix_x4(sQ, (wrow + LANES % 16) * LD + kk * 16 + (LANES // 16) * 8) for kk in range(KT)]
+        dof = [ldmatrix_x4(sdO, (wrow + LANES % 16) * LD + kk * 16 + (LANES // 16) * 8) for kk in range(KT)]
+        for jb in range(nblocks):
+            n0 = jb * BN
+            Kj = load_tile(BN, D, k, n0, kv_len)
+            Vj = load_tile(BN, D, v, n0, kv_len)
+            s = np.zeros((NT, 32, 4), np.float32)
+            dp = np.zeros((NT, 32, 4), np.float32)
+            for kk in range(KT):
+                for np_ in range(NT // 2):
+                    off = (np_ * 16 + LANES % 8 + (LANES // 16) * 8) * LD + kk * 16 + ((LANES // 8) % 2) * 8
+                    b = ldmatrix_x4(Kj, off)
+                    mma_16816(s[2 * np_], qf[kk], b[:, 0:2])
+                    mma_16816(s[2 * np_ + 1], qf[kk], b[:, 2:4])
+                    b = ldmatrix_x4(Vj, off)
+                    mma_16816(dp[2 * np_], dof[kk], b[:, 0:2])
+                    mma_16816(dp[2 * np_ + 1], dof[kk], b[:, 2:4])
+            edge = (n0 + BN > kv_len) or (causal and n0 + BN - 1 > m0 + wrow)
+            for nt in range(NT):
+                for c in range(4):
+                    r = c // 2
+                    p = np.exp2(s[nt, :, c] * scale_log2 - lrow[r]).astype(np.float32)
+                    if edge:
+                        row = m0 + wrow + G + 8 * r
+                        col = n0 + nt * 8 + 2 * T + (c % 2)
+                        p = np.where((col >= kv_len) | (causal & (col > row)), np.float32(0), p)
+                    s[nt, :, c] = p * (dp[nt, :, c] - drow[r])
+            for kk in range(BN // 16):
+                da = _a_from_acc(s, kk)
+                for dpi in range(D // 16):
+                    b = ldmatrix_x4(Kj, (kk * 16 + LANES % 8 + ((LANES // 8) % 2) * 8) * LD + dpi * 16 + (LANES // 16) * 8, trans=True)
+                    mma_16816(acc[2 * dpi], da, b[:, 0:2])
+                    mma_16816(acc[2 * dpi + 1], da, b[:, 2:4])
+        for r in range(2):
+            rows = m0 + wrow + G + 8 * r
+            for l in range(32):
+                if rows[l] >= Lq:
+                    continue
+                for dt in range(DT):
+                    dq[rows[l], dt * 8 + 2 * T[l]: dt * 8 + 2 * T[l] + 2] = pack_half2(
+                        acc[dt, l:l + 1, 2 * r] * np.float32(scale), acc[dt, l:l + 1, 2 * r + 1] * np.float32(scale))[0]
+
+
+def bwd(q, k, v, o, do, lse, *, kv_len, causal, scale, D, BM, DQ_BN, deterministic):
+    """Backward 11 (deterministic=False) or 12 for one (b, h): (dq, dk, dv) fp16."""
+    Lq, Lk = q.shape[0], k.shape[0]
+    Dd = bwd_dot(do, o)
+    dq = np.full((Lq, D), np.nan, np.float16)
+    dk = np.full((Lk, D), np.nan, np.float16)
+    dv = np.full((Lk, D), np.nan, np.float16)
+    dq_acc = np.zeros((Lq, D), np.float32)
+    for jblk in range(-(-Lk // 64)):
+        bwd_cta(q, k, v, do, lse, Dd, dk, dv, dq_acc, kv_len=kv_len, causal=causal, scale=scale, D=D,
+                BM=BM, atomic=not deterministic, jblk=jblk)
+    if deterministic:
+        nq = -(-Lq // 64)
+        for bx in range(nq):
+            dq_cta(q, k, v, do, lse, Dd, dq, kv_len=kv_len, causal=causal, scale=scale, D=D, BN=DQ_BN,
+                   mblk=nq - 1 - bx if causal else bx)
+    else:
+        dq[:] = (dq_acc * np.float32(scale)).astype(np.float16)
+    return dq, dk, dv

@@ -1,1 +1,163 @@
-"""Scaffolding: replaced by the attention_tc kernels' own module (in progress in this commit series)."""
+"""fp16 attention on tensor cores: variants 10-12 of ``attention_forward`` / ``attention_backward``.
+
+Kernels in ``csrc/attention_tc.cu`` (FlashAttention-2's structure on ``mma.sync`` m16n8k16, with
+``ldmatrix`` and ``cp.async`` from ``csrc/mma.cuh``); the API, validation and the variant protocol
+are ``tfm_kernels/attention.py``'s (each ``fn`` here receives validated, contiguous CuPy arrays,
+``kv_lens`` always an int32 device array, outputs possibly NaN-poisoned and written in full).
+
+    forward   10_tc       fp16 in, fp32 accumulate, fp16 o, fp32 lse. CTA = 64*MW query rows, 4
+                          warps x 16*MW rows; Q_i in registers, K_j/V_j double-buffered by cp.async;
+                          online softmax on the accumulator fragments, P reused as the A operand
+    backward  11_tc       CTA per 64-key block: dK_j, dV_j in registers, P and dS recomputed from lse
+                          on tensor cores; dQ by fp32 atomics into a scratch accumulator, then one
+                          conversion pass (scale, fp16)
+              12_tc_det   as 11, dQ by a second kernel per query tile (forward-shaped, no atomics):
+                          bitwise reproducible, ~1.4x the backward's FLOPs (opt-in: variant=12)
+
+Tile shapes per head dim (chosen so ``ptxas -v`` shows no spills at 128 threads; see
+docs/attention_tc.md for the register and shared-memory figures):
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._registry import Launch, Variant, register
+
+SOURCE = "attention_tc.cu"
+HEAD_DIMS = (32, 64, 96, 128)
+THREADS = 128
+LOG2E = 1.4426950408889634
+
+# forward: head_dim -> (BN keys per K_j/V_j tile, MW m16 tiles per warp); BM = 64 * MW query rows.
+# D <= 64 takes two m16 tiles per warp (BM = 128): twice the mma work per ldmatrix of K_j and V_j;
+# at D = 96/128 the fp32 acc (D/2 registers per m16 tile) leaves no room for a second one.
+FWD_TILES = {32: (64, 2), 64: (64, 2), 96: (64, 1), 128: (64, 1)}
+# backward (dK/dV kernel): head_dim -> BM query rows per Q_i/dO_i tile (key block fixed at 64).
+# D = 96/128: dK_j and dV_j take D registers per thread, so S^T and dP^T get half the queries.
+BWD_BM = {32: 64, 64: 64, 96: 32, 128: 32}
+BWD_BN = 64
+# backward 12's dQ kernel: head_dim -> BN keys per tile (query tile fixed at 64 rows).
+DQ_BN = {32: 64, 64: 64, 96: 64, 128: 32}
+DQ_BM = 64
+
+__doc__ += "".join(
+    f"\n    D = {d:3d}: forward BM x BN = {64 * FWD_TILES[d][1]} x {FWD_TILES[d][0]}, backward "
+    f"64 keys x {BWD_BM[d]} queries, dQ (12) 64 queries x {DQ_BN[d]} keys" for d in HEAD_DIMS) + "\n"
+
+
+def fwd_kernel(D: int) -> str:
+    bn, mw = FWD_TILES[D]
+    return f"attn_fwd_tc<{D}, {bn}, {mw}>"
+
+
+def bwd_kernel(D: int, atomic: bool) -> str:
+    return f"attn_bwd_tc<{D}, {BWD_BM[D]}, {'true' if atomic else 'false'}>"
+
+
+def dq_kernel(D: int) -> str:
+    return f"attn_bwd_dq_tc<{D}, {DQ_BN[D]}>"
+
+
+def fwd_smem(D: int) -> int:
+    """Q_i [BM][D+8] and two buffers each of K_j, V_j [BN][D+8], fp16."""
+    bn, mw = FWD_TILES[D]
+    return (64 * mw + 4 * bn) * (D + 8) * 2
+
+
+def bwd_smem(D: int, atomic: bool) -> int:
+    """K_j, V_j [64][D+8]; two buffers each of Q_i, dO_i [BM][D+8]; the dS^T tile [64][BM+8] (11
+    only); two buffers each of lse_i and D_i [BM] fp32."""
+    bm = BWD_BM[D]
+    return ((2 * BWD_BN + 4 * bm) * (D + 8) * 2 + (BWD_BN * (bm + 8) * 2 if atomic else 0)
+            + 4 * bm * 4)
+
+
+def dq_smem(D: int) -> int:
+    """Q_i, dO_i [64][D+8]; two buffers each of K_j, V_j [BN][D+8]."""
+    return (2 * DQ_BM + 4 * DQ_BN[D]) * (D + 8) * 2
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _supports(dtype, head_dim, **_):
+    if head_dim not in HEAD_DIMS:
+        return (f"head_dim {head_dim} is not one of {HEAD_DIMS} (the compiled tensor-core "
+                f"instantiations)")
+    return None
+
+
+# ------------------------------------------------------------------------------------------ forward
+
+def _forward(be, q, k, v, kv_lens, causal, scale, o, lse):
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    ntiles = _cdiv(Lq, 64 * FWD_TILES[D][1])
+    be.launch(Launch(SOURCE, fwd_kernel(D), (ntiles * B * H, 1, 1), (THREADS, 1, 1),
+                     (q, k, v, o, lse, kv_lens, np.int32(H), np.int32(Lq), np.int32(Lk),
+                      np.int32(ntiles), np.float32(scale * LOG2E), np.int32(causal)),
+                     fwd_smem(D)))
+
+
+# ------------------------------------------------------------------------------------------ backward
+
+def _backward(be, do, q, k, v, o, lse, kv_lens, causal, scale, dq, dk, dv, deterministic=False):
+    import cupy
+
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    rows = B * H * Lq
+    d_rows = cupy.empty((rows,), dtype=cupy.float32)                # D_i = rowsum(dO_i * O_i)
+    # 11 accumulates dQ in fp32 by atomics (fp16 atomics would round every partial sum); the
+    # preprocessing pass zeroes it while it reads dO and O anyway. 12 needs no accumulator (the
+    # pointer is passed but never touched).
+    dq_acc = d_rows if deterministic else cupy.empty((B, H, Lq, D), dtype=cupy.float32)
+    be.launch(Launch(SOURCE, f"attn_bwd_dot_tc<{D}>", (_cdiv(rows, 8), 1, 1), (256, 1, 1),
+                     (do, o, d_rows, dq_acc, np.int32(rows), np.int32(not deterministic))))
+    nk = _cdiv(Lk, BWD_BN)
+    common = (kv_lens, np.int32(H), np.int32(Lq), np.int32(Lk))
+    be.launch(Launch(SOURCE, bwd_kernel(D, not deterministic), (nk * B * H, 1, 1), (THREADS, 1, 1),
+                     (q, k, v, do, lse, d_rows, dk, dv, dq_acc, *common, np.int32(nk),
+                      np.float32(scale), np.int32(causal)),
+                     bwd_smem(D, not deterministic)))
+    if deterministic:
+        nq = _cdiv(Lq, DQ_BM)
+        be.launch(Launch(SOURCE, dq_kernel(D), (nq * B * H, 1, 1), (THREADS, 1, 1),
+                         (q, k, v, do, lse, d_rows, dq, *common, np.int32(nq), np.float32(scale),
+                          np.int32(causal)),
+                         dq_smem(D)))
+    else:
+        n4 = rows * D // 4
+        be.launch(Launch(SOURCE, "attn_bwd_dq_convert", (min(_cdiv(n4, 256), 132 * 16), 1, 1),
+                         (256, 1, 1), (dq_acc, dq, np.int64(n4), np.float32(scale))))
+
+
+def _backward_det(be, *args):
+    _backward(be, *args, deterministic=True)
+
+
+_DOT = tuple((SOURCE, f"attn_bwd_dot_tc<{d}>") for d in HEAD_DIMS)
+
+register(Variant(
+    "attention_forward", 10, "tc",
+    "fp16 on tensor cores (mma.sync m16n8k16 + ldmatrix): Q_i in registers, K_j/V_j double-buffered "
+    "by cp.async, online softmax on the fp32 accumulator fragments, P reused in registers as the "
+    "A operand of P V; masks only on edge tiles",
+    _forward, dtypes=("float16",), supports=_supports,
+    kernels=tuple((SOURCE, fwd_kernel(d)) for d in HEAD_DIMS), hot=True))
+register(Variant(
+    "attention_backward", 11, "tc",
+    "fp16 FlashAttention-2 backward on tensor cores: CTA per 64-key block, dK_j/dV_j in fp32 "
+    "registers, P and dS recomputed from lse with mma.sync, dQ by fp32 atomics then one fp16 pass",
+    _backward, dtypes=("float16",), supports=_supports,
+    kernels=_DOT + tuple((SOURCE, bwd_kernel(d, True)) for d in HEAD_DIMS)
+    + ((SOURCE, "attn_bwd_dq_convert"),), hot=True))
+register(Variant(
+    "attention_backward", 12, "tc_det",
+    "as 11_tc, but dQ by a second tensor-core kernel per query tile walking the key blocks in "
+    "order: no float atomics, bitwise reproducible (opt-in: variant=12)",
+    _backward_det, dtypes=("float16",), supports=_supports,
+    kernels=_DOT + tuple((SOURCE, bwd_kernel(d, False)) for d in HEAD_DIMS)
+    + tuple((SOURCE, dq_kernel(d)) for d in HEAD_DIMS), hot=True, extra={"opt_in": True}))

@@ -1,0 +1,291 @@
+"""tests/test_attention_tc.py: the fp16 tensor-core attention variants (csrc/attention_tc.cu,
+registered by tfm_kernels/attention_tc.py as forward 10 and backward 11, 12).
+
+No GPU needed:
+* the registry: numbered, fp16-only, every kernel a variant may launch is exported by its source,
+  shared memory within the H200's 227 KB per block;
+* a lane-level NumPy emulation of the kernels (tests/_emulate_attention_tc.py: ldmatrix x4 with and
+  without .trans, mma.sync m16n8k16 fragment tables, quad shuffles, and the kernels' own index
+  formulas, masks and online softmax transliterated) reproduces numpy_ref at awkward shapes, with
+  the shared-memory padding NaN-filled so a stray read shows;
+* NVRTC compiles every instantiation; the PTX holds mma.sync m16n8k16 with f32 accumulators,
+  ldmatrix (plain and .trans) and cp.async.
+GPU (the `backend` fixture: "ext" and "cupy"): forward 10 and backward 11 and 12 against numpy_ref
+in float64 from the same fp16 inputs, over L in {1, 17, 64, 97, 200, 1025}, Lq != Lk, causal on and
+off, kv_lens including 0 and 1, head dims 32/64/96/128 and a large B*H; o, lse, dq, dk, dv checked
+separately, outputs NaN-poisoned before each launch. Tolerance (helpers.assert_close_lowprec): the
+kernel's error <= 2x the error of a NumPy baseline that does the same computation from the same fp16
+inputs in fp32, rounding to fp16 where the kernel rounds (P before P V, dS before dS K / dS^T Q,
+the outputs), + 1e-3 x max|ref| (about 2 fp16 ulps at the tensor's scale: the kernel and the
+baseline sum in different orders, so their roundings of the same value can differ by one ulp).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+import _emulate_attention_tc as emu
+import numpy_ref
+import tfm_kernels
+from helpers import POISON, assert_close_lowprec
+from tfm_kernels import _backend
+from tfm_kernels import attention_tc as tc
+
+FWD = [v for v in tfm_kernels.variants("attention_forward") if v.number >= 10]
+BWD = [v for v in tfm_kernels.variants("attention_backward") if v.number >= 10]
+FLOOR = 1e-3
+H200_SMEM = 227 * 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry, no GPU
+# ---------------------------------------------------------------------------------------------
+
+def test_registered():
+    assert [v.number for v in FWD] == [10] and [v.number for v in BWD] == [11, 12]
+    for v in FWD + BWD:
+        assert v.dtypes == ("float16",) and v.description and v.hot, v.qualname
+        exported = set(_backend.exports(tc.SOURCE))
+        for source, name in v.kernels:
+            assert source == tc.SOURCE and name in exported, f"{v.qualname}: {name} not exported"
+        assert v.reason_unsupported(dtype="float16", head_dim=80) is not None
+        for d in tc.HEAD_DIMS:
+            assert v.reason_unsupported(dtype="float16", head_dim=d) is None
+    assert BWD[1].extra.get("opt_in"), "12 (deterministic, slower) must be asked for by number"
+
+
+@pytest.mark.parametrize("D", tc.HEAD_DIMS)
+def test_smem_fits(D):
+    for nbytes in (tc.fwd_smem(D), tc.bwd_smem(D, True), tc.bwd_smem(D, False), tc.dq_smem(D)):
+        assert 0 < nbytes <= H200_SMEM, (D, nbytes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lane-level emulation, no GPU
+# ---------------------------------------------------------------------------------------------
+
+def _fp16_case(rng, Lq, Lk, D):
+    q, k, v, do = (rng.standard_normal((n, D)).astype(np.float16) for n in (Lq, Lk, Lk, Lq))
+    return q, k, v, do
+
+
+def _f64(x):
+    return x[None, None].astype(np.float64)
+
+
+# (Lq, Lk, D, causal, kv_len): ragged query and key tiles, multi-block key loops, the diagonal in
+# the middle of a tile, kv_len cutting a tile, kv_len 0 (no key) and 1, Lq > Lk and Lq < Lk.
+EMU_FWD = [(97, 83, 32, True, 50), (70, 130, 96, False, 130), (17, 5, 64, True, 0),
+           (65, 66, 128, True, 1), (130, 20, 64, False, 17)]
+
+
+@pytest.mark.parametrize("Lq, Lk, D, causal, kv_len", EMU_FWD)
+def test_emulated_forward(Lq, Lk, D, causal, kv_len, rng):
+    q, k, v, _ = _fp16_case(rng, Lq, Lk, D)
+    bn, mw = tc.FWD_TILES[D]
+    o, lse = emu.fwd(q, k, v, kv_len=kv_len, causal=causal, scale=1 / np.sqrt(D), D=D, BN=bn, MW=mw)
+    ro, rl = numpy_ref.attention_forward(_f64(q), _f64(k), _f64(v), causal, np.array([kv_len]))
+    assert not np.isnan(o).any() and not np.isnan(lse).any(), "an output was never written"
+    # fp16 o: a few ulps of |o| <= max|v|; lse: fp32 sums of D products.
+    np.testing.assert_allclose(o, ro[0, 0], rtol=0, atol=2e-3 * max(np.abs(ro).max(), 1e-3))
+    np.testing.assert_allclose(lse, rl[0, 0], rtol=1e-5, atol=1e-5)
+
+
+EMU_BWD = [(97, 83, 32, True, 50, False), (40, 130, 96, False, 130, True),
+           (17, 5, 64, True, 0, False), (33, 66, 128, True, 1, True), (70, 20, 64, False, 17, False),
+           (70, 90, 32, True, 90, True)]
+
+
+@pytest.mark.parametrize("Lq, Lk, D, causal, kv_len, det", EMU_BWD)
+def test_emulated_backward(Lq, Lk, D, causal, kv_len, det, rng):
+    q, k, v, do = _fp16_case(rng, Lq, Lk, D)
+    kv = np.array([kv_len])
+    ro, rl = numpy_ref.attention_forward(_f64(q), _f64(k), _f64(v), causal, kv)
+    o16, lse32 = ro[0, 0].astype(np.float16), rl[0, 0].astype(np.float32)
+    grads = emu.bwd(q, k, v, o16, do, lse32, kv_len=kv_len, causal=causal, scale=1 / np.sqrt(D), D=D,
+                    BM=tc.BWD_BM[D], DQ_BN=tc.DQ_BN[D], deterministic=det)
+    refs = numpy_ref.attention_backward(_f64(do), _f64(q), _f64(k), _f64(v), _f64(o16),
+                                        lse32[None, None].astype(np.float64), causal, kv)
+    for name, g, r in zip(("dq", "dk", "dv"), grads, refs):
+        assert not np.isnan(g).any(), f"{name}: an element was never written"
+        scale = max(np.abs(r).max(), np.abs(refs[2]).max())  # dq, dk are exactly 0 when kv_len <= 1
+        np.testing.assert_allclose(g, r[0, 0], rtol=0, atol=2e-3 * scale, err_msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Build: NVRTC PTX
+# ---------------------------------------------------------------------------------------------
+
+def test_nvrtc_ptx_tensor_cores():
+    """Every instantiation compiles under NVRTC; each mma kernel's PTX is built from mma.sync
+    m16n8k16 (f32 accumulate), ldmatrix x4 (.trans for V_j / dO_i / Q_i / K_j as B of a k-over-rows
+    product) and cp.async."""
+    from test_matmul_tc import _nvrtc_ptx  # the one NVRTC-to-PTX helper of the test suite
+
+    names = sorted({n for v in FWD + BWD for _, n in v.kernels})
+    bodies = _nvrtc_ptx(tc.SOURCE, names, "compute_90")
+    for name, body in bodies.items():
+        if "dot" in name or "convert" in name:
+            continue
+        assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in body, name
+        assert "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in body, name
+        assert "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in body, name
+        assert "cp.async.cg.shared.global" in body, name
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU
+# ---------------------------------------------------------------------------------------------
+
+# (B, H, Lq, Lk, D, causal, kv_lens or None). Every L of the issue, Lq != Lk both ways, each head
+# dim with causal on and off, kv_lens with 0 and 1 beside full rows (so a tensor's scale is never
+# all-zero), and B*H = 128 heads.
+CASES = [
+    (1, 2, 1, 17, 64, False, None),
+    (2, 2, 1, 200, 32, False, [0, 150]),
+    (2, 3, 17, 97, 32, False, [0, 5]),
+    (2, 2, 64, 64, 128, True, None),
+    (3, 2, 97, 200, 96, False, [0, 1, 200]),
+    (3, 1, 200, 17, 64, True, [1, 17, 9]),
+    (2, 2, 200, 97, 96, True, None),
+    (1, 2, 1025, 1025, 128, True, None),
+    (2, 1, 1025, 200, 32, False, [200, 1]),
+    (1, 1, 97, 1025, 64, False, [1000]),
+    (2, 1, 1025, 64, 64, True, [0, 64]),
+    (1, 1, 200, 1025, 128, False, [513]),
+    (4, 32, 97, 130, 64, True, None),
+]
+# Forward only: a row that sees exactly one key has dq = dk = 0 exactly (P = 1, dP = D_i), so the
+# gradients' tolerance would have no scale; Lk = 1, and causal with Lq = 1, are such cases.
+FWD_ONLY = [
+    (1, 2, 1, 1, 64, False, None),
+    (2, 1, 1, 17, 32, True, [0, 17]),
+    (2, 1, 17, 1, 128, True, None),
+]
+
+
+def _ids(cases):
+    return [f"B{b}H{h}-{lq}x{lk}-D{d}-{'causal' if c else 'full'}-{'kv' if kv else 'nokv'}"
+            for b, h, lq, lk, d, c, kv in cases]
+
+
+def _mask(Lq, Lk, causal, kv_lens, B):
+    i = np.arange(Lq)[:, None]
+    j = np.arange(Lk)[None, :]
+    vis = np.ones((B, 1, Lq, Lk), dtype=bool)
+    if causal:
+        vis &= j <= i
+    if kv_lens is not None:
+        vis &= j < np.asarray(kv_lens)[:, None, None, None]
+    return vis
+
+
+@functools.lru_cache(maxsize=None)
+def _case(B, H, Lq, Lk, D, causal, kv):
+    """fp16 inputs, the float64 reference, and the fp32-math NumPy baseline, computed once per case
+    (shared by both backends and every variant)."""
+    rng = np.random.default_rng([B, H, Lq, Lk, D, int(causal)])
+    q, do = (rng.standard_normal((B, H, Lq, D)).astype(np.float16) for _ in range(2))
+    k, v = (rng.standard_normal((B, H, Lk, D)).astype(np.float16) for _ in range(2))
+    kv_lens = None if kv is None else np.array(kv)
+    scale = 1.0 / np.sqrt(D)
+    f64 = lambda x: x.astype(np.float64)  # noqa: E731
+    ro, rl = numpy_ref.attention_forward(f64(q), f64(k), f64(v), causal, kv_lens)
+    # Backward is checked at the reference's own o (rounded to fp16, as a kernel would have it)
+    # and lse (fp32), so forward and backward errors are measured separately.
+    o16, lse32 = ro.astype(np.float16), rl.astype(np.float32)
+    rg = numpy_ref.attention_backward(f64(do), f64(q), f64(k), f64(v), f64(o16), f64(lse32), causal,
+                                      kv_lens)
+
+    # Baseline: fp32 math from the same fp16 values, fp16 where the kernels round.
+    f32 = lambda x: x.astype(np.float32)  # noqa: E731
+    r16 = lambda x: x.astype(np.float16).astype(np.float32)  # noqa: E731
+    vis = _mask(Lq, Lk, causal, kv_lens, B)
+    s = np.matmul(f32(q), np.swapaxes(f32(k), -1, -2)) * np.float32(scale)
+    s = np.where(vis, s, np.float32(-np.inf))
+    m = np.max(s, axis=-1, keepdims=True)
+    m = np.where(m == -np.inf, np.float32(0), m)
+    p = np.exp(s - m)
+    l = np.sum(p, axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        b_lse = (m + np.log(l))[..., 0]
+    b_o = (np.matmul(r16(p), f32(v)) / np.where(l == 0, np.float32(1), l)).astype(np.float16)
+    lse_safe = np.where(lse32 == -np.inf, np.float32(np.inf), lse32)
+    with np.errstate(invalid="ignore"):
+        p = np.where(vis, np.exp(s - lse_safe[..., None]), np.float32(0))
+    b_dv = np.matmul(np.swapaxes(r16(p), -1, -2), f32(do)).astype(np.float16)
+    dp = np.matmul(f32(do), np.swapaxes(f32(v), -1, -2))
+    d_i = np.sum(f32(do) * f32(o16), axis=-1, keepdims=True)
+    ds = r16(p * (dp - d_i))
+    b_dq = (np.matmul(ds, f32(k)) * np.float32(scale)).astype(np.float16)
+    b_dk = (np.matmul(np.swapaxes(ds, -1, -2), f32(q)) * np.float32(scale)).astype(np.float16)
+    return dict(q=q, k=k, v=v, do=do, kv_lens=kv_lens, o16=o16, lse32=lse32, ref_o=ro, ref_lse=rl,
+                ref_grads=rg, base_o=b_o, base_lse=b_lse, base_grads=(b_dq, b_dk, b_dv))
+
+
+def _poisoned(cp, shape, dtype):
+    return cp.full(shape, POISON, dtype=dtype)
+
+
+@pytest.mark.parametrize("case", CASES + FWD_ONLY, ids=_ids(CASES + FWD_ONLY))
+@pytest.mark.parametrize("variant", [v.key for v in FWD])
+def test_forward(backend, variant, case):
+    import cupy as cp
+
+    c = _case(*case[:6], None if case[6] is None else tuple(case[6]))
+    B, H, Lq, Lk, D = case[:5]
+    o = _poisoned(cp, (B, H, Lq, D), cp.float16)
+    lse = _poisoned(cp, (B, H, Lq), cp.float32)
+    got_o, got_lse = tfm_kernels.attention_forward(
+        cp.asarray(c["q"]), cp.asarray(c["k"]), cp.asarray(c["v"]), case[5], c["kv_lens"],
+        backend=backend, variant=variant, out=(o, lse))
+    assert got_o is o and got_lse is lse
+    assert_close_lowprec(o, c["ref_o"], c["base_o"], floor=FLOOR, what="o")
+    assert_close_lowprec(lse, c["ref_lse"], c["base_lse"], floor=1e-5, what="lse")
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
+@pytest.mark.parametrize("variant", [v.key for v in BWD])
+def test_backward(backend, variant, case):
+    import cupy as cp
+
+    c = _case(*case[:6], None if case[6] is None else tuple(case[6]))
+    B, H, Lq, Lk, D = case[:5]
+    out = (_poisoned(cp, (B, H, Lq, D), cp.float16), _poisoned(cp, (B, H, Lk, D), cp.float16),
+           _poisoned(cp, (B, H, Lk, D), cp.float16))
+    grads = tfm_kernels.attention_backward(
+        cp.asarray(c["do"]), cp.asarray(c["q"]), cp.asarray(c["k"]), cp.asarray(c["v"]),
+        cp.asarray(c["o16"]), cp.asarray(c["lse32"]), case[5], c["kv_lens"],
+        backend=backend, variant=variant, out=out)
+    for name, g, r, b in zip(("dq", "dk", "dv"), grads, c["ref_grads"], c["base_grads"]):
+        assert_close_lowprec(g, r, b, floor=FLOOR, what=name)
+
+
+def test_backward_deterministic(backend):
+    """12 gives bitwise-identical gradients run to run (no float atomics)."""
+    import cupy as cp
+
+    c = _case(2, 2, 200, 97, 96, True, None)
+    args = [cp.asarray(c[n]) for n in ("do", "q", "k", "v", "o16", "lse32")]
+    first = [g.get() for g in tfm_kernels.attention_backward(*args, True, backend=backend, variant=12)]
+    again = [g.get() for g in tfm_kernels.attention_backward(*args, True, backend=backend, variant=12)]
+    for a, b in zip(first, again):
+        assert np.array_equal(a.view(np.uint16), b.view(np.uint16))
+
+
+def test_forward_is_default_for_fp16(backend):
+    """With no variant named, fp16 inputs get the tensor-core forward and backward."""
+    import cupy as cp
+
+    c = _case(1, 2, 1, 17, 64, False, None)
+    o, lse = tfm_kernels.attention_forward(cp.asarray(c["q"]), cp.asarray(c["k"]), cp.asarray(c["v"]),
+                                           False, backend=backend)
+    assert_close_lowprec(o, c["ref_o"], c["base_o"], floor=FLOOR, what="o")
+    from tfm_kernels._registry import choose
+
+    info = dict(batch=1, heads=2, seqlen_q=1, seqlen_k=17, head_dim=64, causal=False)
+    assert choose("attention_forward", None, dtype="float16", **info).number == 10
+    assert choose("attention_backward", None, dtype="float16", **info).number == 11
