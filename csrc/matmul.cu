@@ -42,6 +42,7 @@
 // Build checks without a GPU: nvcc -arch=sm_90 -Xptxas -v (no spills in 5..8) and NVRTC
 // (tests/test_build.py); the tiling/index emulation is scripts/emulate_matmul_tiles.py.
 #include "common.cuh"
+#include "mma.cuh"  // smem_u32, cp_async_16 (zero-fill), cp_async_commit, cp_async_wait
 
 // ============================================================================ shared helpers
 // Element (m, k) of op(A) and (k, n) of op(B): the only place the layouts are spelled out.
@@ -280,3 +281,503 @@ TFM_EXPORT(matmul_blocktile_2d<128, 128, 8, 8, 8, false, false>)
 TFM_EXPORT(matmul_blocktile_2d<128, 128, 8, 8, 8, false, true>)
 TFM_EXPORT(matmul_blocktile_2d<128, 128, 8, 8, 8, true, false>)
 TFM_EXPORT(matmul_blocktile_2d<128, 128, 8, 8, 8, true, true>)
+
+// ============================================================================ vector helpers (6..9)
+// Four consecutive elements X[row][col..col+3] of a row-major `rows x cols` matrix, zeros outside.
+// vec: cols % 4 == 0 and X 16-byte aligned (so with col % 4 == 0 a chunk is wholly inside or wholly
+// outside the row and one 16-byte load is legal); otherwise, or at a ragged edge, four guarded
+// scalar loads.
+static __device__ __forceinline__ float4 load4_guarded(const float* __restrict__ X, int row, int col,
+                                                       int rows, int cols, bool vec) {
+    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (row < rows) {
+        const float* p = X + row * cols + col;
+        if (vec && col + 3 < cols) {
+            v = *reinterpret_cast<const float4*>(p);
+        } else {
+            if (col < cols) v.x = p[0];
+            if (col + 1 < cols) v.y = p[1];
+            if (col + 2 < cols) v.z = p[2];
+            if (col + 3 < cols) v.w = p[3];
+        }
+    }
+    return v;
+}
+
+static __device__ __forceinline__ bool aligned16(const void* p) {
+    return (reinterpret_cast<unsigned long long>(p) & 15) == 0;
+}
+
+// tile_load_scalar with 16-byte loads along the contiguous dimension (TC % 4 == 0). A straight
+// store writes the float4 as is (LDS % 4 == 0 keeps it aligned); STORE_T scatters its 4 floats down
+// a column of S, which is how a row-major A tile becomes the k-major As[k][m] the inner loop wants.
+template <int TR, int TC, int NT, bool STORE_T, int LDS>
+static __device__ __forceinline__ void tile_load_vec4(float* S, const float* __restrict__ X, int row0,
+                                                      int col0, int rows, int cols, bool vec, int tid) {
+    constexpr int C4 = TC / 4;
+    static_assert(TC % 4 == 0 && LDS % 4 == 0, "float4 chunks along the contiguous dimension");
+    static_assert((TR * C4) % NT == 0, "tile must split evenly over the threads");
+#pragma unroll
+    for (int j = 0; j < TR * C4 / NT; ++j) {
+        const int idx = tid + j * NT;
+        const int r = idx / C4, c = (idx % C4) * 4;
+        const float4 v = load4_guarded(X, row0 + r, col0 + c, rows, cols, vec);
+        if (STORE_T) {
+            S[(c + 0) * LDS + r] = v.x;
+            S[(c + 1) * LDS + r] = v.y;
+            S[(c + 2) * LDS + r] = v.z;
+            S[(c + 3) * LDS + r] = v.w;
+        } else {
+            *reinterpret_cast<float4*>(&S[r * LDS + c]) = v;
+        }
+    }
+}
+
+// op(A) tile into As[k][m] (k-major), op(B) tile into Bs[k][n], 16-byte loads where allowed.
+template <int BM, int BK, int NT, bool TA, int LDA>
+static __device__ __forceinline__ void load_a_km_vec4(float* As, const float* __restrict__ A, int m0,
+                                                      int k0, int M, int K, bool vec, int tid) {
+    if (TA) tile_load_vec4<BK, BM, NT, false, LDA>(As, A, k0, m0, K, M, vec, tid);  // memory (k, m)
+    else    tile_load_vec4<BM, BK, NT, true, LDA>(As, A, m0, k0, M, K, vec, tid);   // memory (m, k)
+}
+template <int BK, int BN, int NT, bool TB, int LDB>
+static __device__ __forceinline__ void load_b_kn_vec4(float* Bs, const float* __restrict__ B, int k0,
+                                                      int n0, int K, int N, bool vec, int tid) {
+    if (TB) tile_load_vec4<BN, BK, NT, true, LDB>(Bs, B, n0, k0, N, K, vec, tid);   // memory (n, k)
+    else    tile_load_vec4<BK, BN, NT, false, LDB>(Bs, B, k0, n0, K, N, vec, tid);  // memory (k, n)
+}
+
+// Four consecutive outputs C[m][n..n+3]: one 16-byte store when the row allows, else guarded scalars.
+static __device__ __forceinline__ void store4_guarded(float* __restrict__ C, int m, int n, int M, int N,
+                                                      bool vec, float x0, float x1, float x2, float x3) {
+    if (m >= M) return;
+    float* p = C + m * N + n;
+    if (vec && n + 3 < N) {
+        *reinterpret_cast<float4*>(p) = make_float4(x0, x1, x2, x3);
+    } else {
+        if (n < N) p[0] = x0;
+        if (n + 1 < N) p[1] = x1;
+        if (n + 2 < N) p[2] = x2;
+        if (n + 3 < N) p[3] = x3;
+    }
+}
+
+// ============================================================================ 6 vectorized
+// Variant 5's tiling, two changes: global loads are 16 bytes wide (one LDG.128 instead of four
+// LDG.32 where alignment allows), and A is stored k-major (As[k][m], transposed on the way in
+// when A is row-major) so the inner loop reads TM consecutive A values as float4s, like B: 4
+// LDS.128 per k instead of 16 LDS.32. C is written with 16-byte stores.
+template <int BM, int BN, int BK, int TM, int TN, bool TA, bool TB>
+__global__ void __launch_bounds__(BM * BN / (TM * TN))
+    matmul_vectorized(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
+                      int M, int N, int K, long long sA, long long sB, long long sC) {
+    constexpr int NT = BM * BN / (TM * TN);
+    constexpr int LDA = BM + 4, LDB = BN + 4;  // +4: rows stay 16-byte aligned, transposed stores spread
+    static_assert(TM % 4 == 0 && TN % 4 == 0, "register blocks are read as float4s");
+    __shared__ __align__(16) float As[BK * LDA];  // As[k][m]
+    __shared__ __align__(16) float Bs[BK * LDB];  // Bs[k][n]
+    A += blockIdx.z * sA;
+    B += blockIdx.z * sB;
+    C += blockIdx.z * sC;
+    const bool vecA = (TA ? M : K) % 4 == 0 && aligned16(A);
+    const bool vecB = (TB ? K : N) % 4 == 0 && aligned16(B);
+    const bool vecC = N % 4 == 0 && aligned16(C);
+    const int tid = threadIdx.x;
+    const int tcol = tid % (BN / TN), trow = tid / (BN / TN);
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    float acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+    float ra[TM], rb[TN];
+    for (int k0 = 0; k0 < K; k0 += BK) {
+        load_a_km_vec4<BM, BK, NT, TA, LDA>(As, A, m0, k0, M, K, vecA, tid);
+        load_b_kn_vec4<BK, BN, NT, TB, LDB>(Bs, B, k0, n0, K, N, vecB, tid);
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < BK; ++k) {
+#pragma unroll
+            for (int i = 0; i < TM; i += 4) {
+                const float4 t = *reinterpret_cast<const float4*>(&As[k * LDA + trow * TM + i]);
+                ra[i] = t.x, ra[i + 1] = t.y, ra[i + 2] = t.z, ra[i + 3] = t.w;
+            }
+#pragma unroll
+            for (int j = 0; j < TN; j += 4) {
+                const float4 t = *reinterpret_cast<const float4*>(&Bs[k * LDB + tcol * TN + j]);
+                rb[j] = t.x, rb[j + 1] = t.y, rb[j + 2] = t.z, rb[j + 3] = t.w;
+            }
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j) acc[i][j] += ra[i] * rb[j];
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; j += 4)
+            store4_guarded(C, m0 + trow * TM + i, n0 + tcol * TN + j, M, N, vecC, acc[i][j],
+                           acc[i][j + 1], acc[i][j + 2], acc[i][j + 3]);
+}
+TFM_EXPORT(matmul_vectorized<128, 128, 8, 8, 8, false, false>)
+TFM_EXPORT(matmul_vectorized<128, 128, 8, 8, 8, false, true>)
+TFM_EXPORT(matmul_vectorized<128, 128, 8, 8, 8, true, false>)
+TFM_EXPORT(matmul_vectorized<128, 128, 8, 8, 8, true, true>)
+
+// ============================================================================ warp tile (7, 8)
+// The thread -> output map of variants 7 and 8 (siboehm's kernel 10). The BM x BN block tile is cut
+// into WM x WN warp tiles; a warp walks its tile in WMITER x WNITER sub-tiles of WSUBM x WSUBN, and
+// inside a sub-tile lane l owns the TM x TN block at row (l / (WSUBN/TN)) * TM, col (l % (WSUBN/TN)) * TN.
+// At 128x128 / 64x64 / TM=8, TN=4, WNITER=4: WSUBN = 16, so 4 lanes span a 16-float row of Bs and
+// 8 lanes a 64-float column of As; a quarter-warp LDS.128 phase touches 4 distinct 16-byte words of
+// Bs (and 2 of As): conflict-free, where variant 6's 8x8 map had 2-way conflicts on Bs.
+template <int BM, int BN, int BK, int WM, int WN, int WNITER, int TM, int TN, int NT>
+struct WarpTile {
+    static constexpr int WMITER = (WM * WN) / (32 * TM * TN * WNITER);
+    static constexpr int WSUBM = WM / WMITER, WSUBN = WN / WNITER;
+    static constexpr int LDA = BM + 4, LDB = BN + 4;  // As[k][m], Bs[k][n]
+    static_assert(NT == (BM / WM) * (BN / WN) * 32, "one warp per warp tile");
+    static_assert(WMITER * WNITER * TM * TN * 32 == WM * WN, "warp tile must split over 32 lanes");
+    static_assert((WSUBN / TN) * (WSUBM / TM) == 32, "a sub-tile is 32 lanes");
+    static_assert(TM % 4 == 0 && TN % 4 == 0, "register blocks are read as float4s");
+
+    int row, col;  // this lane's first output, relative to the block tile
+
+    __device__ __forceinline__ WarpTile(int tid) {
+        const int warp = tid / 32, lane = tid % 32;
+        row = (warp / (BN / WN)) * WM + (lane / (WSUBN / TN)) * TM;
+        col = (warp % (BN / WN)) * WN + (lane % (WSUBN / TN)) * TN;
+    }
+
+    // acc += As^T Bs over one BK-deep stage.
+    __device__ __forceinline__ void compute(const float* As, const float* Bs,
+                                            float (&acc)[WMITER * TM][WNITER * TN]) const {
+        float ra[WMITER * TM], rb[WNITER * TN];
+#pragma unroll
+        for (int k = 0; k < BK; ++k) {
+#pragma unroll
+            for (int wm = 0; wm < WMITER; ++wm)
+#pragma unroll
+                for (int i = 0; i < TM; i += 4) {
+                    const float4 t = *reinterpret_cast<const float4*>(&As[k * LDA + row + wm * WSUBM + i]);
+                    ra[wm * TM + i] = t.x, ra[wm * TM + i + 1] = t.y;
+                    ra[wm * TM + i + 2] = t.z, ra[wm * TM + i + 3] = t.w;
+                }
+#pragma unroll
+            for (int wn = 0; wn < WNITER; ++wn)
+#pragma unroll
+                for (int j = 0; j < TN; j += 4) {
+                    const float4 t = *reinterpret_cast<const float4*>(&Bs[k * LDB + col + wn * WSUBN + j]);
+                    rb[wn * TN + j] = t.x, rb[wn * TN + j + 1] = t.y;
+                    rb[wn * TN + j + 2] = t.z, rb[wn * TN + j + 3] = t.w;
+                }
+#pragma unroll
+            for (int i = 0; i < WMITER * TM; ++i)
+#pragma unroll
+                for (int j = 0; j < WNITER * TN; ++j) acc[i][j] += ra[i] * rb[j];
+        }
+    }
+
+    __device__ __forceinline__ void store(float* __restrict__ C, int m0, int n0, int M, int N, bool vec,
+                                          const float (&acc)[WMITER * TM][WNITER * TN]) const {
+#pragma unroll
+        for (int wm = 0; wm < WMITER; ++wm)
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int wn = 0; wn < WNITER; ++wn)
+#pragma unroll
+                    for (int j = 0; j < TN; j += 4) {
+                        const float* a = &acc[wm * TM + i][wn * TN + j];
+                        store4_guarded(C, m0 + row + wm * WSUBM + i, n0 + col + wn * WSUBN + j, M, N, vec,
+                                       a[0], a[1], a[2], a[3]);
+                    }
+    }
+};
+
+// ============================================================================ 7 warptiling
+// Variant 6's loads, the warp-tiled thread map above, BK = 16 (twice the work per __syncthreads).
+template <int BM, int BN, int BK, int WM, int WN, int WNITER, int TM, int TN, int NT, bool TA, bool TB>
+__global__ void __launch_bounds__(NT)
+    matmul_warptile(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
+                    int M, int N, int K, long long sA, long long sB, long long sC) {
+    using WT = WarpTile<BM, BN, BK, WM, WN, WNITER, TM, TN, NT>;
+    __shared__ __align__(16) float As[BK * WT::LDA];
+    __shared__ __align__(16) float Bs[BK * WT::LDB];
+    A += blockIdx.z * sA;
+    B += blockIdx.z * sB;
+    C += blockIdx.z * sC;
+    const bool vecA = (TA ? M : K) % 4 == 0 && aligned16(A);
+    const bool vecB = (TB ? K : N) % 4 == 0 && aligned16(B);
+    const bool vecC = N % 4 == 0 && aligned16(C);
+    const int tid = threadIdx.x;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const WT wt(tid);
+    float acc[WT::WMITER * TM][WNITER * TN];
+#pragma unroll
+    for (int i = 0; i < WT::WMITER * TM; ++i)
+#pragma unroll
+        for (int j = 0; j < WNITER * TN; ++j) acc[i][j] = 0.0f;
+    for (int k0 = 0; k0 < K; k0 += BK) {
+        load_a_km_vec4<BM, BK, NT, TA, WT::LDA>(As, A, m0, k0, M, K, vecA, tid);
+        load_b_kn_vec4<BK, BN, NT, TB, WT::LDB>(Bs, B, k0, n0, K, N, vecB, tid);
+        __syncthreads();
+        wt.compute(As, Bs, acc);
+        __syncthreads();
+    }
+    wt.store(C, m0, n0, M, N, vecC, acc);
+}
+TFM_EXPORT(matmul_warptile<128, 128, 16, 64, 64, 4, 8, 4, 128, false, false>)
+TFM_EXPORT(matmul_warptile<128, 128, 16, 64, 64, 4, 8, 4, 128, false, true>)
+TFM_EXPORT(matmul_warptile<128, 128, 16, 64, 64, 4, 8, 4, 128, true, false>)
+TFM_EXPORT(matmul_warptile<128, 128, 16, 64, 64, 4, 8, 4, 128, true, true>)
+
+// ============================================================================ cp.async helpers (8, 9)
+// 4 bytes global -> shared, zero-filled when pred is false (src-size 0: nothing is read). .ca is the
+// only cache mode cp.async allows below 16 bytes; the 4 neighbours a warp copies in one
+// instruction share L1 lines.
+static __device__ __forceinline__ void cp_async_4(uint32_t smem, const void* gmem, bool pred) {
+    const int src_bytes = pred ? 4 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem), "l"(gmem), "r"(src_bytes));
+}
+
+// tile_load_vec4 without the register round trip: the copies land in shared memory asynchronously
+// (visible after cp_async_wait + __syncthreads). A straight tile moves in 16-byte chunks when vec
+// (each chunk wholly inside or outside the matrix, the outside ones zero-filled); a transposed tile
+// (STORE_T) or an unaligned one moves element by element with 4-byte copies, consecutive lanes on
+// consecutive columns so a warp still reads whole lines. Out-of-range copies point at X itself (a
+// valid address; src-size 0 reads nothing).
+template <int TR, int TC, int NT, bool STORE_T, int LDS>
+static __device__ __forceinline__ void tile_cp_async(float* S, const float* __restrict__ X, int row0,
+                                                     int col0, int rows, int cols, bool vec, int tid) {
+    static_assert(TC % 4 == 0 && LDS % 4 == 0, "16-byte chunks along the contiguous dimension");
+    if (!STORE_T && vec) {
+        constexpr int C4 = TC / 4;
+        static_assert((TR * C4) % NT == 0, "tile must split evenly over the threads");
+#pragma unroll
+        for (int j = 0; j < TR * C4 / NT; ++j) {
+            const int idx = tid + j * NT;
+            const int r = idx / C4, c = (idx % C4) * 4;
+            const int gr = row0 + r, gc = col0 + c;
+            const bool ok = gr < rows && gc < cols;
+            cp_async_16(smem_u32(&S[r * LDS + c]), ok ? X + gr * cols + gc : X, ok);
+        }
+    } else {
+        // Thread -> (r0 + j * RSTEP, c): the column is fixed per thread, so each copy is the
+        // previous one's address plus a stride. Rolled by 4, not fully: 16 unrolled copies would
+        // keep 16 source pointers live across the k-loop and push variant 8 past 255 registers.
+        static_assert(NT % TC == 0 && TR % (NT / TC) == 0, "tile must split evenly over the threads");
+        constexpr int RSTEP = NT / TC;
+        constexpr uint32_t DSTEP = (STORE_T ? RSTEP : RSTEP * LDS) * sizeof(float);
+        const int r0 = tid / TC, c = tid % TC;
+        const int gc = col0 + c;
+        const bool col_ok = gc < cols;
+        const float* src = X + (row0 + r0) * cols + gc;
+        const uint32_t dst = smem_u32(&S[STORE_T ? c * LDS + r0 : r0 * LDS + c]);
+#pragma unroll 4
+        for (int j = 0; j < TR / RSTEP; ++j) {
+            const bool ok = col_ok && row0 + r0 + j * RSTEP < rows;
+            cp_async_4(dst + j * DSTEP, ok ? src + j * RSTEP * cols : X, ok);
+        }
+    }
+}
+
+// ============================================================================ 8 cp_async
+// Variant 7's tiles and thread map, fed by a STAGES-deep cp.async ring in dynamic shared memory:
+// while the warps compute on stage kt % STAGES, the copies for tile kt + STAGES - 1 are in flight,
+// so global latency hides behind STAGES-1 stages of FMAs instead of stalling every k-step, and the
+// loads no longer pass through registers (variant 7 holds 4 float4s per thread across the store).
+// Group accounting: the prologue commits STAGES-1 groups and every iteration one more (possibly
+// empty), so before computing tile kt, `wait_group STAGES-2` leaves only the newer ones in flight.
+template <int BM, int BN, int BK, int WM, int WN, int WNITER, int TM, int TN, int NT, int STAGES,
+          bool TA, bool TB>
+__global__ void __launch_bounds__(NT)
+    matmul_cp_async(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
+                    int M, int N, int K, long long sA, long long sB, long long sC) {
+    using WT = WarpTile<BM, BN, BK, WM, WN, WNITER, TM, TN, NT>;
+    constexpr int A_STAGE = BK * WT::LDA, B_STAGE = BK * WT::LDB;  // floats per stage
+    extern __shared__ float4 dyn_smem4[];
+    float* As = reinterpret_cast<float*>(dyn_smem4);   // STAGES x As[k][m]
+    float* Bs = As + STAGES * A_STAGE;                 // STAGES x Bs[k][n]
+    A += blockIdx.z * sA;
+    B += blockIdx.z * sB;
+    C += blockIdx.z * sC;
+    const bool vecA = (TA ? M : K) % 4 == 0 && aligned16(A);
+    const bool vecB = (TB ? K : N) % 4 == 0 && aligned16(B);
+    const bool vecC = N % 4 == 0 && aligned16(C);
+    const int tid = threadIdx.x;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int ktiles = tfm_cdiv(K, BK);
+
+    // As[k][m] and Bs[k][n], whatever the layout: a row-major A (or a transposed B) is scattered
+    // with 4-byte copies, the other operand moves in 16-byte chunks.
+    auto load_stage = [&](int kt, int stage) {
+        const int k0 = kt * BK;
+        float* as = As + stage * A_STAGE;
+        float* bs = Bs + stage * B_STAGE;
+        if (TA) tile_cp_async<BK, BM, NT, false, WT::LDA>(as, A, k0, m0, K, M, vecA, tid);
+        else    tile_cp_async<BM, BK, NT, true, WT::LDA>(as, A, m0, k0, M, K, vecA, tid);
+        if (TB) tile_cp_async<BN, BK, NT, true, WT::LDB>(bs, B, n0, k0, N, K, vecB, tid);
+        else    tile_cp_async<BK, BN, NT, false, WT::LDB>(bs, B, k0, n0, K, N, vecB, tid);
+    };
+
+    const WT wt(tid);
+    float acc[WT::WMITER * TM][WNITER * TN];
+#pragma unroll
+    for (int i = 0; i < WT::WMITER * TM; ++i)
+#pragma unroll
+        for (int j = 0; j < WNITER * TN; ++j) acc[i][j] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < ktiles) load_stage(s, s);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < ktiles; ++kt) {
+        cp_async_wait<STAGES - 2>();  // this thread's copies of tile kt have landed
+        __syncthreads();              // everyone's have; and everyone is done with tile kt-1's stage
+        const int next = kt + STAGES - 1;
+        if (next < ktiles) load_stage(next, next % STAGES);  // refills the stage tile kt-1 used
+        cp_async_commit();
+        const int stage = kt % STAGES;
+        wt.compute(As + stage * A_STAGE, Bs + stage * B_STAGE, acc);
+    }
+    cp_async_wait<0>();  // no copy may outlive the block (only empty groups remain by now)
+    wt.store(C, m0, n0, M, N, vecC, acc);
+}
+TFM_EXPORT(matmul_cp_async<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, false, false>)
+TFM_EXPORT(matmul_cp_async<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, false, true>)
+TFM_EXPORT(matmul_cp_async<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, true, false>)
+TFM_EXPORT(matmul_cp_async<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, true, true>)
+
+// ============================================================================ 9 tf32_mma (opt-in)
+// Tensor cores on fp32 data: mma.sync m16n8k8 with TF32 operands (10 explicit mantissa bits,
+// rounded from fp32 with cvt.rna, round-half-away), fp32 accumulation. Each input carries a
+// relative rounding error up to 2^-11, so a product is off by up to ~1e-3 relative: it is NOT the
+// fp32 contract, which is why the variant is opt-in (never chosen by default). The test checks it
+// to fp32 accuracy against a reference computed from TF32-rounded inputs, and to ~1e-3 * sqrt(K)
+// of max|C| against the exact product.
+//
+// BM x BN x BK block tile, WARPS_M x WARPS_N warps, each warp a (BM/WARPS_M) x (BN/WARPS_N) tile of
+// 16x8 mma tiles. Shared tiles keep k contiguous, As[m][k] and Bs[n][k] (the mma's "row.col"
+// operands), rows padded to BK + 4 floats: the fragment loads (lane l reads row l/4, column l%4)
+// then hit banks 20*(l/4) + l%4 mod 32, all 32 distinct. Fed by the same cp.async ring as variant 8.
+// Fragments (PTX ISA, mma.m16n8k8 .tf32; g = lane/4, t = lane%4):
+//   A 16x8: a0 = A[g][t], a1 = A[g+8][t], a2 = A[g][t+4], a3 = A[g+8][t+4]
+//   B 8x8:  b0 = B[t][g], b1 = B[t+4][g]
+//   C 16x8: c0 = C[g][2t], c1 = C[g][2t+1], c2 = C[g+8][2t], c3 = C[g+8][2t+1]
+static __device__ __forceinline__ uint32_t to_tf32(float x) {
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+    return r;
+}
+
+static __device__ __forceinline__ void mma_1688_tf32(float (&d)[4], const uint32_t (&a)[4],
+                                                     const uint32_t (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+template <int BM, int BN, int BK, int WARPS_M, int WARPS_N, int STAGES, bool TA, bool TB>
+__global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
+    matmul_tf32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
+                int M, int N, int K, long long sA, long long sB, long long sC) {
+    constexpr int NT = WARPS_M * WARPS_N * 32;
+    constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;  // warp tile
+    constexpr int MT = WTM / 16, NTL = WTN / 8;            // mma tiles per warp
+    constexpr int LD = BK + 4;                              // As[m][k], Bs[n][k] row stride
+    constexpr int A_STAGE = BM * LD, B_STAGE = BN * LD;
+    static_assert(WTM % 16 == 0 && WTN % 8 == 0 && BK % 8 == 0, "whole mma tiles");
+    extern __shared__ float4 dyn_smem4[];
+    float* As = reinterpret_cast<float*>(dyn_smem4);
+    float* Bs = As + STAGES * A_STAGE;
+    A += blockIdx.z * sA;
+    B += blockIdx.z * sB;
+    C += blockIdx.z * sC;
+    const bool vecA = (TA ? M : K) % 4 == 0 && aligned16(A);
+    const bool vecB = (TB ? K : N) % 4 == 0 && aligned16(B);
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int g = lane / 4, t = lane % 4;
+    const int wm0 = (warp / WARPS_N) * WTM, wn0 = (warp % WARPS_N) * WTN;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int ktiles = tfm_cdiv(K, BK);
+
+    auto load_stage = [&](int kt, int stage) {
+        const int k0 = kt * BK;
+        float* as = As + stage * A_STAGE;
+        float* bs = Bs + stage * B_STAGE;
+        if (TA) tile_cp_async<BK, BM, NT, true, LD>(as, A, k0, m0, K, M, vecA, tid);   // (k, m) -> [m][k]
+        else    tile_cp_async<BM, BK, NT, false, LD>(as, A, m0, k0, M, K, vecA, tid);  // (m, k) straight
+        if (TB) tile_cp_async<BN, BK, NT, false, LD>(bs, B, n0, k0, N, K, vecB, tid);  // (n, k) straight
+        else    tile_cp_async<BK, BN, NT, true, LD>(bs, B, k0, n0, K, N, vecB, tid);   // (k, n) -> [n][k]
+    };
+
+    float acc[MT][NTL][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NTL; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < ktiles) load_stage(s, s);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < ktiles; ++kt) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int next = kt + STAGES - 1;
+        if (next < ktiles) load_stage(next, next % STAGES);
+        cp_async_commit();
+        const float* as = As + (kt % STAGES) * A_STAGE;
+        const float* bs = Bs + (kt % STAGES) * B_STAGE;
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 8) {
+            uint32_t af[MT][4], bf[NTL][2];
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+                const float* p = as + (wm0 + i * 16 + g) * LD + kk + t;
+                af[i][0] = to_tf32(p[0]);
+                af[i][1] = to_tf32(p[8 * LD]);
+                af[i][2] = to_tf32(p[4]);
+                af[i][3] = to_tf32(p[8 * LD + 4]);
+            }
+#pragma unroll
+            for (int j = 0; j < NTL; ++j) {
+                const float* p = bs + (wn0 + j * 8 + g) * LD + kk + t;
+                bf[j][0] = to_tf32(p[0]);
+                bf[j][1] = to_tf32(p[4]);
+            }
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NTL; ++j) mma_1688_tf32(acc[i][j], af[i], bf[j]);
+        }
+    }
+    cp_async_wait<0>();
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NTL; ++j) {
+            const int m = m0 + wm0 + i * 16 + g, n = n0 + wn0 + j * 8 + 2 * t;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {  // rows g and g + 8
+                const int mm = m + 8 * h;
+                if (mm < M) {
+                    if (n < N) C[mm * N + n] = acc[i][j][2 * h];
+                    if (n + 1 < N) C[mm * N + n + 1] = acc[i][j][2 * h + 1];
+                }
+            }
+        }
+}
+TFM_EXPORT(matmul_tf32<128, 128, 16, 2, 4, 3, false, false>)
+TFM_EXPORT(matmul_tf32<128, 128, 16, 2, 4, 3, false, true>)
+TFM_EXPORT(matmul_tf32<128, 128, 16, 2, 4, 3, true, false>)
+TFM_EXPORT(matmul_tf32<128, 128, 16, 2, 4, 3, true, true>)

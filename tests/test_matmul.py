@@ -287,3 +287,299 @@ def test_float16_output_dtype_rules(backend, rng):
     e_half, _, _ = errors(half, ref)
     assert e_full <= 1e-6 * np.sqrt(80) * scale, (e_full, scale)
     assert e_half <= 2.0 ** -11 * scale * 1.01 + e_full, (e_half, scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy emulation of the index maps of variants 6-9, no GPU
+# ---------------------------------------------------------------------------------------------
+# The formulas below are transcribed from csrc/matmul.cu (same names). Each check runs the map for
+# every thread of every block at awkward sizes and proves: every output element is written exactly
+# once; every shared-memory slot of a stage receives exactly the op(A)/op(B) element the compute
+# expects there (or a zero past the edge); every global read is in bounds; the cp.async ring never
+# computes on a stage before its copies are waited for, nor refills one still being read.
+
+AWKWARD = [(131, 77, 45), (132, 76, 44), (1, 1, 1), (129, 257, 17), (7, 130, 37)]
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _a_index(ta, m, k, M, K):
+    return k * M + m if ta else m * K + k
+
+
+def _b_index(tb, k, n, K, N):
+    return n * K + k if tb else k * N + n
+
+
+def emulate_tile_load_vec4(TR, TC, NT, STORE_T, LDS, row0, col0, rows, cols, vec):
+    """tile_load_vec4 (and load4_guarded): [(smem slot, global index or None)] for one tile."""
+    C4 = TC // 4
+    out = []
+    for tid in range(NT):
+        for j in range(TR * C4 // NT):
+            idx = tid + j * NT
+            r, c = idx // C4, (idx % C4) * 4
+            gr, gc = row0 + r, col0 + c
+            for q in range(4):
+                ok = gr < rows and gc + q < cols  # the vector branch needs gc + 3 < cols, same elements
+                if vec and gr < rows and gc + 3 < cols:
+                    assert (gr * cols + gc) % 4 == 0, "16-byte load from an unaligned address"
+                dst = (c + q) * LDS + r if STORE_T else r * LDS + c + q
+                out.append((dst, gr * cols + gc + q if ok else None))
+    return out
+
+
+def emulate_tile_cp_async(TR, TC, NT, STORE_T, LDS, row0, col0, rows, cols, vec):
+    """tile_cp_async: [(smem slot, global index or None)] for one tile, both of its paths."""
+    out = []
+    if not STORE_T and vec:
+        C4 = TC // 4
+        for tid in range(NT):
+            for j in range(TR * C4 // NT):
+                idx = tid + j * NT
+                r, c = idx // C4, (idx % C4) * 4
+                gr, gc = row0 + r, col0 + c
+                ok = gr < rows and gc < cols
+                if ok:
+                    assert gc + 3 < cols and (gr * cols + gc) % 4 == 0, "16-byte chunk straddles the edge"
+                for q in range(4):
+                    out.append((r * LDS + c + q, gr * cols + gc + q if ok else None))
+    else:
+        assert NT % TC == 0 and TR % (NT // TC) == 0
+        RSTEP = NT // TC
+        DSTEP = RSTEP if STORE_T else RSTEP * LDS  # in floats
+        for tid in range(NT):
+            r0, c = tid // TC, tid % TC
+            gc = col0 + c
+            src = (row0 + r0) * cols + gc
+            dst = c * LDS + r0 if STORE_T else r0 * LDS + c
+            for j in range(TR // RSTEP):
+                ok = gc < cols and row0 + r0 + j * RSTEP < rows
+                out.append((dst + j * DSTEP, src + j * RSTEP * cols if ok else None))
+    return out
+
+
+def _check_stage(copies, expect, size, where):
+    """Every slot in `expect` written exactly once with the expected source; sources in bounds."""
+    seen = {}
+    for dst, src in copies:
+        assert dst not in seen, f"{where}: smem slot {dst} written twice"
+        assert 0 <= dst < size, f"{where}: smem slot {dst} outside the stage ({size} floats)"
+        if src is not None:
+            assert 0 <= src < expect["numel"], f"{where}: global read {src} out of bounds"
+        seen[dst] = src
+    for dst, src in expect["slots"].items():
+        assert dst in seen, f"{where}: smem slot {dst} never written"
+        assert seen[dst] == src, f"{where}: slot {dst} holds {seen[dst]}, expected {src}"
+
+
+def _expect_a(ta, m0, k0, M, K, BM, BK, slot):
+    """slot(m, k) -> the op(A) element the compute reads there (None: must be zero)."""
+    slots = {}
+    for m in range(BM):
+        for k in range(BK):
+            ok = m0 + m < M and k0 + k < K
+            slots[slot(m, k)] = _a_index(ta, m0 + m, k0 + k, M, K) if ok else None
+    return {"slots": slots, "numel": M * K}
+
+
+def _expect_b(tb, k0, n0, K, N, BK, BN, slot):
+    slots = {}
+    for k in range(BK):
+        for n in range(BN):
+            ok = k0 + k < K and n0 + n < N
+            slots[slot(k, n)] = _b_index(tb, k0 + k, n0 + n, K, N) if ok else None
+    return {"slots": slots, "numel": K * N}
+
+
+@pytest.mark.parametrize("M, N, K", AWKWARD)
+@pytest.mark.parametrize("ta, tb", LAYOUTS, ids=LAYOUT_IDS)
+@pytest.mark.parametrize("kind", ["vec4_bk8_nt256", "vec4_bk16_nt128", "cp_async_km", "cp_async_tf32"])
+def test_emulate_tile_loads(kind, ta, tb, M, N, K):
+    """The smem tiles of variants 6 (vec4, BK 8, 256 threads), 7 (vec4, BK 16, 128 threads), 8
+    (cp.async into As[k][m], Bs[k][n]) and 9 (cp.async into As[m][k], Bs[n][k]) at every tile
+    origin, with the vector paths on and (where the alignment rule turns them off) off."""
+    BM = BN = 128
+    BK, NT = {"vec4_bk8_nt256": (8, 256), "vec4_bk16_nt128": (16, 128), "cp_async_km": (16, 128),
+              "cp_async_tf32": (16, 256)}[kind]
+    for vec_ok in (True, False):
+        vecA = vec_ok and (M if ta else K) % 4 == 0
+        vecB = vec_ok and (K if tb else N) % 4 == 0
+        for m0 in range(0, M, BM):
+            for n0 in range(0, N, BN):
+                for k0 in range(0, K, BK):
+                    where = f"{kind} M={M} N={N} K={K} ta={ta} tb={tb} m0={m0} n0={n0} k0={k0} vec={vec_ok}"
+                    if kind == "cp_async_tf32":  # As[m][k], Bs[n][k], rows of BK + 4
+                        LD = BK + 4
+                        a = (emulate_tile_cp_async(BK, BM, NT, True, LD, k0, m0, K, M, vecA) if ta else
+                             emulate_tile_cp_async(BM, BK, NT, False, LD, m0, k0, M, K, vecA))
+                        b = (emulate_tile_cp_async(BN, BK, NT, False, LD, n0, k0, N, K, vecB) if tb else
+                             emulate_tile_cp_async(BK, BN, NT, True, LD, k0, n0, K, N, vecB))
+                        ea = _expect_a(ta, m0, k0, M, K, BM, BK, lambda m, k: m * LD + k)
+                        eb = _expect_b(tb, k0, n0, K, N, BK, BN, lambda k, n: n * LD + k)
+                        size_a, size_b = BM * LD, BN * LD
+                    else:  # As[k][m], Bs[k][n], rows of BM + 4 / BN + 4
+                        LDA, LDB = BM + 4, BN + 4
+                        load = emulate_tile_cp_async if kind == "cp_async_km" else emulate_tile_load_vec4
+                        a = (load(BK, BM, NT, False, LDA, k0, m0, K, M, vecA) if ta else
+                             load(BM, BK, NT, True, LDA, m0, k0, M, K, vecA))
+                        b = (load(BN, BK, NT, True, LDB, n0, k0, N, K, vecB) if tb else
+                             load(BK, BN, NT, False, LDB, k0, n0, K, N, vecB))
+                        ea = _expect_a(ta, m0, k0, M, K, BM, BK, lambda m, k: k * LDA + m)
+                        eb = _expect_b(tb, k0, n0, K, N, BK, BN, lambda k, n: k * LDB + n)
+                        size_a, size_b = BK * LDA, BK * LDB
+                    _check_stage(a, ea, size_a, where + " A")
+                    _check_stage(b, eb, size_b, where + " B")
+
+
+def emulate_warptile_outputs(M, N, BM=128, BN=128, BK=16, WM=64, WN=64, WNITER=4, TM=8, TN=4, NT=128):
+    """WarpTile (variants 7, 8): C write counts over the whole grid, and the smem reads' range."""
+    WMITER = (WM * WN) // (32 * TM * TN * WNITER)
+    WSUBM, WSUBN = WM // WMITER, WN // WNITER
+    LDA, LDB = BM + 4, BN + 4
+    count = np.zeros((M, N), np.int64)
+    for by in range(_cdiv(M, BM)):
+        for bx in range(_cdiv(N, BN)):
+            m0, n0 = by * BM, bx * BN
+            for tid in range(NT):
+                warp, lane = tid // 32, tid % 32
+                row = (warp // (BN // WN)) * WM + (lane // (WSUBN // TN)) * TM
+                col = (warp % (BN // WN)) * WN + (lane % (WSUBN // TN)) * TN
+                for wm in range(WMITER):
+                    for i in range(TM):
+                        a_slot = row + wm * WSUBM + i  # As[k][a_slot]: a real column, not padding
+                        assert a_slot < BM and (BK - 1) * LDA + a_slot < BK * LDA
+                        for wn in range(WNITER):
+                            for j in range(0, TN, 4):
+                                m = m0 + row + wm * WSUBM + i
+                                n = n0 + col + wn * WSUBN + j
+                                assert col + wn * WSUBN + j + 3 < BN
+                                if m < M:
+                                    for q in range(4):
+                                        if n + q < N:
+                                            count[m, n + q] += 1
+    return count
+
+
+@pytest.mark.parametrize("M, N, K", AWKWARD)
+def test_emulate_warptile_writes_each_output_once(M, N, K):
+    count = emulate_warptile_outputs(M, N)
+    assert count.min() == 1 and count.max() == 1, (count.min(), count.max())
+
+
+def emulate_vectorized_outputs(M, N, BM=128, BN=128, TM=8, TN=8):
+    """Variant 6's 8x8 map (and, with float4 stores off, variant 5's)."""
+    NT = BM * BN // (TM * TN)
+    count = np.zeros((M, N), np.int64)
+    for by in range(_cdiv(M, BM)):
+        for bx in range(_cdiv(N, BN)):
+            for tid in range(NT):
+                tcol, trow = tid % (BN // TN), tid // (BN // TN)
+                for i in range(TM):
+                    m = by * BM + trow * TM + i
+                    for j in range(TN):
+                        n = bx * BN + tcol * TN + j
+                        if m < M and n < N:
+                            count[m, n] += 1
+    return count
+
+
+@pytest.mark.parametrize("M, N, K", AWKWARD)
+def test_emulate_vectorized_writes_each_output_once(M, N, K):
+    count = emulate_vectorized_outputs(M, N)
+    assert count.min() == 1 and count.max() == 1
+
+
+def emulate_tf32_block(As, Bs, BM=128, BN=128, BK=16, WARPS_M=2, WARPS_N=4):
+    """matmul_tf32's fragment loads and mma.m16n8k8 for one stage of one block, lane by lane, using
+    the PTX ISA fragment layouts; returns the block's C tile assembled from the lanes' c0..c3 via
+    the epilogue's (row, col) map, and the per-element write counts."""
+    LD = BK + 4
+    WTM, WTN = BM // WARPS_M, BN // WARPS_N
+    MT, NTL = WTM // 16, WTN // 8
+    Cblk = np.zeros((BM, BN))
+    count = np.zeros((BM, BN), np.int64)
+    as_flat, bs_flat = As.reshape(-1), Bs.reshape(-1)
+    for warp in range(WARPS_M * WARPS_N):
+        wm0, wn0 = (warp // WARPS_N) * WTM, (warp % WARPS_N) * WTN
+        acc = np.zeros((32, MT, NTL, 4))
+        for kk in range(0, BK, 8):
+            af = np.zeros((32, MT, 4))
+            bf = np.zeros((32, NTL, 2))
+            for lane in range(32):
+                g, t = lane // 4, lane % 4
+                for i in range(MT):
+                    p = (wm0 + i * 16 + g) * LD + kk + t
+                    af[lane, i] = [as_flat[p], as_flat[p + 8 * LD], as_flat[p + 4], as_flat[p + 8 * LD + 4]]
+                for j in range(NTL):
+                    p = (wn0 + j * 8 + g) * LD + kk + t
+                    bf[lane, j] = [bs_flat[p], bs_flat[p + 4]]
+            for i in range(MT):
+                for j in range(NTL):
+                    # The hardware's view: rebuild A (16x8), B (8x8) from the lanes (PTX ISA layouts),
+                    # multiply, hand C (16x8) back out in the C layout.
+                    Af, Bf = np.zeros((16, 8)), np.zeros((8, 8))
+                    for lane in range(32):
+                        g, t = lane // 4, lane % 4
+                        Af[g, t], Af[g + 8, t], Af[g, t + 4], Af[g + 8, t + 4] = af[lane, i]
+                        Bf[t, g], Bf[t + 4, g] = bf[lane, j]
+                    Cf = Af @ Bf
+                    for lane in range(32):
+                        g, t = lane // 4, lane % 4
+                        acc[lane, i, j] += [Cf[g, 2 * t], Cf[g, 2 * t + 1], Cf[g + 8, 2 * t], Cf[g + 8, 2 * t + 1]]
+        for lane in range(32):
+            g, t = lane // 4, lane % 4
+            for i in range(MT):
+                for j in range(NTL):
+                    m, n = wm0 + i * 16 + g, wn0 + j * 8 + 2 * t
+                    for h in range(2):
+                        for q in range(2):
+                            Cblk[m + 8 * h, n + q] = acc[lane, i, j, 2 * h + q]
+                            count[m + 8 * h, n + q] += 1
+    return Cblk, count
+
+
+def test_emulate_tf32_fragments():
+    """Variant 9's fragment addressing reproduces As @ Bs^T for the whole block tile, each output
+    written by exactly one lane."""
+    rng = np.random.default_rng(9)
+    BM, BN, BK = 128, 128, 16
+    LD = BK + 4
+    As = rng.standard_normal((BM, LD))  # As[m][k]; the 4 padding columns must never be read:
+    Bs = rng.standard_normal((BN, LD))
+    As[:, BK:] = np.nan
+    Bs[:, BK:] = np.nan
+    C, count = emulate_tf32_block(As, Bs)
+    assert count.min() == 1 and count.max() == 1
+    np.testing.assert_allclose(C, As[:, :BK] @ Bs[:, :BK].T, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("stages", [2, 3, 4])
+@pytest.mark.parametrize("ktiles", [1, 2, 3, 4, 7])
+def test_emulate_cp_async_ring(stages, ktiles):
+    """The ring of variants 8 and 9, step by step: each compute finds its own tile in the stage,
+    every one of that tile's copies waited for, and no refill hits a stage before everyone has
+    finished reading it (the refill is issued after the barrier that follows the previous read)."""
+    stage_tile = [None] * stages  # which tile's copies target each stage
+    groups = []                   # committed groups, in order: the tile each carries (or None)
+    for s in range(stages - 1):
+        if s < ktiles:
+            stage_tile[s] = s
+        groups.append(s if s < ktiles else None)
+    last_read = [None] * stages   # the iteration that last computed on each stage
+    for kt in range(ktiles):
+        # cp_async_wait<stages-2>: all but the newest stages-2 groups are complete
+        complete = set(g for g in groups[:max(0, len(groups) - (stages - 2))] if g is not None)
+        assert kt in complete, f"tile {kt} computed before its copies were waited for"
+        # __syncthreads, then refill
+        nxt = kt + stages - 1
+        if nxt < ktiles:
+            st = nxt % stages
+            assert last_read[st] is None or last_read[st] < kt, "refill of a stage still being read"
+            stage_tile[st] = nxt
+        groups.append(nxt if nxt < ktiles else None)
+        st = kt % stages
+        assert stage_tile[st] == kt, f"stage {st} holds tile {stage_tile[st]}, not {kt}"
+        last_read[st] = kt

@@ -278,7 +278,23 @@ LADDER = [
      "each thread computes 8 outputs of a column: one smem B value feeds 8 FMAs (~2-3x 3)"),
     (5, "blocktile_2d", Plan("matmul_blocktile_2d<128, 128, 8, 8, 8, {ta}, {tb}>", 128, 128, (256, 1, 1)), True,
      "each thread computes an 8x8 block: 16 smem loads feed 64 FMAs (~2x 4)"),
+    (6, "vectorized", Plan("matmul_vectorized<128, 128, 8, 8, 8, {ta}, {tb}>", 128, 128, (256, 1, 1)), True,
+     "16-byte global loads and a k-major (transposed) A tile: the inner loop reads float4s (~1.2x 5)"),
+    (7, "warptiling", Plan("matmul_warptile<128, 128, 16, 64, 64, 4, 8, 4, 128, {ta}, {tb}>", 128, 128,
+                           (128, 1, 1)), True,
+     "64x64 warp tiles of 8x4 lane blocks: conflict-free LDS.128, 128 FMAs per 6 smem loads (~1.2x 6)"),
+    (8, "cp_async", Plan("matmul_cp_async<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, {ta}, {tb}>", 128, 128,
+                         (128, 1, 1), smem=3 * 16 * (128 + 4) * 2 * 4), True,
+     "variant 7 fed by a 3-stage cp.async ring (zero-filled edges): loads overlap FMAs (~1.1x 7, >= 90% cuBLAS)"),
 ]
+
+# TF32 on tensor cores: a different precision contract (inputs rounded to 10 mantissa bits, ~1e-3
+# relative error), so it is opt-in: choose() never picks it by default. extra["rtol"] is the
+# documented tolerance, |err| <= rtol * sqrt(K) * max|C|, that tests/test_matmul.py holds it to.
+TF32 = (9, "tf32_mma", Plan("matmul_tf32<128, 128, 16, 2, 4, 3, {ta}, {tb}>", 128, 128, (256, 1, 1),
+                            smem=3 * 2 * 128 * (16 + 4) * 4), False,
+        "opt-in: mma.sync m16n8k8 TF32 tensor cores on cvt.rna-rounded inputs, ~1e-3 relative error "
+        "(~2-4x cuBLAS fp32)")
 
 
 def _register_fp32(number, name, plan, hot, description, **kw):
@@ -290,3 +306,4 @@ def _register_fp32(number, name, plan, hot, description, **kw):
 
 for _n, _name, _plan, _hot, _desc in LADDER:
     _register_fp32(_n, _name, _plan, _hot, _desc)
+_register_fp32(*TF32, extra={"opt_in": True, "rtol": 1e-3})
