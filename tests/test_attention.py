@@ -215,3 +215,398 @@ def test_registry():
     assert choose("attention_backward", None, dtype="float32", **info).key == "2_flash"
     assert choose("attention_forward", None, dtype="float32", **info).key == "2_flash"
     assert choose("attention_forward", None, dtype="float32", **{**info, "head_dim": 80}).key == "1_naive"
+
+
+# --------------------------------------------------------------------------------------------------
+# Emulation: csrc/attention.cu's flash kernels re-enacted in NumPy (float64), thread by thread.
+#
+# Each CTA is emulated with its 256 threads as a leading axis (tid = 16 ty + tx) and its shared
+# memory as one flat array of exactly the size tfm_kernels/attention.py asks for, initialised to
+# NaN: a read past what the kernel wrote gives NaN in the result, a read past the allocation an
+# IndexError, and an element of o/lse/dq/dk/dv that no thread writes stays NaN. Between two
+# __syncthreads() every thread's step is done at once, as the barriers guarantee. Index arithmetic
+# (tile rows, the D + 4 and 68 strides, the column groups of AttCols<D>, the grid decode, the
+# causal / kv_lens loop bounds, the xor-shuffle row reductions) is transcribed from the kernel.
+
+_TID = np.arange(256)
+_TX, _TY = _TID & 15, _TID >> 4
+_I4 = np.arange(4)
+_PS = 68  # ATT_PS
+
+
+def _emu_cols(D):
+    """AttCols<D>::col(n, tx) for every thread: (256, D/16)."""
+    nv4 = D // 64
+    n = np.arange(D // 16)
+    return np.where(n < 4 * nv4, 64 * (n // 4) + 4 * _TX[:, None] + n % 4,
+                    64 * nv4 + 2 * _TX[:, None] + (n - 4 * nv4))
+
+
+def _emu_load_tile(sm, off, D, g, row0, nrows):
+    """att_load_tile<D>: g is one head's flat (L * D) matrix."""
+    for it in range(D // 16):
+        idx = _TID + it * 256
+        r, c4 = idx // (D // 4), idx % (D // 4)
+        ok = row0 + r < nrows
+        for e in range(4):
+            src = g[np.where(ok, (row0 + r) * D + 4 * c4 + e, 0)]
+            sm[off + r * (D + 4) + 4 * c4 + e] = np.where(ok, src, 0.0)
+
+
+def _emu_abt(sm, off_a, off_b, D):
+    """att_abt<D>: s[t, i, j] = sum_d A[4ty + i][d] * B[tx + 16j][d]."""
+    d = np.arange(D)
+    a = sm[off_a + (4 * _TY[:, None] + _I4)[..., None] * (D + 4) + d]
+    b = sm[off_b + (_TX[:, None] + 16 * _I4)[..., None] * (D + 4) + d]
+    return np.einsum("tid,tjd->tij", a, b)
+
+
+def _emu_pv(acc, sm, off_t, off_v, D, trans):
+    """att_pv<D, trans>: acc[t, i, n] += sum_c P(4ty + i, c) V[c][col(n)]."""
+    c = np.arange(64)
+    rows = 4 * _TY[:, None] + _I4
+    if trans:
+        p = sm[off_t + c[None, None, :] * _PS + rows[..., None]]
+    else:
+        p = sm[off_t + rows[..., None] * _PS + c]
+    vv = sm[off_v + c[None, :, None] * (D + 4) + _emu_cols(D)[:, None, :]]
+    return acc + np.einsum("tic,tcn->tin", p, vv)
+
+
+def _emu_shfl_reduce(x, op):
+    """att_row_max / att_row_sum: xor shuffles 8, 4, 2, 1 (tid ^ off stays within a row group)."""
+    for off in (8, 4, 2, 1):
+        x = op(x, x[_TID ^ off])
+    return x
+
+
+def _emu_store_rows(dst, rows, ok, vals, D):
+    """att_store_row for the threads (and row slots) where ok; dst is one head's flat matrix."""
+    cols = _emu_cols(D)
+    for i in range(4):
+        t = ok[:, i]
+        dst[(rows[t, i, None] * D + cols[t])] = vals[t, i]
+
+
+def _emu_setup(q, k, kv_lens):
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    kvl = np.full(B, Lk) if kv_lens is None else np.asarray(kv_lens)
+    return B, H, Lq, Lk, D, kvl
+
+
+def emulate_flash_forward(q, k, v, kv_lens, causal, scale):
+    B, H, Lq, Lk, D, kvl = _emu_setup(q, k, kv_lens)
+    nq = -(-Lq // 64)
+    qf, kf, vf = (x.reshape(B * H, -1) for x in (q, k, v))
+    o = np.full((B * H, Lq * D), np.nan)
+    lse = np.full((B * H, Lq), np.nan)
+    scale_log2 = scale * math.log2(math.e)
+    for bid in range(nq * B * H):                                    # blockIdx.x
+        bh = bid // nq
+        qb = nq - 1 - bid % nq if causal else bid % nq
+        q0, b = qb * 64, bh // H
+        kv_len = min(kvl[b], Lk)
+        n_end = min(kv_len, min(q0 + 64, Lq)) if causal else kv_len
+        sm = np.full(att._flash_smem_fwd(D) // 4, np.nan)
+        Qs, Vs, KPs = 0, 64 * (D + 4), 128 * (D + 4)
+        _emu_load_tile(sm, Qs, D, qf[bh], q0, Lq)
+        m = np.full((256, 4), -np.inf)
+        l = np.zeros((256, 4))
+        acc = np.zeros((256, 4, D // 16))
+        row = q0 + 4 * _TY[:, None] + _I4                              # (256, 4)
+        for kb in range(-(-n_end // 64)):
+            k0 = kb * 64
+            _emu_load_tile(sm, KPs, D, kf[bh], k0, n_end)
+            _emu_load_tile(sm, Vs, D, vf[bh], k0, n_end)
+            s = _emu_abt(sm, Qs, KPs, D)
+            col = k0 + _TX[:, None] + 16 * _I4                         # (256, 4)
+            vis = (col[:, None, :] < n_end) & (~causal | (col[:, None, :] <= row[:, :, None]))
+            s = np.where(vis, s * scale_log2, -np.inf)
+            m_new = np.maximum(m, _emu_shfl_reduce(s.max(-1), np.maximum))
+            m_use = np.where(m_new == -np.inf, 0.0, m_new)
+            alpha = np.exp2(m - m_use)
+            m = m_new
+            p = np.exp2(s - m_use[..., None])
+            l = l * alpha + p.sum(-1)
+            acc = acc * alpha[..., None]
+            sm[KPs + (4 * _TY[:, None, None] + _I4[:, None]) * _PS + _TX[:, None, None] + 16 * _I4] = p
+            acc = _emu_pv(acc, sm, KPs, Vs, D, False)
+        l = _emu_shfl_reduce(l, np.add)
+        ok = row < Lq
+        inv = np.where(l > 0, 1.0 / np.where(l > 0, l, 1.0), 0.0)
+        _emu_store_rows(o[bh], row, ok, acc * inv[..., None], D)
+        with np.errstate(divide="ignore"):
+            lrow = np.where(l > 0, (m + np.log2(np.where(l > 0, l, 1.0))) * math.log(2), -np.inf)
+        w = ok & (_TX[:, None] == 0)
+        lse[bh, row[w]] = lrow[w]
+    return o.reshape(q.shape), lse.reshape(B, H, Lq)
+
+
+def _emu_load_rows(sm, off_l, off_d, lse_h, d_h, q0, Lq):
+    t = np.arange(64)
+    row = q0 + t
+    ok = row < Lq
+    lv = np.where(ok, lse_h[np.where(ok, row, 0)], np.inf)
+    sm[off_l + t] = np.where(lv == -np.inf, np.inf, np.where(ok, lv * math.log2(math.e), np.inf))
+    sm[off_d + t] = np.where(ok, d_h[np.where(ok, row, 0)], 0.0)
+
+
+def emulate_flash_backward(do, q, k, v, o, lse, kv_lens, causal, scale, deterministic):
+    B, H, Lq, Lk, D, kvl = _emu_setup(q, k, kv_lens)
+    nq, nk = -(-Lq // 64), -(-Lk // 64)
+    qf, kf, vf, dof = (x.reshape(B * H, -1) for x in (q, k, v, do))
+    lsef = lse.reshape(B * H, Lq)
+    d_rows = np.sum(do * o, axis=-1).reshape(B * H, Lq)               # attention_bwd_preprocess
+    dq = np.full((B * H, Lq * D), np.nan) if deterministic else np.zeros((B * H, Lq * D))
+    dk = np.full((B * H, Lk * D), np.nan)
+    dv = np.full((B * H, Lk * D), np.nan)
+    scale_log2 = scale * math.log2(math.e)
+    Ks, Vs, Qs, dOs = 0, 64 * (D + 4), 128 * (D + 4), 192 * (D + 4)
+    Ts = 256 * (D + 4)
+    lse_s, d_s = Ts + 64 * _PS, Ts + 64 * _PS + 64
+    trow = 4 * _TY[:, None] + _I4                                      # thread's rows (256, 4)
+    tcol = _TX[:, None] + 16 * _I4                                     # thread's score columns
+    t_idx = trow[:, :, None] * _PS + tcol[:, None, :]                  # (256, 4, 4) into T
+    np.seterr(over="ignore", invalid="ignore")
+    # attention_bwd_dkdv<D, !deterministic>
+    for bid in range(nk * B * H):
+        bh, kb = bid // nk, bid % nk
+        k0, b = kb * 64, bh // H
+        kv_len = min(kvl[b], Lk)
+        sm = np.full(att._flash_smem_bwd(D) // 4, np.nan)
+        dK = np.zeros((256, 4, D // 16))
+        dV = np.zeros((256, 4, D // 16))
+        key = k0 + trow
+        if k0 < kv_len:
+            _emu_load_tile(sm, Ks, D, kf[bh], k0, kv_len)
+            _emu_load_tile(sm, Vs, D, vf[bh], k0, kv_len)
+            for qb in range(k0 // 64 if causal else 0, nq):
+                q0 = qb * 64
+                _emu_load_tile(sm, Qs, D, qf[bh], q0, Lq)
+                _emu_load_tile(sm, dOs, D, dof[bh], q0, Lq)
+                _emu_load_rows(sm, lse_s, d_s, lsef[bh], d_rows[bh], q0, Lq)
+                pt = _emu_abt(sm, Ks, Qs, D)
+                vis = (key[:, :, None] < kv_len) & (~causal | (key[:, :, None] <= q0 + tcol[:, None, :]))
+                pt = np.where(vis, np.exp2(pt * scale_log2 - sm[lse_s + tcol][:, None, :]), 0.0)
+                sm[Ts + t_idx] = pt
+                dV = _emu_pv(dV, sm, Ts, dOs, D, False)
+                dst = pt * (_emu_abt(sm, Vs, dOs, D) - sm[d_s + tcol][:, None, :])
+                sm[Ts + t_idx] = dst
+                dK = _emu_pv(dK, sm, Ts, Qs, D, False)
+                if not deterministic:
+                    dQ = _emu_pv(np.zeros((256, 4, D // 16)), sm, Ts, Ks, D, True)
+                    rows = q0 + trow
+                    cols = _emu_cols(D)
+                    for i in range(4):
+                        t = rows[:, i] < Lq
+                        np.add.at(dq[bh], rows[t, i, None] * D + cols[t], scale * dQ[t, i])
+        _emu_store_rows(dk[bh], key, key < Lk, dK * scale, D)
+        _emu_store_rows(dv[bh], key, key < Lk, dV, D)
+    if deterministic:  # attention_bwd_dq<D>
+        for bid in range(nq * B * H):
+            bh = bid // nq
+            qb = nq - 1 - bid % nq if causal else bid % nq
+            q0, b = qb * 64, bh // H
+            kv_len = min(kvl[b], Lk)
+            n_end = min(kv_len, min(q0 + 64, Lq)) if causal else kv_len
+            sm = np.full(att._flash_smem_bwd(D) // 4, np.nan)
+            Qs2, dOs2, Ks2, Vs2, Ts2 = 0, 64 * (D + 4), 128 * (D + 4), 192 * (D + 4), 256 * (D + 4)
+            lse2, d2 = Ts2 + 64 * _PS, Ts2 + 64 * _PS + 64
+            _emu_load_tile(sm, Qs2, D, qf[bh], q0, Lq)
+            _emu_load_tile(sm, dOs2, D, dof[bh], q0, Lq)
+            _emu_load_rows(sm, lse2, d2, lsef[bh], d_rows[bh], q0, Lq)
+            dQ = np.zeros((256, 4, D // 16))
+            for kb in range(-(-n_end // 64)):
+                k0 = kb * 64
+                _emu_load_tile(sm, Ks2, D, kf[bh], k0, n_end)
+                _emu_load_tile(sm, Vs2, D, vf[bh], k0, n_end)
+                p = _emu_abt(sm, Qs2, Ks2, D)
+                dp = _emu_abt(sm, dOs2, Vs2, D)
+                keyc = k0 + tcol
+                vis = (keyc[:, None, :] < n_end) & (~causal | (keyc[:, None, :] <= q0 + trow[:, :, None]))
+                p = np.where(vis, np.exp2(p * scale_log2 - sm[lse2 + trow][:, :, None]), 0.0)
+                sm[Ts2 + t_idx] = p * (dp - sm[d2 + trow][:, :, None])
+                dQ = _emu_pv(dQ, sm, Ts2, Ks2, D, False)
+            rows = q0 + trow
+            _emu_store_rows(dq[bh], rows, rows < Lq, dQ * scale, D)
+    np.seterr(over="warn", invalid="warn")
+    return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
+
+
+# Awkward shapes: lengths that are not multiples of 64 on both sides, Lq > Lk and Lq < Lk under
+# causal, kv_lens 0, 1 and mid-tile, every head dim (96 and 32 take the float2 column tail).
+EMU_CASES = [
+    # B, H, Lq, Lk, D, causal, kv_lens
+    (2, 1, 97, 130, 96, False, [130, 70]),
+    (2, 2, 130, 65, 32, True, [0, 65]),
+    (1, 1, 1, 200, 64, True, None),
+    (1, 2, 65, 1, 128, False, [1]),
+    (3, 1, 64, 129, 64, True, [1, 63, 129]),
+    (1, 1, 200, 97, 128, True, [97]),
+]
+
+
+def _emu_inputs(rng, B, H, Lq, Lk, D):
+    q = rng.standard_normal((B, H, Lq, D))
+    k = rng.standard_normal((B, H, Lk, D))
+    v = rng.standard_normal((B, H, Lk, D))
+    do = rng.standard_normal((B, H, Lq, D))
+    return q, k, v, do
+
+
+@pytest.mark.parametrize("B,H,Lq,Lk,D,causal,kv_lens", EMU_CASES)
+def test_emulated_kernels_match_numpy_ref(B, H, Lq, Lk, D, causal, kv_lens, rng):
+    q, k, v, do = _emu_inputs(rng, B, H, Lq, Lk, D)
+    scale = 1.3 / math.sqrt(D)  # not the default: the kernels must use the one they are given
+    kvl = None if kv_lens is None else np.array(kv_lens)
+    o_ref, lse_ref = numpy_ref.attention_forward(q, k, v, causal=causal, kv_lens=kvl, scale=scale)
+    o, lse = emulate_flash_forward(q, k, v, kvl, causal, scale)
+    np.testing.assert_allclose(o, o_ref, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(lse_ref))
+    np.testing.assert_allclose(np.where(np.isinf(lse), 0, lse), np.where(np.isinf(lse_ref), 0, lse_ref),
+                               rtol=0, atol=1e-12)
+    grads_ref = numpy_ref.attention_backward(do, q, k, v, o_ref, lse_ref, causal=causal, kv_lens=kvl,
+                                             scale=scale)
+    for deterministic in (False, True):
+        grads = emulate_flash_backward(do, q, k, v, o_ref, lse_ref, kvl, causal, scale, deterministic)
+        for name, g, r in zip(("dq", "dk", "dv"), grads, grads_ref):
+            assert not np.isnan(g).any(), f"{name}: elements never written (deterministic={deterministic})"
+            np.testing.assert_allclose(g, r, rtol=0, atol=1e-11, err_msg=f"{name}, det={deterministic}")
+
+
+# --------------------------------------------------------------------------------------------------
+# GPU: every fp32 variant of this module, both backends, against numpy_ref in float64.
+
+# B, H, Lq, Lk, D, causal, kv_lens. Every head dim, every length of {1, 17, 64, 97, 200, 1025},
+# Lq != Lk both ways under causal, kv_lens 0 and 1 and mid-tile, large B*H (4096 heads; 70000).
+GPU_CASES = [
+    (1, 1, 1, 1, 32, False, None),
+    (2, 3, 17, 17, 64, True, None),
+    (2, 2, 97, 200, 96, False, [200, 1]),
+    (2, 2, 200, 97, 128, True, [0, 97]),
+    (2, 1, 64, 64, 128, False, [64, 0]),
+    (1, 2, 1025, 1025, 64, True, None),
+    (1, 2, 1025, 17, 32, False, [17]),
+    (1, 1, 17, 1025, 128, True, [1000]),
+    (3, 1, 130, 64, 96, True, [1, 63, 64]),
+    (64, 64, 17, 33, 64, False, "random"),
+    (280, 250, 1, 3, 32, True, "random"),  # B*H = 70000 > 65535: flash only (naive: batched matmul)
+]
+FWD_VARIANTS = [v.key for v in tfm_kernels.variants("attention_forward") if v.number < 10]
+BWD_VARIANTS = [v.key for v in tfm_kernels.variants("attention_backward") if v.number < 10]
+
+
+def _case_id(c):
+    B, H, Lq, Lk, D, causal, kvl = c
+    return f"B{B}H{H}-q{Lq}k{Lk}-d{D}" + ("-causal" if causal else "") + ("" if kvl is None else "-kvlens")
+
+
+def _make_case(rng, B, H, Lq, Lk, D, causal, kv_lens):
+    # Queries 1.5x wider than keys: scores ~ N(0, 2.25) after scaling, so softmax rows are peaked
+    # (max probability ~0.3 at Lk = 1025) rather than flat, and exp/max bookkeeping matters.
+    q = (1.5 * rng.standard_normal((B, H, Lq, D))).astype(np.float32)
+    k = rng.standard_normal((B, H, Lk, D)).astype(np.float32)
+    v = rng.standard_normal((B, H, Lk, D)).astype(np.float32)
+    do = rng.standard_normal((B, H, Lq, D)).astype(np.float32)
+    if isinstance(kv_lens, str):
+        kv_lens = rng.integers(0, Lk + 1, size=B)
+        kv_lens[:2] = (0, 1)
+    return q, k, v, do, None if kv_lens is None else np.asarray(kv_lens, dtype=np.int64)
+
+
+def _grad_reduction(L):
+    # The gradient sums run over L rows (dK, dV: Lq queries; dQ: Lk keys) in fp32; within one
+    # 64-row tile the products are already covered by the 1e-5 bound, beyond it errors grow as
+    # sqrt of the number of tiles.
+    return max(1, L // 64)
+
+
+def _check_forward(o, lse, o_ref, lse_ref):
+    assert_close_fp32(o, o_ref, rtol=1e-5, what="o")
+    lse = to_numpy(lse)
+    assert np.array_equal(np.isneginf(lse), np.isneginf(lse_ref)), "lse: -inf rows differ"
+    assert_close_fp32(lse, lse_ref, rtol=1e-5, what="lse")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES, ids=_case_id)
+def test_forward(backend, case, rng):
+    import cupy
+
+    B, H, Lq, Lk, D, causal, kv_lens = case
+    q, k, v, _, kvl = _make_case(rng, *case)
+    f64 = [x.astype(np.float64) for x in (q, k, v)]
+    o_ref, lse_ref = numpy_ref.attention_forward(*f64, causal=causal, kv_lens=kvl)
+    qd, kd, vd = (cupy.asarray(x) for x in (q, k, v))
+    for variant in FWD_VARIANTS:
+        out = (cupy.full((B, H, Lq, D), np.nan, np.float32), cupy.full((B, H, Lq), np.nan, np.float32))
+        try:
+            o, lse = tfm_kernels.attention_forward(qd, kd, vd, causal=causal, kv_lens=kvl, backend=backend,
+                                                   variant=variant, out=out)
+        except ValueError as e:
+            assert str(e).startswith("variant:") and variant == "1_naive" and B * H > 65535, e
+            continue
+        assert o is out[0] and lse is out[1]
+        _check_forward(o, lse, o_ref, lse_ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES, ids=_case_id)
+def test_backward(backend, case, rng):
+    import cupy
+
+    B, H, Lq, Lk, D, causal, kv_lens = case
+    q, k, v, do, kvl = _make_case(rng, *case)
+    # The kernels are given fp32 o and lse; the reference is given exactly those values in float64.
+    o32, lse32 = (x.astype(np.float32) for x in numpy_ref.attention_forward(
+        *(x.astype(np.float64) for x in (q, k, v)), causal=causal, kv_lens=kvl))
+    f64 = [x.astype(np.float64) for x in (do, q, k, v, o32, lse32)]
+    refs = numpy_ref.attention_backward(*f64, causal=causal, kv_lens=kvl)
+    dev = [cupy.asarray(x) for x in (do, q, k, v, o32, lse32)]
+    for variant in BWD_VARIANTS:
+        out = tuple(cupy.full(s, np.nan, np.float32) for s in ((B, H, Lq, D), (B, H, Lk, D), (B, H, Lk, D)))
+        try:
+            grads = tfm_kernels.attention_backward(*dev, causal=causal, kv_lens=kvl, backend=backend,
+                                                   variant=variant, out=out)
+        except ValueError as e:
+            assert str(e).startswith("variant:") and variant == "1_naive" and B * H > 65535, e
+            continue
+        for name, g, r, L in zip(("dq", "dk", "dv"), grads, refs, (Lk, Lq, Lq)):
+            assert_close_fp32(g, r, reduction=_grad_reduction(L), rtol=1e-5, what=f"{variant} {name}")
+
+
+@pytest.mark.gpu
+def test_forward_backward_defaults_and_device_kv_lens(backend, rng):
+    """scale=None is 1/sqrt(D); kv_lens may be a CuPy array; no out= allocates; the default variants
+    chain (forward's own o and lse feed backward)."""
+    import cupy
+
+    q, k, v, do, _ = _make_case(rng, 3, 2, 97, 130, 64, True, None)
+    kvl = np.array([130, 0, 50])
+    f64 = [x.astype(np.float64) for x in (q, k, v, do)]
+    o_ref, lse_ref = numpy_ref.attention_forward(*f64[:3], causal=True, kv_lens=kvl)
+    qd, kd, vd, dod = (cupy.asarray(x) for x in (q, k, v, do))
+    o, lse = tfm_kernels.attention_forward(qd, kd, vd, True, cupy.asarray(kvl, dtype=cupy.int32),
+                                           backend=backend)
+    _check_forward(o, lse, o_ref, lse_ref)
+    grads = tfm_kernels.attention_backward(dod, qd, kd, vd, o, lse, True, cupy.asarray(kvl), backend=backend)
+    refs = numpy_ref.attention_backward(f64[3], *f64[:3], o.get().astype(np.float64),
+                                        lse.get().astype(np.float64), causal=True, kv_lens=kvl)
+    for name, g, r in zip(("dq", "dk", "dv"), grads, refs):
+        assert_close_fp32(g, r, reduction=3, rtol=1e-5, what=name)
+
+
+@pytest.mark.gpu
+def test_deterministic_dq_is_bitwise_reproducible(backend, rng):
+    import cupy
+
+    q, k, v, do, _ = _make_case(rng, 2, 4, 300, 300, 128, False, None)
+    o, lse = (x.astype(np.float32) for x in numpy_ref.attention_forward(
+        *(x.astype(np.float64) for x in (q, k, v))))
+    dev = [cupy.asarray(x) for x in (do, q, k, v, o, lse)]
+    first = [g.get() for g in tfm_kernels.attention_backward(*dev, backend=backend, variant="3_flash_det")]
+    for _ in range(3):
+        again = tfm_kernels.attention_backward(*dev, backend=backend, variant="3_flash_det")
+        for a, b in zip(first, again):
+            assert np.array_equal(a, b.get())

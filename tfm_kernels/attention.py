@@ -421,11 +421,17 @@ def _naive_backward(be, do, q, k, v, o, lse, kv_lens, causal, scale, dq, dk, dv)
     matmul(ds, q3, trans_a=True, backend=be.name, out=dk.reshape(BH, Lk, D))     # dK = scale dS^T Q
 
 
+MATMUL_BATCH_MAX = 65535  # tfm_kernels.matmul walks its batch with gridDim.z
+
+
 def _naive_supports(dtype, seqlen_q, seqlen_k, batch, heads, **_):
     n = batch * heads * seqlen_q * seqlen_k
     if n > _validate.INT32_MAX:
         return (f"the score matrix B*H*Lq*Lk = {n} elements overflows 32-bit indexing; use a "
                 f"flash variant")
+    if batch * heads > MATMUL_BATCH_MAX:
+        return (f"B*H = {batch * heads} exceeds the batched matmul's limit of {MATMUL_BATCH_MAX}; "
+                f"use a flash variant")
     return None
 
 
