@@ -471,3 +471,70 @@ register(Variant(
     "atomics, bitwise reproducible (opt-in: variant=3)",
     _flash_backward_det, dtypes=("float32",), supports=_flash_supports,
     kernels=_FLASH_KERNELS_BWD_DET, hot=True, extra={"opt_in": True}))
+
+
+# --------------------------------------------------------------------------------------------------
+# tfm-kernels check (the protocol in tfm_kernels/check.py)
+
+# B, H, Lq, Lk, D, causal, kv_lens. The first is what compute-sanitizer runs (scripts/
+# sanitize_cases.py takes one case per op): small, but with edge tiles on both axes, causal with
+# Lq > Lk, and kv_lens of 1 and mid-tile.
+_CHECK_QUICK = [
+    (2, 2, 97, 70, 64, True, (70, 1)),
+    (2, 1, 200, 1, 32, False, (1, 0)),
+    (1, 2, 17, 257, 128, True, None),
+    (1, 1, 130, 130, 96, False, (129,)),
+]
+_CHECK_FULL = _CHECK_QUICK + [
+    (1, 1, 1, 1, 64, False, None),
+    (1, 2, 1025, 1025, 128, True, None),
+    (2, 1, 1025, 64, 64, False, (64, 17)),
+    (1, 1, 64, 1025, 32, True, (1000,)),
+    (3, 2, 200, 97, 96, True, (0, 1, 97)),
+    (64, 48, 33, 17, 64, False, None),
+]
+
+
+def check_cases(rng, quick: bool):
+    """fp32 forward and backward cases against numpy_ref in float64 (fp16 cases: attention_tc)."""
+    import numpy_ref
+
+    from .check import Case, fp32_rule
+
+    for B, H, Lq, Lk, D, causal, kvl in (_CHECK_QUICK if quick else _CHECK_FULL):
+        q = (1.5 * rng.standard_normal((B, H, Lq, D))).astype(np.float32)
+        k = rng.standard_normal((B, H, Lk, D)).astype(np.float32)
+        v = rng.standard_normal((B, H, Lk, D)).astype(np.float32)
+        do = rng.standard_normal((B, H, Lq, D)).astype(np.float32)
+        kv_lens = None if kvl is None else np.array(kvl)
+        f64 = [x.astype(np.float64) for x in (q, k, v, do)]
+        o_ref, lse_ref = numpy_ref.attention_forward(*f64[:3], causal=causal, kv_lens=kv_lens)
+        o32, lse32 = o_ref.astype(np.float32), lse_ref.astype(np.float32)
+        tag = (f"fp32 B{B} H{H} Lq{Lq} Lk{Lk} D{D}" + (" causal" if causal else "")
+               + ("" if kvl is None else f" kv_lens {list(kvl)}"))
+        # Tolerances: tests/test_attention.py's module docstring (1e-5; gradients scaled by the
+        # square root of their sum's length in 64-row tiles).
+        tol_f = (fp32_rule(rtol=1e-5), fp32_rule(rtol=1e-5))
+        tol_b = tuple(fp32_rule(reduction=max(1, L // BLOCK_Q), rtol=1e-5) for L in (Lk, Lq, Lq))
+
+        def run_f(backend, variant, q=q, k=k, v=v, causal=causal, kv_lens=kv_lens):
+            import cupy
+
+            out = (cupy.full(q.shape, np.nan, np.float32), cupy.full(q.shape[:3], np.nan, np.float32))
+            return attention_forward(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), causal, kv_lens,
+                                     backend=backend, variant=variant, out=out)
+
+        def run_b(backend, variant, args=(do, q, k, v, o32, lse32), causal=causal, kv_lens=kv_lens):
+            import cupy
+
+            do_, q_, k_, v_ = args[:4]
+            out = tuple(cupy.full(x.shape, np.nan, np.float32) for x in (q_, k_, v_))
+            return attention_backward(*(cupy.asarray(x) for x in args), causal, kv_lens,
+                                      backend=backend, variant=variant, out=out)
+
+        def ref_b(args=(do, q, k, v, o32, lse32), causal=causal, kv_lens=kv_lens):
+            return numpy_ref.attention_backward(*(x.astype(np.float64) for x in args), causal=causal,
+                                                kv_lens=kv_lens)
+
+        yield Case("attention_forward", tag, run_f, (o_ref, lse_ref), tol_f)
+        yield Case("attention_backward", tag, run_b, ref_b, tol_b)
