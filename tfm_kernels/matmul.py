@@ -307,3 +307,89 @@ def _register_fp32(number, name, plan, hot, description, **kw):
 for _n, _name, _plan, _hot, _desc in LADDER:
     _register_fp32(_n, _name, _plan, _hot, _desc)
 _register_fp32(*TF32, extra={"opt_in": True, "rtol": 1e-3})
+
+
+# ---------------------------------------------------------------------------------------------
+# check_cases for `tfm-kernels check` (protocol: tfm_kernels/check.py)
+# ---------------------------------------------------------------------------------------------
+# Each case runs all four layouts (NN, NT, TN, TT) of one product and returns the four outputs:
+# op(A) and op(B) are drawn once and stored both ways, so the one float64 reference serves all
+# four. Two kinds of input:
+#   "fp16-exact": values drawn in float16, handed to fp32 variants as float32 and to fp16-only
+#     variants as float16 with a float32 `out`. Every product is then exact in fp32, TF32 and fp16,
+#     so every variant of the op (the tensor-core ones too) answers to the fp32 rule: an indexing
+#     slip shows whatever the precision. The first case is also the sanitizer's
+#     (scripts/sanitize_cases.py runs the first case of each op on every variant).
+#   "fp32": full-precision float32 values, fp32 variants only (fp16 ones report not applicable);
+#     the TF32 variant is held to its documented rtol.
+
+def _layout_arrays(opa: np.ndarray, opb: np.ndarray):
+    """{(trans_a, trans_b): (a, b)} storing op(A) (..., M, K) and op(B) (..., K, N) each way."""
+    at = np.ascontiguousarray(np.swapaxes(opa, -1, -2))
+    bt = np.ascontiguousarray(np.swapaxes(opb, -1, -2))
+    a = np.ascontiguousarray(opa)
+    b = np.ascontiguousarray(opb)
+    return {(ta, tb): (at if ta else a, bt if tb else b) for ta in (False, True) for tb in (False, True)}
+
+
+def _check_case(rng, batch, M, N, K, exact16: bool):
+    from . import _registry
+    from .check import Case, fp32_rule
+
+    lead = () if batch is None else (batch,)
+    opa = rng.standard_normal(lead + (M, K))
+    opb = rng.standard_normal(lead + (K, N))
+    if exact16:
+        opa, opb = opa.astype(np.float16), opb.astype(np.float16)
+    else:
+        opa, opb = opa.astype(np.float32), opb.astype(np.float32)
+    host = _layout_arrays(opa, opb)
+    layouts = list(host)
+    dev: dict = {}
+    state = {"rtol": 1e-6}
+
+    def run(backend, variant):
+        import cupy as cp
+
+        v = _registry.get(OP, variant)
+        half = exact16 and "float32" not in v.dtypes and "float16" in v.dtypes
+        dtype = np.float16 if half else np.float32
+        state["rtol"] = v.extra.get("rtol", 1e-6) if not exact16 else 1e-6
+        outs = []
+        for lay in layouts:
+            key = (lay, dtype)
+            if key not in dev:
+                a, b = host[lay]
+                dev[key] = (cp.asarray(a.astype(dtype)), cp.asarray(b.astype(dtype)))
+            a, b = dev[key]
+            out = cp.full(lead + (M, N), np.nan, dtype=cp.float32)
+            outs.append(matmul(a, b, lay[0], lay[1], backend=backend, variant=variant, out=out))
+        return tuple(outs)
+
+    def reference():
+        from numpy_ref import matmul as ref_matmul
+
+        r = ref_matmul(opa.astype(np.float64), opb.astype(np.float64))
+        return (r,) * len(layouts)
+
+    def rule(out, ref):
+        return fp32_rule(reduction=K, rtol=state["rtol"])(out, ref)
+
+    shape = f"{'' if batch is None else f'{batch}x'}M={M} N={N} K={K}"
+    kind = "fp16-exact inputs, every variant" if exact16 else "fp32 inputs"
+    return Case(OP, f"{shape}, NN/NT/TN/TT, {kind}", run, reference, (rule,) * len(layouts))
+
+
+def check_cases(rng: np.random.Generator, quick: bool):
+    # (batch, M, N, K). First: the sanitizer's case, small, batched, every edge: M, N multiples of 4
+    # with ragged tiles (the 16-byte paths of a transposed A / plain B run up to an edge) and K odd
+    # (the K-contiguous operands take the scalar paths).
+    quick_shapes = [(2, 68, 44, 37), (None, 1, 1, 1), (None, 129, 127, 1001)]
+    full_shapes = quick_shapes + [
+        (None, 7, 5, 3), (None, 1000, 17, 97), (None, 17, 1000, 63), (None, 64, 96, 4097),
+        (None, 4097, 3, 33), (None, 5, 4097, 33), (None, 256, 384, 128), (3, 133, 67, 45),
+    ]
+    for shape in quick_shapes if quick else full_shapes:
+        yield _check_case(rng, *shape, exact16=True)
+    for shape in (quick_shapes[:1] + quick_shapes[2:]) if quick else full_shapes:
+        yield _check_case(rng, *shape, exact16=False)
