@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import numpy_ref as R
-from numpy_ref.gradcheck import numerical_grad, rel_error
+from numpy_ref.gradcheck import numerical_grad
 
 TOL = 1e-10      # max |ours - torch| <= TOL * max |torch|, per tensor
 
@@ -174,12 +174,16 @@ def test_finite_differences_through_the_model_with_dropout():
     grads = model.backward(R.cross_entropy_backward(1.0, lcache), cache)
     for name, p in model.params.items():
         idx = rng.choice(p.size, size=min(p.size, 6), replace=False)
-        num = numerical_grad(lambda: loss_and_cache()[0], p, index=idx)
-        err = rel_error(grads[name].reshape(-1)[idx], num.reshape(-1)[idx])
         if name == "embedding.weight":      # the padding row has no gradient by definition (torch's)
-            keep = idx // cfg.d_model != cfg.pad_id
-            err = rel_error(grads[name].reshape(-1)[idx[keep]], num.reshape(-1)[idx[keep]])
-        assert err <= 1e-6 or np.max(np.abs(num.reshape(-1)[idx])) < 1e-9, f"{name}: rel err {err:.2e}"
+            idx = idx[idx // cfg.d_model != cfg.pad_id]
+        num = numerical_grad(lambda: loss_and_cache()[0], p, index=idx).reshape(-1)[idx]
+        ours = grads[name].reshape(-1)[idx]
+        # Relative to the tensor's gradient scale: a sampled entry near 0 must not turn the ~1e-10
+        # rounding of the central difference into a large relative error.
+        scale = float(np.max(np.abs(grads[name])))
+        assert scale > 0, name
+        err = float(np.max(np.abs(ours - num))) / scale
+        assert err <= 1e-6, f"{name}: rel err {err:.2e}"
 
 
 def test_dropout_is_reproducible_and_off_in_eval(rng):
