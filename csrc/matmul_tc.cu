@@ -53,43 +53,32 @@ static __device__ __forceinline__ void load_tile(__half* tile, const __half* __r
     constexpr int CHUNKS_PER_ROW = COLS / 8;
     constexpr int CHUNKS = ROWS * CHUNKS_PER_ROW;
     static_assert(CHUNKS % THREADS == 0, "every thread moves the same number of chunks");
+    if constexpr (ALIGNED) {
 #pragma unroll
-    for (int i = 0; i < CHUNKS / THREADS; ++i) {
-        const int idx = static_cast<int>(threadIdx.x) + i * THREADS;
-        const int r = idx / CHUNKS_PER_ROW;
-        const int c = (idx % CHUNKS_PER_ROW) * 8;
-        const int gr = row0 + r, gc = col0 + c;
-        __half* dst = tile + tile_offset<COLS, SWIZZLE>(r, c);
-        if (ALIGNED) {
+        for (int i = 0; i < CHUNKS / THREADS; ++i) {
+            const int idx = static_cast<int>(threadIdx.x) + i * THREADS;
+            const int r = idx / CHUNKS_PER_ROW, c = (idx % CHUNKS_PER_ROW) * 8;
+            const int gr = row0 + r, gc = col0 + c;
             // ncols % 8 == 0 here, so a chunk starting inside the row ends inside it.
             const bool ok = gr < nrows && gc < ncols;
             const __half* src = ok ? g + gr * ld + gc : g;
-            cp_async_16(smem_u32(dst), src, ok);
-        } else {
+            cp_async_16(smem_u32(tile + tile_offset<COLS, SWIZZLE>(r, c)), src, ok);
+        }
+    } else {
+        // Gathered: 8 guarded 2-byte loads per chunk, one 16-byte shared store. Not unrolled: this
+        // path exists for correctness on odd shapes, and unrolling it costs the hot loop registers.
+#pragma unroll 1
+        for (int i = 0; i < CHUNKS / THREADS; ++i) {
+            const int idx = static_cast<int>(threadIdx.x) + i * THREADS;
+            const int r = idx / CHUNKS_PER_ROW, c = (idx % CHUNKS_PER_ROW) * 8;
+            const int gr = row0 + r, gc = col0 + c;
             union { uint4 v; __half h[8]; } u;
             const bool row_ok = gr < nrows;
 #pragma unroll
             for (int e = 0; e < 8; ++e)
                 u.h[e] = (row_ok && gc + e < ncols) ? g[gr * ld + gc + e] : __float2half_rn(0.0f);
-            *reinterpret_cast<uint4*>(dst) = u.v;
+            *reinterpret_cast<uint4*>(tile + tile_offset<COLS, SWIZZLE>(r, c)) = u.v;
         }
-    }
-}
-
-template <typename OutT>
-static __device__ __forceinline__ void store_pair(OutT* __restrict__ C, int64_t ldc, int row, int col,
-                                                  int M, int N, bool pair_ok, float v0, float v1) {
-    if (row >= M) return;
-    OutT* p = C + row * ldc + col;
-    if (pair_ok && col + 1 < N) {
-        if constexpr (sizeof(OutT) == 4) {
-            *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
-        } else {
-            *reinterpret_cast<uint32_t*>(p) = pack_half2(v0, v1);
-        }
-    } else {
-        if (col < N) p[0] = static_cast<OutT>(v0);
-        if (col + 1 < N) p[1] = static_cast<OutT>(v1);
     }
 }
 

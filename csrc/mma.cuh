@@ -92,3 +92,193 @@ static __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
     asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
 }
+
+// Epilogue: store the fp32 pair (v0, v1) at C[row][col..col+1], guarded against the matrix edge.
+// pair_ok: col is even and every row of C starts 2-element aligned, so the pair is one 8-byte
+// (fp32) or 4-byte (fp16, packed with cvt.rn.f16x2) store. OutT is float or __half (the including
+// file includes cuda_fp16.h).
+template <typename OutT>
+static __device__ __forceinline__ void store_pair(OutT* __restrict__ C, int64_t ldc, int row, int col,
+                                                  int M, int N, bool pair_ok, float v0, float v1) {
+    if (row >= M) return;
+    OutT* p = C + row * ldc + col;
+    if (pair_ok && col + 1 < N) {
+        if constexpr (sizeof(OutT) == 4) {
+            *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
+        } else {
+            *reinterpret_cast<uint32_t*>(p) = pack_half2(v0, v1);
+        }
+    } else {
+        if (col < N) p[0] = static_cast<OutT>(v0);
+        if (col + 1 < N) p[1] = static_cast<OutT>(v1);
+    }
+}
+
+// ================================================================================== Hopper
+// A by-value kernel parameter holding a CUtensorMap (cuda.h's type is 128 bytes, alignas(64));
+// declared here so the sources need no driver header (NVRTC has none). The host encodes it with
+// cuTensorMapEncodeTiled; kernels take it as `const __grid_constant__ TmaDesc` and hand its
+// parameter-space address to the TMA instruction. Visible to host passes too (kernel signatures).
+struct alignas(64) TmaDesc {
+    unsigned long long opaque[16];
+};
+
+// mbarrier and TMA exist from sm_90; wgmma and setmaxnreg only on the arch-specific sm_90a target.
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
+
+// ------------------------------------------------------------------------------- mbarrier
+static __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t arrivals) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(arrivals));
+}
+
+// Makes the generic-proxy mbarrier.init visible to the async proxy (TMA's complete_tx).
+static __device__ __forceinline__ void mbar_fence_init() {
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+
+// One arrival that also raises the phase's expected transaction count by `bytes` (what the TMA
+// loads of this phase will deliver).
+static __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)),
+                 "r"(bytes)
+                 : "memory");
+}
+
+static __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
+
+// Block until the phase with parity `parity` has completed. A fresh barrier is in phase 0, so
+// waiting for parity 1 returns at once (the "previous" phase counts as complete): a producer
+// waiting on an empty-slot barrier starts with parity 1.
+static __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+    const uint32_t addr = smem_u32(bar);
+    uint32_t done;
+    do {  // try_wait suspends for a system-dependent time before reporting "not yet"
+        asm volatile(
+            "{\n"
+            ".reg .pred p;\n"
+            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+            "selp.u32 %0, 1, 0, p;\n"
+            "}\n"
+            : "=r"(done)
+            : "r"(addr), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+
+// ------------------------------------------------------------------------------------ TMA
+static __device__ __forceinline__ void tma_prefetch_desc(const TmaDesc* desc) {
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(desc)) : "memory");
+}
+
+// Box at coordinates (c0 innermost, c1, c2) of a 3-D tensor map -> shared memory at dst; the bytes
+// are counted on `bar`. Out-of-range elements of the box are written as zeros (and still counted).
+static __device__ __forceinline__ void tma_load_3d(void* dst, const TmaDesc* desc, uint64_t* bar,
+                                                   int c0, int c1, int c2) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+        " [%0], [%1, {%3, %4, %5}], [%2];\n" ::"r"(smem_u32(dst)),
+        "l"(reinterpret_cast<uint64_t>(desc)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2)
+        : "memory");
+}
+
+#endif  // sm_90
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+// ----------------------------------------------------------------------------------- wgmma
+// Shared-memory matrix descriptor (PTX ISA "Matrix Descriptor Format"): start address, leading
+// and stride byte offsets (all >> 4, 14 bits each), layout type in bits 62-63 (1 = 128-byte
+// swizzle). For the 128B-swizzled canonical layouts (CUTLASS make_gmma_desc):
+//   K-major:  rows of 128 bytes (64 halves of K), 8-row / 1024-byte swizzle atoms; SBO = the
+//             byte distance between 8-row groups along M/N (1024 when packed); LBO unused (1).
+//             Stepping K by 16 inside the 128-byte row = start address + 32 bytes.
+//   MN-major: rows of 128 bytes (64 halves of M/N) per k, 8 k-rows per 1024-byte atom;
+//             SBO = the byte distance between 8-k-row groups (1024 when packed), LBO = the byte
+//             distance between 64-wide M/N column blocks. Stepping K by 16 = start + 2 * SBO.
+// The atoms must sit on 1024-byte boundaries (base offset field 0).
+static __device__ __forceinline__ uint64_t wgmma_desc_sw128(uint32_t smem_addr, uint32_t lbo,
+                                                            uint32_t sbo) {
+    return static_cast<uint64_t>((smem_addr & 0x3FFFF) >> 4) |
+           (static_cast<uint64_t>((lbo & 0x3FFFF) >> 4) << 16) |
+           (static_cast<uint64_t>((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);
+}
+
+// Orders this warpgroup's register accesses (accumulators) before the following wgmma.
+static __device__ __forceinline__ void wgmma_fence() {
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+static __device__ __forceinline__ void wgmma_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+// Wait until at most N committed wgmma groups of this warpgroup are pending.
+template <int N>
+static __device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving accesses of an accumulator register across wgmma fences/waits
+// (the asynchronous wgmma writes it behind the compiler's back).
+static __device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+
+#define TFM_ACC8(d, i)                                                                          \
+    "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
+        "+f"(d[i + 6]), "+f"(d[i + 7])
+#define TFM_ACC32(d, i) TFM_ACC8(d, i), TFM_ACC8(d, i + 8), TFM_ACC8(d, i + 16), TFM_ACC8(d, i + 24)
+
+// D(64x256, fp32, registers) += A(64x16, smem desc) * B(16x256, smem desc); fp16 inputs.
+// TA / TB: 0 = K-major operand, 1 = M/N-major ("transposed") operand. D's fragment: warp w of the
+// warpgroup holds rows 16w..16w+15; lane l, g = l/4, t = l%4: d[4j+0..1] = D[16w+g][8j+2t..+1],
+// d[4j+2..3] = D[16w+g+8][8j+2t..+1] (the mma.sync C layout repeated along N).
+template <int TA, int TB>
+static __device__ __forceinline__ void wgmma_m64n256k16_f16(float (&d)[128], uint64_t desc_a,
+                                                            uint64_t desc_b) {
+    asm volatile(
+        "{\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+        "%128, %129, 1, 1, 1, %130, %131;\n"
+        "}\n"
+        : TFM_ACC32(d, 0), TFM_ACC32(d, 32), TFM_ACC32(d, 64), TFM_ACC32(d, 96)
+        : "l"(desc_a), "l"(desc_b), "n"(TA), "n"(TB));
+}
+
+// The same for N = 128 (64 accumulators).
+template <int TA, int TB>
+static __device__ __forceinline__ void wgmma_m64n128k16_f16(float (&d)[64], uint64_t desc_a,
+                                                            uint64_t desc_b) {
+    asm volatile(
+        "{\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "%64, %65, 1, 1, 1, %66, %67;\n"
+        "}\n"
+        : TFM_ACC32(d, 0), TFM_ACC32(d, 32)
+        : "l"(desc_a), "l"(desc_b), "n"(TA), "n"(TB));
+}
+
+#undef TFM_ACC32
+#undef TFM_ACC8
+
+// Warp-specialised register budgets: a producer warpgroup that only issues TMA gives registers
+// back, consumer warpgroups holding 128 fp32 accumulators take them (multiples of 8, 24..256).
+template <int REGS>
+static __device__ __forceinline__ void setmaxnreg_dec() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(REGS));
+}
+template <int REGS>
+static __device__ __forceinline__ void setmaxnreg_inc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(REGS));
+}
+
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL

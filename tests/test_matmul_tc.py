@@ -35,6 +35,7 @@ from tfm_kernels import matmul_tc as tc
 
 FP16 = [v for v in tfm_kernels.variants("matmul") if "float16" in v.dtypes]
 MMA = [v for v in FP16 if v.number in (10, 11)]
+WGMMA = [v for v in FP16 if v.number == 12]
 LAYOUTS = [(False, False), (False, True), (True, False), (True, True)]
 LAYOUT_IDS = ["NN", "NT", "TN", "TT"]
 
@@ -45,7 +46,7 @@ LAYOUT_IDS = ["NN", "NT", "TN", "TT"]
 
 def test_registered():
     nums = [v.number for v in FP16]
-    assert nums[:2] == [10, 11], nums
+    assert nums[:3] == [10, 11, 12], nums
     for v in FP16:
         assert v.op == "matmul" and v.dtypes == ("float16",) and v.description, v.qualname
         exported = set(_backend.exports(v.kernels[0][0]))
@@ -53,6 +54,47 @@ def test_registered():
             assert name in exported, f"{v.qualname}: {source} does not export {name}"
     for v in MMA:  # 4 layouts x (aligned, gathered) x (fp32, fp16 out)
         assert len(set(v.kernels)) == 16, v.qualname
+    for v in WGMMA:  # 4 layouts x (fp32, fp16 out), Hopper only
+        assert len(set(v.kernels)) == 8 and v.arch == 90 and v.hot, v.qualname
+        assert _backend.source_arch(open(_backend.csrc_dir() / v.kernels[0][0]).read()) == "sm_90a"
+
+
+class FakeDeviceArray:
+    """Metadata of a CUDA array (`__cuda_array_interface__`), no memory: the wrapper's checks (and
+    a named variant's `supports`) run on it before any device is touched."""
+
+    _next = 1 << 32
+
+    def __init__(self, shape, dtype="float16", offset=0):
+        ptr = FakeDeviceArray._next + offset
+        FakeDeviceArray._next += (int(np.prod(shape)) * 2 + 255) // 256 * 256 + 256
+        self.__cuda_array_interface__ = {"shape": tuple(shape), "typestr": np.dtype(dtype).str,
+                                         "strides": None, "data": (ptr, False), "version": 3}
+
+
+@pytest.mark.parametrize("ta, tb", LAYOUTS, ids=LAYOUT_IDS)
+def test_wgmma_refuses_what_tma_cannot_read(ta, tb):
+    """TMA needs 16-byte global row strides and bases: variant 12 asked for by name refuses the
+    rest with ValueError saying why (before any launch); the default choice falls back to 11."""
+    F = FakeDeviceArray
+    M, N, K = 64, 64, 64
+    for bad in ("M", "N", "K"):
+        dims = {"M": M, "N": N, "K": K, bad: 60 + 3}
+        m, n, k = dims["M"], dims["N"], dims["K"]
+        stored_a = m if ta else k
+        stored_b = k if tb else n
+        a = F((k, m) if ta else (m, k))
+        b = F((n, k) if tb else (k, n))
+        if stored_a % 8 == 0 and stored_b % 8 == 0:
+            continue  # this dimension is not a stored row length in this layout
+        with pytest.raises(ValueError, match="TMA needs 16-byte row strides"):
+            tfm_kernels.matmul(a, b, ta, tb, variant="12_wgmma_tma")
+        info = dict(M=m, N=n, K=k, batch=1, trans_a=ta, trans_b=tb, out_dtype="float16", align=256)
+        assert _registry.choose("matmul", None, dtype="float16", cc=90, **info).number == 11
+    a = F((K, M) if ta else (M, K), offset=2)  # a view 2 bytes into its allocation
+    b = F((N, K) if tb else (K, N))
+    with pytest.raises(ValueError, match="TMA needs 16-byte aligned"):
+        tfm_kernels.matmul(a, b, ta, tb, variant="12_wgmma_tma")
 
 
 def test_kernel_choice():
@@ -143,6 +185,25 @@ def test_nvrtc_ptx_mma_sync():
             assert "cp.async.cg.shared.global" in body, name
 
 
+def test_nvrtc_ptx_wgmma():
+    """sm_90a: each layout's kernel issues wgmma m64n256k16 with the transpose bits of its layout,
+    TMA loads (one box for a K-major operand tile, 2 or 4 for an M/N-major one), mbarrier waits and
+    the setmaxnreg pair."""
+    names = {tc.wgmma_kernel_name(ta, tb, od): (ta, tb) for ta, tb in LAYOUTS
+             for od in (("float16",) if ta == tb else ("float32",))}
+    bodies = _nvrtc_ptx(tc.SOURCE_SM90, list(names), "compute_90a")
+    for name, body in bodies.items():
+        ta, tb = names[name]
+        wg = re.findall(r"wgmma\.mma_async\.sync\.aligned\.m64n256k16\.f32\.f16\.f16[^;]*;", body)
+        assert len(wg) == 4, (name, len(wg))  # BK = 64: four k16 steps per stage
+        for w in wg:  # ..., scale-d, scale-a, scale-b, tnsp-a, tnsp-b
+            assert w.replace(" ", "").endswith(f",1,1,1,{int(ta)},{int(not tb)};"), (name, w)
+        assert body.count("cp.async.bulk.tensor.3d") == (2 if ta else 1) + (1 if tb else 4), name
+        assert "mbarrier.try_wait.parity" in body and "mbarrier.arrive.expect_tx" in body, name
+        assert "setmaxnreg.dec.sync.aligned.u32 40" in body, name
+        assert "setmaxnreg.inc.sync.aligned.u32 232" in body, name
+
+
 def _ext_sass() -> dict[str, str]:
     """{mangled kernel name: SASS} from cuobjdump on the built extension; skips where either is
     missing (this machine has no cuobjdump; the GPU machine has both)."""
@@ -171,6 +232,16 @@ def test_sass_hmma():
         assert "LDSM" in sass, f"{name}: no LDSM (ldmatrix) in its SASS"
 
 
+def test_sass_hgmma():
+    """The wgmma kernels run on Hopper's warpgroup tensor cores (HGMMA in the sm_90a SASS) and load
+    through TMA (UTMALDG)."""
+    funcs = {n: s for n, s in _ext_sass().items() if n.startswith("_Z12matmul_wgmma")}
+    assert len(funcs) >= 8, f"expected the 8 matmul_wgmma instantiations, found {len(funcs)}"
+    for name, sass in funcs.items():
+        assert "HGMMA.64x256x16.F32" in sass, f"{name}: no HGMMA.64x256x16.F32 in its SASS"
+        assert "UTMALDG" in sass, f"{name}: no UTMALDG (TMA load) in its SASS"
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU: every variant, both backends, all four layouts, both output dtypes
 # ---------------------------------------------------------------------------------------------
@@ -178,10 +249,13 @@ def test_sass_hmma():
 # (M, N, K): smaller than an mma tile; 7s (odd: the gathered, non-cp.async path); around the
 # 128-tiles; K = 1000 with ragged M/N (aligned K-contiguous operands, gathered M/N-contiguous
 # ones); K = 4097 and 4096 (long reductions, both paths); tall; wide; a multi-tile aligned square.
+# Multiples of 8 with ragged tiles (what TMA can read: the wgmma variant runs only these) follow:
+# smaller than a tile, K below BK = 64, K tail 4104 = 64 x 64 + 8, tall, wide.
 SHAPES = [
     (1, 1, 1), (7, 7, 7), (1, 129, 127), (129, 1, 7), (127, 129, 129), (129, 127, 1000),
     (64, 72, 4097), (136, 264, 4096), (4097, 24, 64), (24, 4097, 64), (512, 384, 256),
     (1000, 1000, 1000),
+    (8, 8, 8), (24, 40, 72), (200, 264, 520), (136, 520, 4104), (4104, 16, 64), (16, 4104, 64),
 ]
 
 

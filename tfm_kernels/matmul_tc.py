@@ -12,15 +12,24 @@ fp16 inputs, fp32 accumulation, fp16 or fp32 output (the dtype of ``out``). The 
 Ladder (docs/matmul_tc.md has the figures):
   10 mma_sync       mma.sync m16n8k16 + ldmatrix, 128x128x32 CTA tile, 4 warps of 64x64, one stage
   11 mma_pipelined  + 4-stage cp.async pipeline, XOR-swizzled (conflict-free) shared tiles
+  12 wgmma_tma      Hopper (sm_90a): wgmma m64n256k16 from 128B-swizzled smem filled by TMA,
+                    mbarrier pipeline, producer/consumer warpgroups with setmaxnreg
+
+The TMA descriptors (CUtensorMap, 128 bytes) are encoded on the host with the driver's
+cuTensorMapEncodeTiled through cuda-bindings and passed to the kernel by value as ``bytes``.
 """
 
 from __future__ import annotations
+
+import functools
+import struct
 
 import numpy as np
 
 from ._registry import Launch, Variant, register
 
 SOURCE_MMA = "matmul_tc.cu"
+SOURCE_SM90 = "matmul_sm90.cu"
 
 # CTA tile of matmul_mma (csrc/matmul_tc.cu): BM x BN x BK, WARPS_M x WARPS_N warps.
 _MMA_TILE = (128, 128, 32, 2, 2)
@@ -119,4 +128,116 @@ register(Variant(
                 "shared tiles: conflict-free ldmatrix and cp.async stores",
     fn=_mma_fn(4, True), dtypes=("float16",), supports=_mma_supports,
     kernels=_mma_kernels(4, True), hot=True, arch=80,
+))
+
+
+# ---------------------------------------------------------------------------------------------
+# 12: wgmma + TMA (csrc/matmul_sm90.cu)
+# ---------------------------------------------------------------------------------------------
+
+# CTA tile 128 x 256 x 64, 4 stages, 3 warpgroups (1 producer, 2 consumers).
+_WG_BM, _WG_BN, _WG_BK, _WG_STAGES = 128, 256, 64, 4
+_WG_THREADS = 384
+# Stages (16 KiB A + 32 KiB B each), 2 mbarriers per stage, and 1 KiB of slack so the kernel can
+# round its dynamic shared memory up to the 1024-byte alignment the 128-byte swizzle atoms need.
+_WG_SMEM = _WG_STAGES * (_WG_BM * _WG_BK * 2 + _WG_BN * _WG_BK * 2) + 2 * _WG_STAGES * 8 + 1024
+
+
+def wgmma_kernel_name(trans_a: bool, trans_b: bool, out_dtype) -> str:
+    return (f"matmul_wgmma<{_WG_BN}, {_WG_STAGES}, {_cxx_bool(trans_a)}, {_cxx_bool(trans_b)}, "
+            f"{_c_type(out_dtype)}>")
+
+
+@functools.cache
+def _driver():
+    """cuda-bindings' driver module, initialised (cuInit is idempotent; CuPy has usually done it)."""
+    from cuda.bindings import driver
+
+    (err,) = driver.cuInit(0)
+    if err != driver.CUresult.CUDA_SUCCESS:
+        raise RuntimeError(f"cuInit failed: {err.name}")
+    return driver
+
+
+@functools.cache
+def _encoder_missing() -> str | None:
+    try:
+        from cuda.bindings import driver  # noqa: F401
+    except Exception as e:  # pragma: no cover - depends on the install
+        return (f"TMA descriptors are encoded with cuda-bindings' cuTensorMapEncodeTiled, which is not "
+                f"importable ({type(e).__name__}: {e}); pip install cuda-bindings")
+    return None
+
+
+@functools.lru_cache(maxsize=512)
+def tma_descriptor(ptr: int, inner: int, outer: int, batch: int, box_inner: int, box_outer: int) -> bytes:
+    """The 128-byte CUtensorMap of a C-contiguous fp16 tensor (batch, outer, inner) read in boxes of
+    (box_outer x box_inner) elements into 128-byte-swizzled shared memory. Out-of-range box
+    elements are filled with zeros. Cached: the descriptor depends only on these numbers."""
+    drv = _driver()
+    err, tmap = drv.cuTensorMapEncodeTiled(
+        drv.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 3, ptr,
+        [inner, outer, batch],                 # dims, innermost first
+        [inner * 2, inner * outer * 2],        # byte strides of dims 1, 2
+        [box_inner, box_outer, 1],
+        [1, 1, 1],
+        drv.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE,
+        drv.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_128B,
+        drv.CUtensorMapL2promotion.CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+        drv.CUtensorMapFloatOOBfill.CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE)
+    if err != drv.CUresult.CUDA_SUCCESS:
+        raise RuntimeError(f"cuTensorMapEncodeTiled failed ({err.name}) for a tensor of "
+                           f"{batch} x {outer} x {inner} halves at {ptr:#x}, box {box_outer} x {box_inner}")
+    return struct.pack("<16Q", *(int(w) for w in tmap.opaque))
+
+
+def _wgmma_launch(a, b, trans_a: bool, trans_b: bool, out) -> Launch:
+    batch, M, N, K = problem(a, b, trans_a, trans_b)
+    # A tile: {64 k, 128 m} K-major, or two {64 m, 64 k} boxes M-major; B tile: {64 k, 256 n}
+    # K-major, or four {64 n, 64 k} boxes N-major (csrc/matmul_sm90.cu).
+    box_a = (64, 64) if trans_a else (64, 128)
+    box_b = (64, 256) if trans_b else (64, 64)
+    da = tma_descriptor(a.data.ptr, a.shape[-1], a.shape[-2], batch, *box_a)
+    db = tma_descriptor(b.data.ptr, b.shape[-1], b.shape[-2], batch, *box_b)
+    tiles = -(-M // _WG_BM) * -(-N // _WG_BN)
+    return Launch(
+        source=SOURCE_SM90,
+        kernel=wgmma_kernel_name(trans_a, trans_b, out.dtype),
+        grid=(tiles, 1, batch),
+        block=(_WG_THREADS, 1, 1),
+        args=(da, db, out, np.int32(M), np.int32(N), np.int32(K), np.int64(out.shape[-1]),
+              np.int64(M * N if batch > 1 else 0)),
+        smem=_WG_SMEM,
+    )
+
+
+def _wgmma_fn(be, a, b, trans_a, trans_b, out):
+    be.launch(_wgmma_launch(a, b, bool(trans_a), bool(trans_b), out))
+    return out
+
+
+def _wgmma_supports(*, M, N, K, batch=1, trans_a=False, trans_b=False, align=256, **_) -> str | None:
+    # TMA reads global memory through 16-byte strides: every stored row a multiple of 8 halves.
+    rows = (("a", M if trans_a else K, "M" if trans_a else "K"),
+            ("b", K if trans_b else N, "K" if trans_b else "N"))
+    for name, n, dim in rows:
+        if n % 8:
+            return (f"TMA needs 16-byte row strides: {name}'s stored rows hold {dim} = {n} halves, "
+                    f"not a multiple of 8 (variants 10-11 take any shape)")
+    if align < 16:
+        return f"TMA needs 16-byte aligned buffers; a, b and out are only {align}-byte aligned"
+    if batch > _GRID_YZ_MAX:
+        return f"batch = {batch} exceeds the grid.z limit {_GRID_YZ_MAX}"
+    return _encoder_missing()
+
+
+register(Variant(
+    op="matmul", number=12, name="wgmma_tma",
+    description="Hopper: wgmma m64n256k16 on 128B-swizzled smem filled by TMA (cp.async.bulk.tensor), "
+                "4-stage mbarrier pipeline, 1 producer + 2 consumer warpgroups (setmaxnreg 40/232), "
+                "128x256x64 tiles in grouped order; sm_90a",
+    fn=_wgmma_fn, dtypes=("float16",), supports=_wgmma_supports,
+    kernels=tuple((SOURCE_SM90, wgmma_kernel_name(ta, tb, od)) for ta in (False, True)
+                  for tb in (False, True) for od in ("float32", "float16")),
+    hot=True, arch=90,
 ))
