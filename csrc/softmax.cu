@@ -24,7 +24,7 @@
 //                         but fewer instructions and no barriers.
 //   4 softmax_fwd_online  one read for max and sum together (Milakov & Gimelshein 2018), then the
 //                         write pass: 2 reads + 1 write = 12 B/elt (4 -> 3 accesses). Threads per
-//                         row grow with the row (32 .. 1024), so long rows are not starved.
+//                         row grow with the row (32 .. 512), so long rows are not starved.
 //   5 softmax_fwd_regs    the row lives in registers (E = 32 floats per thread, TPR up to 1024 ->
 //                         rows <= 32768): x read once, y written once = 8 B/elt, the minimum.
 //
@@ -32,7 +32,7 @@
 //   1 softmax_bwd_naive   thread per row, two passes: 2x(y, dy) + dx = 20 B/elt.
 //   2 softmax_bwd_block   block per row, shared-memory tree, two passes, 20 B/elt.
 //   3 softmax_bwd_2pass   warp per row, shuffles, 16-byte vectors; 20 B/elt.
-//   4 softmax_bwd_2pass   the same kernel with TPR up to 1024 threads per row for long rows.
+//   4 softmax_bwd_2pass   the same kernel with TPR up to 512 threads per row for long rows.
 //   5 softmax_bwd_regs    y and dy in registers (E = 16 each, rows <= 16384): 12 B/elt, minimum.
 //
 // Launch shapes (grid, block, which instantiation) are planned once in tfm_kernels/softmax.py for
@@ -110,8 +110,10 @@ struct Groups {
     static constexpr int BLOCK = TPR < 128 ? 128 : TPR;
     static constexpr int RPB = BLOCK / TPR;
     // For __launch_bounds__: 1024 / BLOCK blocks of BLOCK threads per SM caps a thread at 64
-    // registers (half the SM's 2048 threads resident). Without it ptxas picked 32 registers and
-    // spilled 4 bytes in softmax_fwd_online<float, 4, 32>.
+    // registers, so half the SM's 2048 threads are resident whatever the group width (rows of
+    // 8192 floats: 4 blocks of 256 threads = 128 KiB of loads in flight per SM). Left to itself
+    // ptxas gave softmax_fwd_regs<float, 4, 256, 32> 80 registers (3 blocks), and
+    // softmax_fwd_online<float, 4, 32> 32 registers with a 4-byte spill.
     static constexpr int MIN_BLOCKS = 1024 / BLOCK;
     static_assert(TPR <= 32 || BLOCK == TPR, "a row group wider than a warp must be the block");
 };
@@ -262,16 +264,16 @@ __global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
 }
 TFM_EXPORT(softmax_fwd_online<float, 4, 32>)
 TFM_EXPORT(softmax_fwd_online<float, 4, 256>)
-TFM_EXPORT(softmax_fwd_online<float, 4, 1024>)
+TFM_EXPORT(softmax_fwd_online<float, 4, 512>)
 TFM_EXPORT(softmax_fwd_online<float, 1, 32>)
 TFM_EXPORT(softmax_fwd_online<float, 1, 256>)
-TFM_EXPORT(softmax_fwd_online<float, 1, 1024>)
+TFM_EXPORT(softmax_fwd_online<float, 1, 512>)
 TFM_EXPORT(softmax_fwd_online<__half, 8, 32>)
 TFM_EXPORT(softmax_fwd_online<__half, 8, 256>)
-TFM_EXPORT(softmax_fwd_online<__half, 8, 1024>)
+TFM_EXPORT(softmax_fwd_online<__half, 8, 512>)
 TFM_EXPORT(softmax_fwd_online<__half, 1, 32>)
 TFM_EXPORT(softmax_fwd_online<__half, 1, 256>)
-TFM_EXPORT(softmax_fwd_online<__half, 1, 1024>)
+TFM_EXPORT(softmax_fwd_online<__half, 1, 512>)
 
 // 5: the row in registers. Thread t of the group holds packs j*TPR + t (j < E/VEC), so every
 // load instruction of the group is one contiguous TPR*VEC-element span; slots past the row hold
@@ -279,7 +281,7 @@ TFM_EXPORT(softmax_fwd_online<__half, 1, 1024>)
 // is indexed only by unrolled constants, so it stays in registers (ptxas -v: no local memory).
 // VEC > 1 only when cols % VEC == 0 and the pointers are 16-byte aligned (the wrapper checks).
 template <typename T, int VEC, int TPR, int E>
-__global__ void __launch_bounds__(Groups<TPR>::BLOCK)
+__global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
     softmax_fwd_regs(const T* __restrict__ x, T* __restrict__ y, int rows, int cols) {
     static_assert(E % VEC == 0, "E must be a multiple of VEC");
     constexpr int NV = E / VEC, RPB = Groups<TPR>::RPB;
@@ -400,7 +402,7 @@ __global__ void __launch_bounds__(NT) softmax_bwd_block(const T* __restrict__ dy
 TFM_EXPORT(softmax_bwd_block<float, 256>)
 TFM_EXPORT(softmax_bwd_block<__half, 256>)
 
-// 3 (TPR = 32) and 4 (TPR up to 1024, long rows): shuffles, 16-byte accesses, two passes.
+// 3 (TPR = 32) and 4 (TPR up to 512, long rows): shuffles, 16-byte accesses, two passes.
 template <typename T, int VEC, int TPR>
 __global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
     softmax_bwd_2pass(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ dx, int rows, int cols) {
@@ -439,21 +441,21 @@ __global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
 }
 TFM_EXPORT(softmax_bwd_2pass<float, 4, 32>)
 TFM_EXPORT(softmax_bwd_2pass<float, 4, 256>)
-TFM_EXPORT(softmax_bwd_2pass<float, 4, 1024>)
+TFM_EXPORT(softmax_bwd_2pass<float, 4, 512>)
 TFM_EXPORT(softmax_bwd_2pass<float, 1, 32>)
 TFM_EXPORT(softmax_bwd_2pass<float, 1, 256>)
-TFM_EXPORT(softmax_bwd_2pass<float, 1, 1024>)
+TFM_EXPORT(softmax_bwd_2pass<float, 1, 512>)
 TFM_EXPORT(softmax_bwd_2pass<__half, 8, 32>)
 TFM_EXPORT(softmax_bwd_2pass<__half, 8, 256>)
-TFM_EXPORT(softmax_bwd_2pass<__half, 8, 1024>)
+TFM_EXPORT(softmax_bwd_2pass<__half, 8, 512>)
 TFM_EXPORT(softmax_bwd_2pass<__half, 1, 32>)
 TFM_EXPORT(softmax_bwd_2pass<__half, 1, 256>)
-TFM_EXPORT(softmax_bwd_2pass<__half, 1, 1024>)
+TFM_EXPORT(softmax_bwd_2pass<__half, 1, 512>)
 
 // 5: y and dy in registers (E each: 2E floats per thread, so E = 16 keeps TPR = 1024 under the
 // 64-registers-per-thread cap of a full block): one read of each, one write of dx.
 template <typename T, int VEC, int TPR, int E>
-__global__ void __launch_bounds__(Groups<TPR>::BLOCK)
+__global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
     softmax_bwd_regs(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ dx, int rows, int cols) {
     static_assert(E % VEC == 0, "E must be a multiple of VEC");
     constexpr int NV = E / VEC, RPB = Groups<TPR>::RPB;

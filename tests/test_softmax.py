@@ -173,7 +173,7 @@ def test_planning_tables():
            [1, 1, 32, 32, 128, 128, 256, 512, 1024]
     assert sm.regs_tpr(32769, 32) is None
     assert [sm.regs_tpr(c, 16) for c in (16, 17, 512, 8192, 16384)] == [1, 32, 32, 512, 1024]
-    assert [sm.stream_tpr(c) for c in (1, 2048, 2049, 16384, 16385, 262144)] == [32, 32, 256, 256, 1024, 1024]
+    assert [sm.stream_tpr(c) for c in (1, 2048, 2049, 16384, 16385, 262144)] == [32, 32, 256, 256, 512, 512]
     for tpr in sm.REGS_TPR + sm.STREAM_TPR:
         block, rpb = sm._groups_block(tpr)
         assert block * 1 <= 1024 and block % 32 == 0 and block == rpb * tpr

@@ -51,7 +51,7 @@ MAX_GRID = 65535
 FWD_REGS_E = 32  # x: 32 registers of row data per thread -> rows up to 32768
 BWD_REGS_E = 16  # y and dy: 2 x 16 registers per thread -> rows up to 16384
 REGS_TPR = (1, 32, 128, 256, 512, 1024)  # instantiated threads-per-row of the *_regs kernels
-STREAM_TPR = (32, 256, 1024)             # instantiated threads-per-row of the streaming kernels
+STREAM_TPR = (32, 256, 512)              # instantiated threads-per-row of the streaming kernels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,13 +231,14 @@ def regs_tpr(cols: int, e: int) -> int | None:
 
 def stream_tpr(cols: int) -> int:
     """Threads per row of the online / long-row streaming kernels: a warp up to 2048 elements (64
-    per lane), 256 threads up to 16384, then 1024: enough loads in flight per row without leaving
-    most threads of a short row idle."""
+    per lane), 256 threads up to 16384, then 512: enough loads in flight per row without leaving
+    most threads of a short row idle. Not 1024 for the longest rows: at <= 64 registers two
+    512-thread blocks fit an SM, so one streams while the other waits in its reduction barriers."""
     if cols <= 2048:
         return 32
     if cols <= 16384:
         return 256
-    return 1024
+    return 512
 
 
 def _args(*arrays, rows: int, cols: int) -> tuple:
@@ -361,7 +362,7 @@ FORWARD = [
     (4, "online", _fwd_stream("softmax_fwd_online", stream_tpr),
      _names("softmax_fwd_online", _VECS, STREAM_TPR), True,
      "online max+sum in one read (Milakov & Gimelshein 2018), then the write pass: 3 accesses/elt "
-     "instead of 4 (~1.3x 3); 32-1024 threads per row by length, the default beyond 32768"),
+     "instead of 4 (~1.3x 3); 32-512 threads per row by length, the default beyond 32768"),
     (5, "regs", _fwd_regs, _names("softmax_fwd_regs", _VECS, REGS_TPR, extra=f", {FWD_REGS_E}"), True,
      "the row held in registers (32 per thread, 1-1024 threads per row): x read once, y written once, "
      "2 accesses/elt = the minimum bytes (>= 90% of copy); rows up to 32768"),
@@ -375,7 +376,7 @@ BACKWARD = [
     (3, "warp_vec", _bwd_stream(lambda cols: 32), _names("softmax_bwd_2pass", _VECS, (32,)), False,
      "a warp per row, shuffle reduction, 16-byte loads (scalar head/tail); 5 accesses/elt"),
     (4, "block_vec", _bwd_stream(stream_tpr), _names("softmax_bwd_2pass", _VECS, STREAM_TPR), True,
-     "the same two passes with 32-1024 threads per row by length: long rows get a block's worth of "
+     "the same two passes with 32-512 threads per row by length: long rows get a block's worth of "
      "loads in flight; the default beyond 16384"),
     (5, "regs", _bwd_regs, _names("softmax_bwd_regs", _VECS, REGS_TPR, extra=f", {BWD_REGS_E}"), True,
      "y and dy held in registers (16 each per thread): read once, dx written once, 3 accesses/elt = "
