@@ -8,7 +8,7 @@ Why this task: it needs no download (every example is generated here from a fixe
 answer is checkable exactly, and it cannot be solved without attention over the source: the word
 emitted at each step depends on one or two digits whose position depends on the number's length
 and on whether it was written with thousands separators. Lengths vary (1 to 7 source characters,
-1 to 10 target words), so every batch has padding on both sides and exercises the padding masks.
+1 to 9 target words), so every batch has padding on both sides and exercises the padding masks.
 
 Tokens: one vocabulary shared by source and target (the seed's model has one embedding table):
 ``<pad> <bos> <eos>``, the source characters ``0-9 ,``, and the 30 English words. The source is
@@ -28,11 +28,14 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["DATA_SEED", "MAX_DIGITS", "Vocab", "Split", "Task", "Batch", "number_to_words",
+__all__ = ["DATA_SEED", "MAX_DIGITS", "MAX_TARGET_LEN", "Vocab", "Split", "Task", "Batch", "number_to_words",
            "format_number", "normalize_source", "make_task", "encode_pairs", "batches", "take"]
 
 DATA_SEED = 20240613
-MAX_DIGITS = 6  # 0 .. 999,999: at most 10 target words ("seven hundred seventy-seven thousand ...")
+MAX_DIGITS = 6  # 0 .. 999,999
+# The longest target: 4 tokens per group of three digits ("seven hundred seventy seven"), two groups,
+# "thousand", and <eos>. Decoding stops there.
+MAX_TARGET_LEN = 2 * 4 + 1 + 1
 
 _ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
          "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",

@@ -45,6 +45,12 @@ def test_number_to_words_round_trips_every_number_sampled(rng):
         assert _words_to_number(data.number_to_words(int(n))) == n, n
 
 
+def test_max_target_len_is_the_longest_target():
+    v = data.Vocab()
+    longest = max(len(v.encode_target(data.number_to_words(n))) for n in range(0, 10 ** 6, 331))
+    assert longest + 1 == data.MAX_TARGET_LEN == len(v.encode_target(data.number_to_words(777_777))) + 1
+
+
 def test_number_to_words_rejects():
     with pytest.raises(ValueError, match="999,999"):
         data.number_to_words(10 ** 6)
