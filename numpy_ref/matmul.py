@@ -14,8 +14,10 @@ product is computed by np.matmul in that dtype:
   - float64: BLAS dgemm, float64 accumulation. This is the ground truth the kernels are checked
     against (cast the kernel's inputs to float64 and call this).
   - float32: BLAS sgemm, float32 accumulation (blocked, so its error grows ~sqrt(K), not K).
-  - float16: NumPy's own non-BLAS loop in float16. It is a same-precision *baseline*, not a
-    reference; a kernel test that wants "fp16 storage, fp32 math" casts to float32 first.
+  - float16: NumPy's own non-BLAS loop, which converts each element to float32, accumulates the
+    K products in float32 and rounds the sum to float16 once: fp16 storage with fp32 math, the
+    same-precision *baseline* of an fp16 tensor-core kernel (pinned by a test: a fp16 accumulator
+    would stall at 2048 when summing 4096 ones).
 No broadcasting: batch sizes must be equal (a batch of 1 does not stretch).
 """
 

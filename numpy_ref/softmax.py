@@ -15,10 +15,11 @@ gradient. A row that is entirely -inf (a query that sees no key) gives y = 0 eve
 follows the same rule as here (o = 0, lse = -inf). +inf and NaN inputs are not masks: they
 propagate NaN, as in torch.
 
-Dtype: computed in the input's dtype throughout (float16 in, float16 exp/sum/divide, float16 out).
-float64 is the reference; float16/float32 results are the same-precision baselines the kernel tests
-compare against (a kernel that stores fp16 but does fp32 math should cast to float32 for its
-baseline). The sum over the row is NumPy's pairwise summation in that dtype.
+Dtype: computed in the input's dtype (float16 in, float16 out). Every elementwise step (subtract,
+exp, divide) rounds to that dtype; the row sum is np.sum, pairwise, which for float16 accumulates in
+float32 and rounds once. float64 is the reference; float16/float32 results are the same-precision
+baselines the kernel tests compare against (a kernel that keeps fp32 intermediates should cast its
+baseline's input to float32).
 """
 
 from __future__ import annotations

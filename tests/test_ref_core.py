@@ -46,6 +46,13 @@ def test_matmul_keeps_low_precision_dtype(rng, dtype):
     assert np.max(np.abs(c - ref)) <= eps * 31 * np.max(np.abs(a)) * np.max(np.abs(b))
 
 
+def test_matmul_float16_accumulates_in_float32():
+    # Documented: fp16 storage, fp32 accumulation, one rounding. A float16 accumulator stops at 2048
+    # (2048 + 1 rounds back to 2048), so 4096 ones prove the wider accumulator.
+    c = R.matmul(np.ones((1, 4096), np.float16), np.ones((4096, 1), np.float16))
+    assert c.dtype == np.float16 and float(c[0, 0]) == 4096.0
+
+
 def test_matmul_mixed_dtypes_promote_like_numpy(rng):
     a = rng.standard_normal((5, 6)).astype(np.float32)
     b = rng.standard_normal((6, 4))
