@@ -55,7 +55,8 @@ def _c_contiguous(shape: tuple[int, ...], strides_bytes: tuple[int, ...] | None,
 
 
 def _check_meta(name: str, dtype_name: str, shape: tuple[int, ...], contiguous: bool,
-                dtypes: Iterable[str], ndim: int | tuple[int, ...] | None) -> None:
+                dtypes: Iterable[str], ndim: int | tuple[int, ...] | None,
+                want_shape: tuple[int, ...] | None = None) -> None:
     dtypes = tuple(dtypes)
     if dtype_name not in dtypes:
         raise TypeError(f"{name}: expected dtype {' or '.join(dtypes)}, got {dtype_name}")
@@ -65,6 +66,8 @@ def _check_meta(name: str, dtype_name: str, shape: tuple[int, ...], contiguous: 
             want = " or ".join(str(a) for a in allowed)
             raise ValueError(f"{name}: expected {want} dimensions, got shape {tuple(shape)} "
                              f"({len(shape)} dimensions)")
+    if want_shape is not None and tuple(shape) != tuple(want_shape):
+        raise ValueError(f"{name}: expected shape {tuple(want_shape)}, got {tuple(shape)}")
     if not contiguous:
         raise ValueError(f"{name}: must be C-contiguous (row-major, dense); got a strided view of "
                          f"shape {tuple(shape)} (call .copy() or ascontiguousarray first)")
@@ -99,11 +102,11 @@ def _check_device(name: str, arr) -> None:
 
 
 def as_array(x: Any, name: str, *, dtypes: Iterable[str] = ("float32",),
-             ndim: int | tuple[int, ...] | None = None):
+             ndim: int | tuple[int, ...] | None = None, shape: tuple[int, ...] | None = None):
     """``x`` as a CuPy array on the current device, without a copy; see the module docstring.
 
     dtypes: accepted NumPy dtype names. ndim: the required number of dimensions (an int, a tuple of
-    ints, or None for any).
+    ints, or None for any). shape: the exact shape required (checked on metadata, before the device).
     """
     if x is None or isinstance(x, (np.ndarray, np.generic, list, tuple, int, float)):
         raise TypeError(f"{name}: expected a CUDA array (CuPy array, or an object with "
@@ -117,7 +120,7 @@ def as_array(x: Any, name: str, *, dtypes: Iterable[str] = ("float32",),
         cupy_mod = None
 
     if cupy_mod is not None and isinstance(x, cupy_mod.ndarray):
-        _check_meta(name, _dtype_name(x.dtype), x.shape, x.flags.c_contiguous, dtypes, ndim)
+        _check_meta(name, _dtype_name(x.dtype), x.shape, x.flags.c_contiguous, dtypes, ndim, shape)
         _check_device(name, x)
         return x
 
@@ -138,10 +141,10 @@ def as_array(x: Any, name: str, *, dtypes: Iterable[str] = ("float32",),
             raise TypeError(f"{name}: its __cuda_array_interface__ is unavailable: {e}") from e
     if cai is not None:
         dt = np.dtype(cai["typestr"])
-        shape = tuple(int(n) for n in cai["shape"])
+        xshape = tuple(int(n) for n in cai["shape"])
         strides = cai.get("strides")
         strides = None if strides is None else tuple(int(s) for s in strides)
-        _check_meta(name, dt.name, shape, _c_contiguous(shape, strides, dt.itemsize), dtypes, ndim)
+        _check_meta(name, dt.name, xshape, _c_contiguous(xshape, strides, dt.itemsize), dtypes, ndim, shape)
         _require_device()
         cupy = _cupy()
         arr = cupy.asarray(x)
@@ -155,7 +158,7 @@ def as_array(x: Any, name: str, *, dtypes: Iterable[str] = ("float32",),
             arr = cupy.from_dlpack(x)
         except Exception as e:
             raise TypeError(f"{name}: DLPack export of {_describe(x)} failed: {e}") from e
-        _check_meta(name, _dtype_name(arr.dtype), arr.shape, arr.flags.c_contiguous, dtypes, ndim)
+        _check_meta(name, _dtype_name(arr.dtype), arr.shape, arr.flags.c_contiguous, dtypes, ndim, shape)
         _check_device(name, arr)
         return arr
 
@@ -170,10 +173,7 @@ def out_array(out: Any, name: str, shape: tuple[int, ...], dtype):
     if out is None:
         _require_device()
         return _cupy().empty(shape, dtype=dtype_name)
-    arr = as_array(out, name, dtypes=(dtype_name,), ndim=len(shape))
-    if tuple(arr.shape) != shape:
-        raise ValueError(f"{name}: expected shape {shape}, got {tuple(arr.shape)}")
-    return arr
+    return as_array(out, name, dtypes=(dtype_name,), ndim=len(shape), shape=shape)
 
 
 def check_int32_indexing(name: str, *sizes: int) -> int:

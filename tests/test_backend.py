@@ -1,0 +1,291 @@
+"""The launch plumbing: validation, backend selection, argument packing, and (on a GPU) the two
+backends launching the self-test kernels of csrc/ext/plumbing_test.cu with identical results.
+
+Without a GPU: import works, ``status()`` explains, a call raises RuntimeError with the reason, and
+every validation error (TypeError/ValueError naming the argument) is raised before the device is
+needed. With a GPU, each backend must pass every parameter kind of the Launch contract bit for bit
+(int32, int64, float32, uint64, uint32, float64, a 128-byte alignas(64) struct by value), template
+name expressions, more than 48 KiB of dynamic shared memory, a non-default stream, and raise
+RuntimeError with CUDA's error string when a launch is refused.
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tfm_kernels import _backend, _validate
+from tfm_kernels._registry import Launch
+
+PLUMB = "ext/plumbing_test.cu"
+
+
+class FakeCuda:
+    """Metadata of a CUDA array (``__cuda_array_interface__``) with no memory behind it."""
+
+    def __init__(self, shape=(3, 4), typestr="<f4", strides=None, ptr=0x7F0000000000):
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr, "strides": strides,
+                                         "data": (ptr, False), "version": 3}
+
+
+def _no_device() -> bool:
+    return not _backend.status()["device"][0]
+
+
+# --- import and status ---------------------------------------------------------------------------
+
+def test_import_does_no_gpu_work():
+    code = ("import sys, tfm_kernels; tfm_kernels.variants('softmax'); "
+            "assert 'cupy' not in sys.modules, 'importing tfm_kernels imported cupy'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_status_is_total_and_cached():
+    st = _backend.status()
+    assert set(st) == {"device", "ext", "cupy"}
+    for key, (ok, why) in st.items():
+        assert isinstance(ok, bool) and isinstance(why, str) and why, key
+    assert _backend.status() is st
+
+
+def test_info_never_raises():
+    d = _backend.info()
+    assert {"device", "backends", "csrc"} <= set(d)
+    assert d["device"]["ok"] == _backend.status()["device"][0]
+
+
+@pytest.mark.skipif(not _no_device(), reason="a CUDA device is usable here")
+def test_no_device_get_raises_with_reason():
+    why = _backend.status()["device"][1]
+    for name in (None, "ext", "cupy"):
+        with pytest.raises(RuntimeError, match="no CUDA device is usable") as e:
+            _backend.get(name)
+        assert why in str(e.value)
+
+
+@pytest.mark.skipif(not _no_device(), reason="a CUDA device is usable here")
+def test_no_device_valid_array_raises_runtime_error():
+    with pytest.raises(RuntimeError, match="no CUDA device is usable"):
+        _validate.as_array(FakeCuda(), "x")
+    with pytest.raises(RuntimeError, match="no CUDA device is usable"):
+        _validate.out_array(None, "out", (3, 4), "float32")
+
+
+@pytest.mark.skipif(not _no_device(), reason="a CUDA device is usable here")
+def test_no_device_op_raises_runtime_error():
+    import tfm_kernels
+
+    with pytest.raises(RuntimeError, match="no CUDA device is usable"):
+        tfm_kernels.softmax(FakeCuda((5, 7)))
+
+
+def test_unknown_backend_is_value_error():
+    with pytest.raises(ValueError, match=r"^backend: "):
+        _backend.get("opencl")
+
+
+# --- validation: metadata errors, no device needed ----------------------------------------------
+
+@pytest.mark.parametrize("bad,kind,pattern", [
+    (np.ones((3, 4), np.float32), TypeError, "on the host"),
+    ([1.0, 2.0], TypeError, "expected a CUDA array"),
+    (None, TypeError, "expected a CUDA array"),
+    (FakeCuda(typestr="<f8"), TypeError, "expected dtype float32, got float64"),
+    (FakeCuda(strides=(4, 12)), ValueError, "C-contiguous"),
+])
+def test_as_array_rejects(bad, kind, pattern):
+    with pytest.raises(kind, match=pattern) as e:
+        _validate.as_array(bad, "weights")
+    assert str(e.value).startswith("weights: ")
+
+
+def test_as_array_rejects_ndim_and_shape():
+    with pytest.raises(ValueError, match=r"^x: expected 3 dimensions"):
+        _validate.as_array(FakeCuda(), "x", ndim=3)
+    with pytest.raises(ValueError, match=r"^x: expected 1 or 3 dimensions"):
+        _validate.as_array(FakeCuda(), "x", ndim=(1, 3))
+    with pytest.raises(ValueError, match=r"^out: expected shape \(4, 3\)"):
+        _validate.out_array(FakeCuda(), "out", (4, 3), "float32")
+    with pytest.raises(TypeError, match=r"^out: expected dtype float16"):
+        _validate.out_array(FakeCuda(), "out", (3, 4), "float16")
+
+
+def test_as_array_accepts_size_one_strides():
+    # PyTorch reports arbitrary strides for size-1 dimensions; they do not make a view strided.
+    assert _validate._c_contiguous((1, 4), (999, 4), 4)
+    assert _validate._c_contiguous((3, 4), (16, 4), 4)
+    assert not _validate._c_contiguous((3, 4), (32, 4), 4)
+
+
+def test_torch_cpu_tensor_is_type_error():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"^q: expected a CUDA array.*DLPack device type 1"):
+        _validate.as_array(torch.ones(3), "q")
+
+
+def test_check_int32_indexing():
+    assert _validate.check_int32_indexing("x", 2**15, 2**16 - 1) == 2**15 * (2**16 - 1)
+    with pytest.raises(ValueError, match=r"^x: 32768 x 65536 = 2147483648 elements overflows"):
+        _validate.check_int32_indexing("x", 2**15, 2**16)
+
+
+# --- argument packing and launch checks (pure Python) ---------------------------------------------
+
+def test_pack_alignment_matches_the_abi():
+    cupy = pytest.importorskip("cupy")
+    blob = bytes(range(128))
+    launch = Launch(PLUMB, "tfm_plumbing_args", (1, 1, 1), (1, 1, 1),
+                    (np.int32(-5), np.int64(7), np.float32(1.5), np.uint64(2**63 + 1), np.uint32(9),
+                     np.float64(-2.25), blob))
+    buf, offsets = _backend._pack(launch, cupy)
+    # int32 at 0, int64 at 8, float at 16, uint64 at 24, uint32 at 32, double at 40, struct at 64
+    assert offsets == [0, 8, 16, 24, 32, 40, 64]
+    assert len(buf) == 192
+    assert struct.unpack_from("<i", buf, 0)[0] == -5
+    assert struct.unpack_from("<Q", buf, 24)[0] == 2**63 + 1
+    assert buf[64:] == blob
+
+
+@pytest.mark.parametrize("arg", [3, 2.5, np.int16(1), np.ones(2, np.float32), "s"])
+def test_pack_refuses_ambiguous_arguments(arg):
+    cupy = pytest.importorskip("cupy")
+    launch = Launch(PLUMB, "tfm_plumbing_fill<float, 1>", (1, 1, 1), (1, 1, 1), (arg,))
+    with pytest.raises(TypeError, match="argument 0"):
+        _backend._pack(launch, cupy)
+    with pytest.raises(TypeError, match="argument 0"):
+        _backend._cupy_args(launch, cupy)
+
+
+@pytest.mark.parametrize("grid,block,smem", [
+    ((0, 1, 1), (32, 1, 1), 0), ((1, 1), (32, 1, 1), 0), ((1, 65536, 1), (32, 1, 1), 0),
+    ((1, 1, 1), (1025, 1, 1), 0), ((1, 1, 1), (32, 1, 1), -1),
+])
+def test_launch_shape_checked_before_launch(grid, block, smem):
+    with pytest.raises(ValueError, match="tfm_plumbing_smem"):
+        _backend._check_launch(Launch(PLUMB, "tfm_plumbing_smem", grid, block, (), smem))
+
+
+def test_arch_marker():
+    assert _backend.source_arch("// x.cu\n// tfm-arch: sm_90a\n") == "sm_90a"
+    assert _backend.source_arch("// x.cu\n") is None
+
+
+# --- on a GPU: both backends, the same bits ----------------------------------------------------------
+
+def _args_launch(out, blob):
+    return Launch(PLUMB, "tfm_plumbing_args", (1, 1, 1), (32, 1, 1),
+                  (out, np.int32(-123456), np.int64(-(2**40) - 3), np.float32(3.25), np.uint64(2**64 - 2),
+                   np.uint32(4000000000), np.float64(-1.0e300), blob))
+
+
+def test_gpu_scalar_and_struct_arguments(backend):
+    import cupy
+
+    be = _backend.get(backend)
+    out = cupy.zeros(22, dtype=cupy.uint64)
+    blob = np.arange(16, dtype=np.uint64) * np.uint64(0x0101010101010101)
+    be.launch(_args_launch(out, blob.tobytes()))
+    got = out.get()
+    assert got[0] == np.uint64(-123456 & (2**64 - 1))
+    assert got[1] == np.uint64(-(2**40) - 3 & (2**64 - 1))
+    assert got[2] == struct.unpack("<I", struct.pack("<f", 3.25))[0]
+    assert got[3] == 2**64 - 2
+    assert got[4] == 4000000000
+    assert got[5] == struct.unpack("<Q", struct.pack("<d", -1.0e300))[0]
+    np.testing.assert_array_equal(got[6:], blob)
+
+
+@pytest.mark.parametrize("name,dtype,scale", [("tfm_plumbing_fill<float, 1>", np.float32, 1),
+                                              ("tfm_plumbing_fill<int64_t, 2>", np.int64, 2)])
+def test_gpu_template_name_expressions(backend, name, dtype, scale):
+    import cupy
+
+    be = _backend.get(backend)
+    n = 4097  # not a multiple of the block: the guard matters
+    out = cupy.full(n + 3, 7, dtype=dtype)  # 3 sentinels past the end must survive
+    be.launch(Launch(PLUMB, name, (5, 1, 1), (128, 1, 1), (out, np.int32(n), dtype(11))))
+    got = out.get()
+    np.testing.assert_array_equal(got[:n], dtype(11) + dtype(scale) * np.arange(n, dtype=dtype))
+    np.testing.assert_array_equal(got[n:], 7)
+
+
+def test_gpu_large_dynamic_shared_memory(backend):
+    import cupy
+
+    be = _backend.get(backend)
+    n = 40_000  # 160 KB of dynamic shared memory: > 48 KiB default, < 227 KiB on sm_90
+    x = cupy.arange(n, dtype=cupy.float32)
+    y = cupy.full(n, cupy.nan, dtype=cupy.float32)
+    be.launch(Launch(PLUMB, "tfm_plumbing_smem", (1, 1, 1), (512, 1, 1), (x, y, np.int32(n)), smem=4 * n))
+    np.testing.assert_array_equal(y.get(), np.arange(n, dtype=np.float32)[::-1])
+
+
+def test_gpu_refused_launch_raises_cuda_error(backend):
+    import cupy
+
+    be = _backend.get(backend)
+    x = cupy.zeros(4, dtype=cupy.float32)
+    # 1 MiB of shared memory exceeds every GPU's limit: the driver refuses the launch.
+    with pytest.raises(RuntimeError) as e:
+        be.launch(Launch(PLUMB, "tfm_plumbing_smem", (1, 1, 1), (32, 1, 1), (x, x, np.int32(4)), smem=2**20))
+    assert "cuda" in str(e.value).lower() or "invalid" in str(e.value).lower()
+    # the context is still usable afterwards
+    out = cupy.zeros(8, dtype=cupy.float32)
+    be.launch(Launch(PLUMB, "tfm_plumbing_fill<float, 1>", (1, 1, 1), (32, 1, 1), (out, np.int32(8), np.float32(1))))
+    np.testing.assert_array_equal(out.get(), 1 + np.arange(8, dtype=np.float32))
+
+
+def test_gpu_unknown_kernel_is_value_error(backend):
+    be = _backend.get(backend)
+    with pytest.raises(ValueError, match="kernel: "):
+        be.launch(Launch(PLUMB, "tfm_plumbing_nope", (1, 1, 1), (32, 1, 1), ()))
+
+
+def test_gpu_launches_on_the_current_stream(backend):
+    import cupy
+
+    be = _backend.get(backend)
+    n = 1 << 20
+    out = cupy.zeros(n, dtype=cupy.float32)
+    s = cupy.cuda.Stream(non_blocking=True)
+    with s:
+        be.launch(Launch(PLUMB, "tfm_plumbing_fill<float, 1>", (64, 1, 1), (256, 1, 1),
+                         (out, np.int32(n), np.float32(0))))
+        total = float(out[-1])  # enqueued on s after the kernel, so it sees the kernel's writes
+    assert total == n - 1
+
+
+def test_gpu_as_array_zero_copy(backend):
+    import cupy
+
+    x = cupy.arange(12, dtype=cupy.float32).reshape(3, 4)
+    assert _validate.as_array(x, "x") is x
+    with pytest.raises(ValueError, match=r"^x: must be C-contiguous"):
+        _validate.as_array(x.T, "x")
+    y = _validate.as_array(FakeCudaOf(x), "x")
+    assert y.data.ptr == x.data.ptr
+    out = _validate.out_array(None, "out", (2, 5), "float16")
+    assert out.shape == (2, 5) and out.dtype == np.float16
+
+
+def test_gpu_torch_tensor_zero_copy(backend):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    t = torch.arange(10, dtype=torch.float32, device="cuda")
+    a = _validate.as_array(t, "t")
+    assert a.data.ptr == t.data_ptr()
+    with pytest.raises(TypeError, match=r"^t: expected dtype float32, got float64"):
+        _validate.as_array(t.double(), "t")
+
+
+class FakeCudaOf:
+    """Re-exports a CuPy array through ``__cuda_array_interface__`` only (like Numba would)."""
+
+    def __init__(self, a):
+        self.__cuda_array_interface__ = a.__cuda_array_interface__

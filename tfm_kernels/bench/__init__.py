@@ -1,0 +1,41 @@
+"""``tfm-kernels bench``: time every kernel variant against the library a user would pick.
+
+    tfm-kernels bench                          # every op, full sizes, the default backend
+    tfm-kernels bench --op softmax --quick     # a few sizes, seconds
+    tfm-kernels bench --backend both --out runs/bench
+
+The runner (timing, L2 rotation, the measured copy ceiling, JSON/Markdown/plots) is
+``tfm_kernels/bench/core.py``; the cases of each op live beside it in ``tfm_kernels/bench/<op>.py``
+(``cases(quick) -> Iterable[BenchCase]``, the protocol in core.py's docstring).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--op", action="append", help="op to time (repeatable; 'softmax' includes softmax_backward)")
+    p.add_argument("--variant", action="append", help="variant key, name or number (repeatable)")
+    p.add_argument("--backend", choices=["ext", "cupy", "both"], default=None,
+                   help="default: the extension when it loaded, else CuPy")
+    p.add_argument("--quick", action="store_true", help="a few sizes, fewer repeats")
+    p.add_argument("--out", type=Path, default=Path("runs/bench"), help="directory for bench.json, bench.md, plots")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from . import core
+
+    backends = None if args.backend is None else (["ext", "cupy"] if args.backend == "both" else [args.backend])
+    try:
+        res = core.run(args.op, args.quick, args.out, backends, args.variant,
+                       log=lambda s: print(s, file=sys.stderr, flush=True))
+    except RuntimeError as e:
+        print(f"tfm-kernels bench: {e}", file=sys.stderr)
+        return 2
+    print((args.out / "bench.md").read_text())
+    print(f"wrote {args.out / 'bench.json'}, {args.out / 'bench.md'} and {len(res['plots'])} plots")
+    wrong = [m for m in res["measurements"] if m["status"].startswith(("WRONG", "error"))]
+    return 1 if wrong else 0

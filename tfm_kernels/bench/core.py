@@ -1,0 +1,362 @@
+"""The benchmark runner behind ``tfm-kernels bench``: timing, the memory ceiling, reports and plots.
+
+How a figure is measured
+------------------------
+* CUDA events on CuPy's current stream around each call; 3 warm-up calls first (compilation,
+  caches, clocks), then ``repeats`` timed calls (20; 10 with ``--quick``); the median is reported
+  (and min/max kept in the JSON).
+* Inputs rotate: a case builds as many independent input sets as it takes for their total size to
+  exceed 3x the L2 cache (H200: 60 MiB L2, so >= 180 MiB), capped at 24 sets, and call i uses set
+  i mod n. A softmax over a 16 MiB matrix would otherwise be served partly from L2 and read faster
+  than HBM allows.
+* The ceiling is measured in the same run: a device-to-device ``cudaMemcpyAsync`` of a 1 GiB buffer
+  (256 MiB with --quick) timed the same way, bytes read + bytes written over time.
+  The peer (``torch.softmax``, cuBLAS through torch, SDPA) is timed the same way on the same
+  inputs, so the ratio "ours / peer" compares like with like.
+* Every configuration is verified before it is timed (when the case provides ``verify``): a wrong
+  kernel is reported as WRONG, never as fast.
+
+The protocol an op's benchmark module follows
+---------------------------------------------
+``tfm_kernels/bench/<op>.py`` (written by each op's engineer) defines::
+
+    def cases(quick: bool) -> Iterable[BenchCase]
+
+BenchCase fields (see the dataclass below):
+    op        the registry op whose variants are timed (``"softmax"``)
+    label     the configuration, short (``"8192x8192 fp32"``)
+    series    the plot this point belongs to (``"fp32, 8192 rows"``): one PNG per (op, series),
+              x-axis ``x`` (labelled ``x_label``), one line per variant, the peer dashed, the
+              ceiling dotted
+    x, x_label   the point's position on that plot's x-axis (``cols``, ``"row length"``)
+    unit      ``"GB/s"`` (memory-bound: ``work`` is bytes moved) or ``"TFLOP/s"`` (``work`` is
+              FLOPs); take both from ``tfm_kernels.costs``
+    work      bytes or FLOPs per call
+    footprint bytes of one input set (drives the rotation count)
+    make_inputs()  -> one input set (any object; device arrays, outputs preallocated)
+    run(inputs, backend, variant)   one call of our op (``variant`` is a registry key); a variant
+              that cannot take the case raises TypeError/ValueError starting with "variant:"
+    peer(inputs) / peer_name   the library call a user would make instead, or None
+    verify(inputs, out) -> None | str   None when ``out`` (what ``run`` returned) is right,
+              else what is wrong (compare with the peer's result or a float64 reference)
+    ceiling   a fixed ceiling in ``unit`` (e.g. the datasheet tensor-core peak for TFLOP/s), or
+              None: for GB/s the measured copy bandwidth is used
+
+Results: ``bench.json`` (every measurement, the device and versions), ``bench.md`` (a Markdown
+table: time, throughput, % of ceiling, ratio to the peer) and ``<op>_<series>.png`` plots under
+``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+L2_ROTATE_FACTOR = 3
+MAX_INPUT_SETS = 24
+WARMUP = 3
+
+
+@dataclass
+class BenchCase:
+    op: str
+    label: str
+    series: str
+    x: float
+    x_label: str
+    unit: str  # "GB/s" or "TFLOP/s"
+    work: float
+    footprint: int
+    make_inputs: Callable[[], Any]
+    run: Callable[[Any, str, str], Any]
+    peer: Callable[[Any], Any] | None = None
+    peer_name: str | None = None
+    verify: Callable[[Any, Any], str | None] | None = None
+    ceiling: float | None = None
+
+
+@dataclass
+class Measurement:
+    op: str
+    label: str
+    series: str
+    x: float
+    x_label: str
+    unit: str
+    who: str  # variant key, or the peer's name
+    kind: str  # "variant" | "peer" | "ceiling"
+    backend: str | None
+    median_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    throughput: float | None = None
+    pct_ceiling: float | None = None
+    vs_peer: float | None = None
+    status: str = "ok"  # ok | WRONG: ... | n/a: ... | error: ...
+    repeats: int = 0
+    input_sets: int = 0
+
+
+def _scale(unit: str) -> float:
+    return {"GB/s": 1e9, "TFLOP/s": 1e12}[unit]
+
+
+def time_calls(fn: Callable[[int], Any], repeats: int, warmup: int = WARMUP) -> list[float]:
+    """Milliseconds of each of ``repeats`` calls ``fn(i)`` (after ``warmup`` calls), each bracketed
+    by CUDA events on the current stream."""
+    import cupy
+
+    for i in range(warmup):
+        fn(i)
+    stream = cupy.cuda.get_current_stream()
+    stream.synchronize()
+    starts = [cupy.cuda.Event() for _ in range(repeats)]
+    ends = [cupy.cuda.Event() for _ in range(repeats)]
+    for i in range(repeats):
+        starts[i].record(stream)
+        fn(warmup + i)
+        ends[i].record(stream)
+    ends[-1].synchronize()
+    return [cupy.cuda.get_elapsed_time(s, e) for s, e in zip(starts, ends)]
+
+
+def copy_bandwidth(nbytes: int, repeats: int) -> float:
+    """Measured device-to-device copy bandwidth in GB/s (bytes read + written per second)."""
+    import cupy
+
+    src = cupy.ones(nbytes // 4, dtype=cupy.float32)
+    dst = cupy.empty_like(src)
+    d2d = cupy.cuda.runtime.memcpyDeviceToDevice
+
+    def copy(_):
+        cupy.cuda.runtime.memcpyAsync(dst.data.ptr, src.data.ptr, src.nbytes, d2d,
+                                      cupy.cuda.get_current_stream().ptr)
+
+    ms = time_calls(copy, repeats)
+    del src, dst
+    return 2 * nbytes / (statistics.median(ms) * 1e-3) / 1e9
+
+
+def _l2_bytes() -> int:
+    import cupy
+
+    try:
+        return int(cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["l2CacheSize"])
+    except Exception:
+        return 60 * 2**20
+
+
+def _input_sets(case: BenchCase, l2: int) -> list[Any]:
+    n = max(1, min(MAX_INPUT_SETS, math.ceil(L2_ROTATE_FACTOR * l2 / max(case.footprint, 1))))
+    import cupy
+
+    free, _ = cupy.cuda.runtime.memGetInfo()
+    n = max(1, min(n, int(0.5 * free // max(case.footprint, 1))))  # keep half the memory free
+    return [case.make_inputs() for _ in range(n)]
+
+
+def bench_case(case: BenchCase, variants: list, backends: list[str], repeats: int, l2: int,
+               ceiling_gbs: float, log: Callable[[str], None]) -> list[Measurement]:
+    """Time every variant on every backend, and the peer, for one case."""
+    import cupy
+
+    sets = _input_sets(case, l2)
+    base = dict(op=case.op, label=case.label, series=case.series, x=case.x, x_label=case.x_label,
+                unit=case.unit)
+    ceiling = case.ceiling if case.ceiling is not None else (ceiling_gbs if case.unit == "GB/s" else None)
+    out: list[Measurement] = []
+
+    def measure(m: Measurement, call: Callable[[Any], Any], verify: bool) -> Measurement:
+        try:
+            if verify and case.verify is not None:
+                res = call(sets[0])
+                cupy.cuda.get_current_stream().synchronize()
+                why = case.verify(sets[0], res)
+                if why:
+                    m.status = f"WRONG: {why}"
+                    return m
+            ms = time_calls(lambda i: call(sets[i % len(sets)]), repeats)
+        except (TypeError, ValueError) as e:
+            m.status = f"n/a: {e}" if str(e).startswith("variant:") else f"error: {type(e).__name__}: {e}"
+            return m
+        except Exception as e:
+            m.status = f"error: {type(e).__name__}: {e}"
+            return m
+        m.median_ms, m.min_ms, m.max_ms = statistics.median(ms), min(ms), max(ms)
+        m.repeats, m.input_sets = len(ms), len(sets)
+        m.throughput = case.work / (m.median_ms * 1e-3) / _scale(case.unit)
+        if ceiling:
+            m.pct_ceiling = 100.0 * m.throughput / ceiling
+        return m
+
+    peer_tp = None
+    if case.peer is not None:
+        pm = measure(Measurement(**base, who=case.peer_name or "peer", kind="peer", backend=None),
+                     case.peer, verify=False)
+        peer_tp = pm.throughput
+        out.append(pm)
+        log(f"  {case.op} {case.label}: {pm.who}: {_fmt(pm)}")
+    for v in variants:
+        for be in backends:
+            m = measure(Measurement(**base, who=v.key, kind="variant", backend=be),
+                        lambda s, v=v, be=be: case.run(s, be, v.key), verify=True)
+            if m.throughput and peer_tp:
+                m.vs_peer = m.throughput / peer_tp
+            out.append(m)
+            log(f"  {case.op} {case.label}: {v.key} [{be}]: {_fmt(m)}")
+    if ceiling:
+        out.append(Measurement(**base, who="ceiling", kind="ceiling", backend=None, throughput=ceiling,
+                               pct_ceiling=100.0))
+    del sets
+    cupy.get_default_memory_pool().free_all_blocks()
+    return out
+
+
+def _fmt(m: Measurement) -> str:
+    if m.throughput is None:
+        return m.status
+    s = f"{m.median_ms * 1e3:.1f} us, {m.throughput:.1f} {m.unit}"
+    if m.pct_ceiling is not None and m.kind != "ceiling":
+        s += f" ({m.pct_ceiling:.0f}% of ceiling)"
+    if m.vs_peer is not None:
+        s += f", {m.vs_peer:.2f}x peer"
+    return s
+
+
+def environment() -> dict[str, Any]:
+    from .. import _backend
+
+    d = _backend.info()
+    try:
+        d["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                     cwd=Path(__file__).resolve().parents[2], timeout=10).stdout.strip() or None
+    except Exception:
+        d["commit"] = None
+    d["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return d
+
+
+def markdown(measurements: list[Measurement], env: dict[str, Any], ceiling_gbs: float) -> str:
+    dev = env.get("device", {})
+    lines = [f"# tfm-kernels bench: {dev.get('name', 'no device')}",
+             "",
+             f"{env.get('date')}, commit {env.get('commit')}, CUDA runtime {env.get('cuda_runtime')}, "
+             f"driver {env.get('cuda_driver')}, CuPy {env.get('cupy')}, torch {env.get('torch')}. "
+             f"Measured device-to-device copy: {ceiling_gbs:.0f} GB/s. CUDA events, median; inputs "
+             f"rotated past L2.",
+             "",
+             "| op | case | who | backend | time (us) | throughput | % ceiling | vs peer | status |",
+             "|---|---|---|---|---:|---:|---:|---:|---|"]
+    for m in measurements:
+        if m.kind == "ceiling":
+            continue
+        t = f"{m.median_ms * 1e3:.1f}" if m.median_ms is not None else ""
+        tp = f"{m.throughput:.1f} {m.unit}" if m.throughput is not None else ""
+        pc = f"{m.pct_ceiling:.0f}%" if m.pct_ceiling is not None else ""
+        vp = f"{m.vs_peer:.2f}x" if m.vs_peer is not None else ""
+        status = m.status if len(m.status) < 80 else m.status[:77] + "..."
+        lines.append(f"| {m.op} | {m.label} | {m.who} | {m.backend or ''} | {t} | {tp} | {pc} | {vp} | "
+                     f"{status.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(measurements: list[Measurement], outdir: Path, env: dict[str, Any]) -> list[Path]:
+    """One PNG per (op, series): throughput against x, a line per variant (first backend measured),
+    the peer dashed, the ceiling dotted."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:
+        return []
+    paths = []
+    groups: dict[tuple[str, str], list[Measurement]] = {}
+    for m in measurements:
+        groups.setdefault((m.op, m.series), []).append(m)
+    for (op, series), ms in groups.items():
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        lines: dict[tuple[str, str, str | None], list[tuple[float, float]]] = {}
+        for m in ms:
+            if m.throughput is not None:
+                lines.setdefault((m.kind, m.who, m.backend), []).append((m.x, m.throughput))
+        backends = sorted({k[2] for k in lines if k[0] == "variant"})
+        for (kind, who, be), pts in sorted(lines.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")):
+            if kind == "variant" and backends and be != backends[0]:
+                continue  # both backends run the same machine code; one line per variant
+            pts.sort()
+            xs, ys = zip(*pts)
+            style = {"variant": dict(marker="o", lw=1.5), "peer": dict(ls="--", marker="s", lw=2, color="k"),
+                     "ceiling": dict(ls=":", lw=1.5, color="gray")}[kind]
+            ax.plot(xs, ys, label=who if kind != "ceiling" else "ceiling (measured copy)" if ms[0].unit == "GB/s"
+                    else "ceiling", **style)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(ms[0].x_label)
+        ax.set_ylabel(ms[0].unit)
+        ax.set_title(f"{op}: {series}\n{env.get('device', {}).get('name', '')}, commit {env.get('commit')}",
+                     fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        path = outdir / f"{op}_{re.sub(r'[^A-Za-z0-9]+', '_', series).strip('_')}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def run(ops: list[str] | None, quick: bool, outdir: Path, backends: list[str] | None = None,
+        variants: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Benchmark every case of every selected op; write bench.json, bench.md and plots to outdir."""
+    import importlib
+    import pkgutil
+
+    from .. import _backend
+    from .._registry import variants as registry_variants
+
+    avail = _backend.available()
+    if not avail:
+        raise RuntimeError("no backend can run: " + "; ".join(
+            f"{k}: {v[1]}" for k, v in _backend.status().items() if not v[0]))
+    if backends is None:
+        backends = [_backend.get(None).name]
+    backends = [b for b in backends if b in avail]
+    cc = _backend.get(backends[0]).cc
+    outdir.mkdir(parents=True, exist_ok=True)
+    repeats = 10 if quick else 20
+    env = environment()
+    l2 = _l2_bytes()
+    ceiling = copy_bandwidth((256 if quick else 1024) * 2**20, repeats)
+    log(f"device-to-device copy: {ceiling:.0f} GB/s (the memory ceiling); L2 {l2 / 2**20:.0f} MiB")
+
+    from . import __path__ as bench_path
+
+    measurements: list[Measurement] = []
+    for info in sorted(pkgutil.iter_modules(bench_path), key=lambda i: i.name):
+        if info.name in ("core",) or info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{__package__}.{info.name}")
+        if not hasattr(mod, "cases"):
+            continue
+        for case in mod.cases(quick):
+            if ops and not any(case.op == o or case.op.startswith(o + "_") for o in ops):
+                continue
+            vs = [v for v in registry_variants(case.op)
+                  if not v.broken and cc >= v.arch
+                  and (not variants or {v.key, v.name, str(v.number)} & set(variants))]
+            log(f"{case.op} {case.label}")
+            measurements += bench_case(case, vs, backends, repeats, l2, ceiling, log)
+
+    result = {"env": env, "copy_gbs": ceiling, "l2_bytes": l2, "quick": quick, "backends": backends,
+              "measurements": [asdict(m) for m in measurements]}
+    (outdir / "bench.json").write_text(json.dumps(result, indent=1, default=str))
+    (outdir / "bench.md").write_text(markdown(measurements, env, ceiling))
+    result["plots"] = [str(p) for p in plot(measurements, outdir, env)]
+    return result

@@ -1,0 +1,289 @@
+"""``tfm-kernels check``: every variant of every op, on both backends, against numpy_ref.
+
+    tfm-kernels check                       # everything, both backends
+    tfm-kernels check --op softmax --quick  # softmax and softmax_backward, fewer shapes
+    tfm-kernels check --backend cupy --variant 3_warp_vec4 --json out.json
+
+Prints one row per (op, variant, backend): cases passed, cases not applicable, the worst error and
+the worst error as a fraction of its tolerance; then every failure with its case. Exit status 0
+when everything that ran passed, 1 on any failure (a variant marked ``broken`` in the registry is
+reported but does not fail the run), 2 when nothing could run (no GPU: the reason is printed).
+
+The protocol an op module follows
+---------------------------------
+Every module that ``tfm_kernels/_ops.py`` imports may define::
+
+    def check_cases(rng: numpy.random.Generator, quick: bool) -> Iterable[Case]
+
+yielding :class:`Case` objects (or plain 5-tuples in the same order)::
+
+    Case(op, description, run, reference, tolerance)
+
+op
+    the registry op the case exercises (``"softmax"``, ``"softmax_backward"``); every variant of
+    that op is run on it.
+description
+    what is special about the inputs, short: ``"fp32 97x1025, row 3 all -inf"``.
+run
+    ``run(backend: str, variant: str) -> output`` (a CuPy array, or a tuple of them). It calls the
+    public API (``tfm_kernels.softmax(x, backend=backend, variant=variant, out=out)``) with inputs
+    the generator made once for the case (on the device, drawn from ``rng``) and a fresh ``out``
+    filled with NaN, so an element the kernel never writes fails the comparison. A variant that
+    cannot take the case raises TypeError/ValueError with a message starting ``"variant:"``
+    (``_registry.choose`` does this); that is recorded as not applicable, not as a failure.
+reference
+    the float64 result from ``numpy_ref`` (an array, or a tuple matching run's outputs), or a
+    zero-argument callable returning it (called once, only if some variant runs).
+tolerance
+    ``tolerance(out: np.ndarray, ref: np.ndarray) -> (ok, max_err, tol)``, or a tuple of them, one
+    per output. Build it with :func:`fp32_rule` (relative 1e-6, scaled by sqrt(reduction length))
+    or :func:`lowprec_rule` (2x the error of the same computation done in NumPy at the kernel's
+    precision, plus a floor): the same rules as ``tests/helpers.py``.
+
+``quick`` asks for a handful of small cases (the GPU check runs ``--quick``: seconds per op); the
+full set should still cover the awkward sizes (1, 17, 97, 129, 1025, 4097, ...) and special values.
+Seeds: each module gets ``default_rng([seed, crc32(module name)])``, so a failure reproduces with
+the same ``--seed`` and adding cases to one module does not change another's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import traceback
+import types
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, NamedTuple
+
+import numpy as np
+
+Verdict = tuple[bool, float, float]  # (ok, max abs error, tolerance)
+
+
+class Case(NamedTuple):
+    op: str
+    description: str
+    run: Callable[[str, str], Any]
+    reference: Any
+    tolerance: Any
+
+
+# ---------------------------------------------------------------------------------------------
+# Tolerance rules (the formulas of tests/helpers.py)
+# ---------------------------------------------------------------------------------------------
+
+def _host(x) -> np.ndarray:
+    return x.get() if hasattr(x, "get") else np.asarray(x)
+
+
+def errors(out, ref) -> tuple[float, float, float]:
+    """(max abs error, mean abs error, max |ref| over finite entries), in float64. Matching
+    infinities agree; NaN anywhere in out counts as an infinite error."""
+    out = _host(out).astype(np.float64)
+    ref = _host(ref).astype(np.float64)
+    if out.shape != ref.shape:
+        return math.inf, math.inf, 0.0
+    both_inf = np.isinf(out) & np.isinf(ref) & (np.sign(out) == np.sign(ref))
+    diff = np.where(both_inf, 0.0, np.abs(out - ref))
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    scale = float(np.max(np.abs(np.where(np.isfinite(ref), ref, 0.0)), initial=0.0))
+    return float(np.max(diff, initial=0.0)), float(np.mean(diff)) if diff.size else 0.0, scale
+
+
+def fp32_rule(reduction: int = 1, rtol: float = 1e-6) -> Callable[[Any, Any], Verdict]:
+    """max |out - ref| <= rtol * sqrt(reduction) * max |ref|."""
+    def rule(out, ref) -> Verdict:
+        mx, _, scale = errors(out, ref)
+        tol = rtol * max(1.0, math.sqrt(reduction)) * max(scale, 1e-30) + 1e-30
+        return mx <= tol, mx, tol
+    return rule
+
+
+def lowprec_rule(baseline, floor: float = 1e-5) -> Callable[[Any, Any], Verdict]:
+    """max |out - ref| <= 2 * max |baseline - ref| + floor * max |ref|, where ``baseline`` is the
+    same computation done in NumPy at the kernel's precision (FlashAttention's rule)."""
+    def rule(out, ref) -> Verdict:
+        mx, _, scale = errors(out, ref)
+        base, _, _ = errors(baseline, ref)
+        tol = 2.0 * base + floor * max(scale, 1e-30)
+        return mx <= tol, mx, tol
+    return rule
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    op: str
+    variant: str
+    backend: str
+    passed: int = 0
+    failed: int = 0
+    not_applicable: int = 0
+    max_err: float = 0.0
+    worst_ratio: float = 0.0
+    broken: str | None = None
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def status(self) -> str:
+        if self.failed:
+            return "known broken" if self.broken else "FAIL"
+        if self.passed:
+            return "pass"
+        return "n/a"
+
+
+def op_modules() -> list[types.ModuleType]:
+    from . import _ops
+
+    return [m for m in vars(_ops).values() if isinstance(m, types.ModuleType)]
+
+
+def _matches(op: str, wanted: list[str] | None) -> bool:
+    # "--op softmax" selects softmax and softmax_backward; "--op attention" both attention ops.
+    return not wanted or any(op == w or op.startswith(w + "_") for w in wanted)
+
+
+def _as_tuple(x) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _verdicts(case: Case, outs: tuple, refs: tuple) -> list[Verdict]:
+    rules = case.tolerance if isinstance(case.tolerance, (tuple, list)) else (case.tolerance,) * len(refs)
+    if len(outs) != len(refs) or len(rules) != len(refs):
+        return [(False, math.inf, 0.0)]
+    return [rule(_host(o), r) for rule, o, r in zip(rules, outs, refs)]
+
+
+def run_checks(ops: list[str] | None = None, backends: list[str] | None = None,
+               variants: list[str] | None = None, quick: bool = False, seed: int = 0,
+               log: Callable[[str], None] | None = None, limit: int | None = None) -> list[Row]:
+    """Run every case of every selected op on every variant and backend; see the module docstring.
+    ``limit``: at most this many cases per op (scripts/sanitize_cases.py uses 1)."""
+    from . import _backend
+    from ._registry import variants as registry_variants
+
+    avail = _backend.available()
+    backends = [b for b in (backends or list(_backend.BACKENDS)) if b in avail]
+    if not backends:
+        raise RuntimeError("no backend can run: " + "; ".join(
+            f"{k}: {v[1]}" for k, v in _backend.status().items() if not v[0]) or "none selected")
+    cc = _backend.get(backends[0]).cc
+    rows: dict[tuple[str, str, str], Row] = {}
+    taken: dict[str, int] = {}
+
+    for mod in op_modules():
+        gen = getattr(mod, "check_cases", None)
+        if gen is None:
+            continue
+        rng = np.random.default_rng([seed, zlib.crc32(mod.__name__.encode())])
+        for raw in gen(rng, quick):
+            case = Case(*raw)
+            if not _matches(case.op, ops):
+                continue
+            if limit is not None:
+                if taken.get(case.op, 0) >= limit:
+                    continue
+                taken[case.op] = taken.get(case.op, 0) + 1
+            refs = None
+            for v in registry_variants(case.op):
+                if variants and not ({v.key, v.name, str(v.number)} & set(variants)):
+                    continue
+                for be in backends:
+                    row = rows.setdefault((case.op, v.key, be), Row(case.op, v.key, be, broken=v.broken))
+                    if cc < v.arch:
+                        row.not_applicable += 1
+                        continue
+                    t0 = time.perf_counter()
+                    try:
+                        outs = _as_tuple(case.run(be, v.key))
+                        if refs is None:
+                            ref = case.reference() if callable(case.reference) else case.reference
+                            refs = tuple(np.asarray(r, dtype=np.float64) for r in _as_tuple(ref))
+                        verdicts = _verdicts(case, outs, refs)
+                    except (TypeError, ValueError) as e:
+                        if str(e).startswith("variant:"):
+                            row.not_applicable += 1
+                            continue
+                        verdicts, err = [(False, math.inf, 0.0)], f"{type(e).__name__}: {e}"
+                    except Exception as e:  # a CUDA error: record it and keep going
+                        verdicts, err = [(False, math.inf, 0.0)], f"{type(e).__name__}: {e}"
+                        if log:
+                            log(traceback.format_exc(limit=3))
+                    else:
+                        err = None
+                    row.seconds += time.perf_counter() - t0
+                    ok = all(vd[0] for vd in verdicts)
+                    for _, mx, tol in verdicts:
+                        row.max_err = max(row.max_err, mx)
+                        row.worst_ratio = max(row.worst_ratio, mx / tol if tol > 0 else math.inf)
+                    if ok:
+                        row.passed += 1
+                    else:
+                        row.failed += 1
+                        detail = err or ", ".join(f"max err {mx:.3e} > tol {tol:.3e}" for ok_, mx, tol in verdicts if not ok_)
+                        row.failures.append(f"{case.description}: {detail}")
+                    if log:
+                        log(f"{case.op}/{v.key} [{be}] {case.description}: {'ok' if ok else 'FAIL'}")
+    return list(rows.values())
+
+
+def format_table(rows: list[Row]) -> str:
+    head = ("op", "variant", "backend", "passed", "n/a", "max err", "err/tol", "status")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        ran = r.passed + r.failed
+        lines.append(f"| {r.op} | {r.variant} | {r.backend} | {r.passed}/{ran} | {r.not_applicable} | "
+                     f"{r.max_err:.2e} | {r.worst_ratio:.2f} | {r.status} |")
+    fails = [(r, f) for r in rows for f in r.failures]
+    if fails:
+        lines.append("")
+        lines.append("Failures:")
+        for r, f in fails[:200]:
+            tag = " (known broken: " + r.broken + ")" if r.broken else ""
+            lines.append(f"- {r.op}/{r.variant} [{r.backend}]{tag}: {f}")
+    return "\n".join(lines)
+
+
+def add_check_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--op", action="append", help="op to check (repeatable; 'softmax' includes softmax_backward)")
+    p.add_argument("--backend", choices=["ext", "cupy", "both"], default="both")
+    p.add_argument("--variant", action="append", help="variant key, name or number (repeatable)")
+    p.add_argument("--quick", action="store_true", help="a few small cases per op")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every case as it runs")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    backends = None if args.backend == "both" else [args.backend]
+    log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.verbose else None
+    t0 = time.perf_counter()
+    try:
+        rows = run_checks(args.op, backends, args.variant, args.quick, args.seed, log)
+    except RuntimeError as e:
+        print(f"tfm-kernels check: {e}", file=sys.stderr)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"error": str(e), "rows": []}, f, indent=1)
+        return 2
+    print(format_table(rows))
+    failed = [r for r in rows if r.failed and not r.broken]
+    ran = sum(r.passed + r.failed for r in rows)
+    print(f"\n{ran} runs, {sum(r.passed for r in rows)} passed, {sum(r.failed for r in rows)} failed "
+          f"({len(failed)} rows failing, not counting known-broken variants) in {time.perf_counter() - t0:.1f}s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": [dict(vars(r), status=r.status) for r in rows]}, f, indent=1, default=str)
+    if ran == 0:
+        print("nothing ran: no op module defines check_cases for this selection", file=sys.stderr)
+        return 2
+    return 1 if failed else 0
