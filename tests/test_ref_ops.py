@@ -107,23 +107,18 @@ def test_erf_against_libm_and_torch():
 
 @pytest.mark.parametrize("kind", ["relu", "gelu", "gelu_tanh"])
 def test_activations(rng, kind):
-    torch = need_torch()
-    F = torch.nn.functional
     x = rng.standard_normal((4, 33)) * 3
     x[np.abs(x) < 1e-3] = 0.5          # relu's kink: finite differences straddling 0 are meaningless
-    if kind == "relu":
-        fwd = lambda: R.relu_forward(x)
-        bwd = R.relu_backward
-        tf = F.relu
-    else:
-        approx = "none" if kind == "gelu" else "tanh"
-        fwd = lambda: R.gelu_forward(x, approx)
-        bwd = R.gelu_backward
-        tf = lambda t: F.gelu(t, approximate=approx)
+    approx = "none" if kind == "gelu" else "tanh"
+    fwd = (lambda: R.relu_forward(x)) if kind == "relu" else (lambda: R.gelu_forward(x, approx))
+    bwd = R.relu_backward if kind == "relu" else R.gelu_backward
     y, cache = fwd()
     w = rng.standard_normal(y.shape)
     dx = bwd(w, cache)
     fd_check(lambda: fwd()[0], {"x": dx}, {"x": x}, w)
+    torch = need_torch()
+    F = torch.nn.functional
+    tf = F.relu if kind == "relu" else (lambda t: F.gelu(t, approximate=approx))
     xt = torch.from_numpy(x).requires_grad_()
     yt = tf(xt)
     yt.backward(torch.from_numpy(w))
@@ -143,7 +138,6 @@ def test_activations_keep_float32(rng):
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("shape", [(1, 3), (5, 8), (2, 3, 17)])  # E = 2: xhat = +-1, dx ~ eps only
 def test_layer_norm(rng, affine, shape):
-    torch = need_torch()
     E = shape[-1]
     x = rng.standard_normal(shape) * 2 + 1
     wt = rng.standard_normal(E) if affine else None
@@ -153,6 +147,7 @@ def test_layer_norm(rng, affine, shape):
     dx, dwt, db = R.layer_norm_backward(w, cache)
     inputs = {"x": x} | ({"wt": wt, "b": b} if affine else {})
     fd_check(lambda: R.layer_norm_forward(x, wt, b, eps=1e-5)[0], {"x": dx, "wt": dwt, "b": db}, inputs, w)
+    torch = need_torch()
     xt = torch.from_numpy(x).requires_grad_()
     ts = [torch.from_numpy(a).requires_grad_() for a in (wt, b)] if affine else [None, None]
     yt = torch.nn.functional.layer_norm(xt, (E,), ts[0], ts[1], eps=1e-5)
@@ -200,7 +195,6 @@ def test_dropout_identity_and_p1(rng):
 @pytest.mark.parametrize("ignore", [False, True])
 @pytest.mark.parametrize("shape", [(1,), (6,), (2, 5)])
 def test_cross_entropy(rng, smoothing, ignore, shape):
-    torch = need_torch()
     C = 7
     logits = rng.standard_normal(shape + (C,)) * 2
     targets = rng.integers(0, C, shape)
@@ -212,13 +206,14 @@ def test_cross_entropy(rng, smoothing, ignore, shape):
     dlogits = R.cross_entropy_backward(1.0, cache)
     num = numerical_grad(lambda: float(R.cross_entropy_forward(logits, targets, ignore_index, smoothing)[0]), logits)
     assert rel_error(dlogits, num) <= FD_TOL
+    np.testing.assert_allclose(R.cross_entropy_backward(2.5, cache), 2.5 * dlogits, rtol=1e-14)
+    torch = need_torch()
     lt = torch.from_numpy(logits.reshape(-1, C)).requires_grad_()
     tl = torch.nn.functional.cross_entropy(lt, torch.from_numpy(targets.reshape(-1)), ignore_index=ignore_index,
                                            label_smoothing=smoothing)
     tl.backward()
     assert float(loss) == pytest.approx(tl.item(), rel=1e-13)
     np.testing.assert_allclose(dlogits.reshape(-1, C), lt.grad.numpy(), rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(R.cross_entropy_backward(2.5, cache), 2.5 * dlogits, rtol=1e-14)
 
 
 def test_cross_entropy_positive_ignore_index_and_all_ignored(rng):
