@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     lr = args.lr
     losses = []
     train_rng = np.random.default_rng(args.seed + 1)
-    for step in range(args.steps):
+    for _ in range(args.steps):
         s, ti, to, sm, tm = reversal_batch(train_rng, 32, 7, cfg.vocab_size)
         lg, c = model.forward(s, ti, sm, tm)
         l, lc = R.cross_entropy_forward(lg, to, ignore_index=PAD)
