@@ -4,9 +4,12 @@
 // m_i, l_i, acc, D_i).
 //
 // Kernels (variants in tfm_kernels/attention_tc.py):
-//   attn_fwd_tc<D, BN, MW>      forward 10. CTA = one query tile of BM = 64*MW rows, 4 warps, each
-//                               warp owns MW m16 tiles (16*MW rows). Q_i lives in registers as mma A
-//                               fragments; K_j/V_j (BN keys) are double-buffered in smem by cp.async.
+//   attn_fwd_tc<D, BN, MW, QREG>
+//                               forward 10 (and 13). CTA = one query tile of BM = 64*MW rows, 4
+//                               warps, each warp owns MW m16 tiles (16*MW rows). Q_i lives in
+//                               registers as mma A fragments (QREG) or is re-read from smem per k16
+//                               step (13 at D = 96/128, to afford MW = 2 there); K_j/V_j (BN keys)
+//                               are double-buffered in smem by cp.async.
 //                               S = Q_i K_j^T and acc += P V_j accumulate in fp32 registers; the
 //                               online softmax runs on the S fragments (row max/sum over the 4
 //                               lanes of a quad: two shuffles); P goes to fp16 in registers and is
@@ -80,7 +83,7 @@ static __device__ __forceinline__ float tc_quad_sum(float x) {
 //   S[mi][nt][0..1]: row g,   keys n0 + 8*nt + 2t + {0,1};  S[mi][nt][2..3]: row g+8, same keys.
 //   acc[mi][dt][..]: the same with head-dim columns 8*dt + 2t + {0,1}.
 // So each row's values sit in the 4 lanes of one quad, and its max/sum needs shuffles by 1 and 2.
-template <int D, int BN, int MW>
+template <int D, int BN, int MW, bool QREG>
 __global__ void __launch_bounds__(128)
 attn_fwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
             __half* __restrict__ o, float* __restrict__ lse, const int* __restrict__ kv_lens,
@@ -141,7 +144,10 @@ attn_fwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
     tc_load_tile<BN, D, THREADS>(sV, v, 0, kv_len, tid);
     cp_async_commit();
 
-    uint32_t qf[MW][KT][4];  // Q_i as mma A fragments, loaded once
+    // QREG: Q_i as mma A fragments, loaded once (MW * D/4 registers); otherwise re-read from smem at
+    // every k16 step (one ldmatrix x4 per m16 tile per step), which frees those registers for a
+    // second m16 tile at D = 96/128 (FA2's choice there).
+    uint32_t qf[QREG ? MW : 1][QREG ? KT : 1][4];
     float acc[MW][DT][4];
     float m_i[MW][2], l_i[MW][2];  // running max (base-2, scaled) and this lane's partial row sum
 #pragma unroll
@@ -159,15 +165,18 @@ attn_fwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
         const int n0 = jb * BN;
         cp_async_wait<0>();
         __syncthreads();  // K_j/V_j visible to all; everyone is done with the buffer reloaded next
-        if (jb == 0) {
-            // ldmatrix x4 address for A (16x16 at rows r, cols c): lane -> row r + lane%16,
-            // col c + (lane/16)*8 (matrices: rows 0-7|8-15 x cols 0-7|8-15 = a0a1, a2a3, a4a5, a6a7).
+        // ldmatrix x4 address for A (16x16 at rows r, cols c): lane -> row r + lane%16,
+        // col c + (lane/16)*8 (matrices: rows 0-7|8-15 x cols 0-7|8-15 = a0a1, a2a3, a4a5, a6a7).
+        auto q_addr = [&](int mi, int kk) {
+            return smem_u32(sQ + (wrow + mi * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+        };
+        if constexpr (QREG) {
+            if (jb == 0) {
 #pragma unroll
-            for (int mi = 0; mi < MW; ++mi)
+                for (int mi = 0; mi < MW; ++mi)
 #pragma unroll
-                for (int kk = 0; kk < KT; ++kk)
-                    ldmatrix_x4(qf[mi][kk], smem_u32(sQ + (wrow + mi * 16 + lane % 16) * LD + kk * 16 +
-                                                     (lane / 16) * 8));
+                    for (int kk = 0; kk < KT; ++kk) ldmatrix_x4(qf[mi][kk], q_addr(mi, kk));
+            }
         }
         if (jb + 1 < nblocks) {  // prefetch K_{j+1}, V_{j+1} into the other buffer
             tc_load_tile<BN, D, THREADS>(sK + (buf ^ 1) * BN * LD, k, n0 + BN, kv_len, tid);
@@ -188,7 +197,17 @@ attn_fwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
 #pragma unroll
                 for (int c = 0; c < 4; ++c) s[mi][nt][c] = 0.f;
 #pragma unroll
-        for (int kk = 0; kk < KT; ++kk)
+        for (int kk = 0; kk < KT; ++kk) {
+            uint32_t qa[MW][4];
+#pragma unroll
+            for (int mi = 0; mi < MW; ++mi) {
+                if constexpr (QREG) {
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) qa[mi][c] = qf[mi][kk][c];
+                } else {
+                    ldmatrix_x4(qa[mi], q_addr(mi, kk));
+                }
+            }
 #pragma unroll
             for (int np = 0; np < NT / 2; ++np) {
                 uint32_t b[4];
@@ -197,10 +216,11 @@ attn_fwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
                 const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
 #pragma unroll
                 for (int mi = 0; mi < MW; ++mi) {
-                    mma_16816(s[mi][2 * np], qf[mi][kk], b0);
-                    mma_16816(s[mi][2 * np + 1], qf[mi][kk], b1);
+                    mma_16816(s[mi][2 * np], qa[mi], b0);
+                    mma_16816(s[mi][2 * np + 1], qa[mi], b1);
                 }
             }
+        }
 
         // Scale to base 2 and mask. Only tiles crossing kv_len or the diagonal pay for the test.
         const bool edge = (n0 + BN > kv_len) || (causal && n0 + BN - 1 > m0 + wrow);
@@ -299,10 +319,12 @@ attn_fwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
         }
 }
 
-TFM_EXPORT(attn_fwd_tc<32, 64, 2>)
-TFM_EXPORT(attn_fwd_tc<64, 64, 2>)
-TFM_EXPORT(attn_fwd_tc<96, 64, 1>)
-TFM_EXPORT(attn_fwd_tc<128, 64, 1>)
+TFM_EXPORT(attn_fwd_tc<32, 64, 2, true>)
+TFM_EXPORT(attn_fwd_tc<64, 64, 2, true>)
+TFM_EXPORT(attn_fwd_tc<96, 64, 1, true>)
+TFM_EXPORT(attn_fwd_tc<128, 64, 1, true>)
+TFM_EXPORT(attn_fwd_tc<96, 32, 2, false>)
+TFM_EXPORT(attn_fwd_tc<128, 32, 2, false>)
 
 // ------------------------------------------------------------------------------------------------
 // Backward preprocessing: D_i = rowsum(dO_i * O_i) (fp32 sums of fp16 products), one warp per row;

@@ -122,8 +122,8 @@ def load_tile(rows: int, D: int, g: np.ndarray, r0: int, limit: int) -> np.ndarr
 
 # ------------------------------------------------------------------------------------------ forward
 
-def fwd_cta(q, k, v, o, lse, *, kv_len, causal, scale, D, BN, MW, mblk):
-    """attn_fwd_tc<D, BN, MW> for one (b, h) and query tile mblk (already the remapped index).
+def fwd_cta(q, k, v, o, lse, *, kv_len, causal, scale, D, BN, MW, mblk, QREG=True):
+    """attn_fwd_tc<D, BN, MW, QREG> for one (b, h) and query tile mblk (the remapped index).
     q (Lq, D), k, v (Lk, D) fp16; writes o (Lq, D) fp16 and lse (Lq,) fp32."""
     Lq, Lk = q.shape[0], k.shape[0]
     BM, LD, KT, NT, DT = 64 * MW, D + 8, D // 16, BN // 8, D // 8
@@ -153,17 +153,21 @@ def fwd_cta(q, k, v, o, lse, *, kv_len, causal, scale, D, BN, MW, mblk):
             n0 = jb * BN
             Kj = load_tile(BN, D, k, n0, kv_len)
             Vj = load_tile(BN, D, v, n0, kv_len)
-            if jb == 0:
+            def q_addr(mi, kk):
+                return (wrow + mi * 16 + LANES % 16) * LD + kk * 16 + (LANES // 16) * 8
+
+            if QREG and jb == 0:
                 for mi in range(MW):
                     for kk in range(KT):
-                        qf[mi, kk] = ldmatrix_x4(sQ, (wrow + mi * 16 + LANES % 16) * LD + kk * 16 + (LANES // 16) * 8)
+                        qf[mi, kk] = ldmatrix_x4(sQ, q_addr(mi, kk))
             s = np.zeros((MW, NT, 32, 4), dtype=np.float32)
             for kk in range(KT):
+                qa = [qf[mi, kk] if QREG else ldmatrix_x4(sQ, q_addr(mi, kk)) for mi in range(MW)]
                 for np_ in range(NT // 2):
                     b = ldmatrix_x4(Kj, (np_ * 16 + LANES % 8 + (LANES // 16) * 8) * LD + kk * 16 + ((LANES // 8) % 2) * 8)
                     for mi in range(MW):
-                        mma_16816(s[mi, 2 * np_], qf[mi, kk], b[:, 0:2])
-                        mma_16816(s[mi, 2 * np_ + 1], qf[mi, kk], b[:, 2:4])
+                        mma_16816(s[mi, 2 * np_], qa[mi], b[:, 0:2])
+                        mma_16816(s[mi, 2 * np_ + 1], qa[mi], b[:, 2:4])
             edge = (n0 + BN > kv_len) or (causal and n0 + BN - 1 > m0 + wrow)
             for mi in range(MW):
                 for nt in range(NT):
@@ -222,7 +226,7 @@ def fwd_cta(q, k, v, o, lse, *, kv_len, causal, scale, D, BN, MW, mblk):
                         lse[row] = (m_i[mi, r, l] + np.log2(lsum[l])) * LN2 if lsum[l] > 0 else -np.inf
 
 
-def fwd(q, k, v, *, kv_len, causal, scale, D, BN, MW):
+def fwd(q, k, v, *, kv_len, causal, scale, D, BN, MW, QREG=True):
     """The whole grid for one (b, h): every query tile, in the kernel's causal launch order."""
     Lq = q.shape[0]
     o = np.full((Lq, D), np.nan, dtype=np.float16)
@@ -231,7 +235,8 @@ def fwd(q, k, v, *, kv_len, causal, scale, D, BN, MW):
     grid = -(-Lq // BM)
     for bx in range(grid):
         mblk = grid - 1 - bx if causal else bx
-        fwd_cta(q, k, v, o, lse, kv_len=kv_len, causal=causal, scale=scale, D=D, BN=BN, MW=MW, mblk=mblk)
+        fwd_cta(q, k, v, o, lse, kv_len=kv_len, causal=causal, scale=scale, D=D, BN=BN, MW=MW, mblk=mblk,
+                QREG=QREG)
     return o, lse
 
 

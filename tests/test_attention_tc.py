@@ -45,7 +45,7 @@ H200_SMEM = 227 * 1024
 # ---------------------------------------------------------------------------------------------
 
 def test_registered():
-    assert [v.number for v in FWD] == [10] and [v.number for v in BWD] == [11, 12]
+    assert [v.number for v in FWD] == [10, 13] and [v.number for v in BWD] == [11, 12]
     for v in FWD + BWD:
         assert v.dtypes == ("float16",) and v.description and v.hot, v.qualname
         exported = set(_backend.exports(tc.SOURCE))
@@ -55,11 +55,13 @@ def test_registered():
         for d in tc.HEAD_DIMS:
             assert v.reason_unsupported(dtype="float16", head_dim=d) is None
     assert BWD[1].extra.get("opt_in"), "12 (deterministic, slower) must be asked for by number"
+    assert FWD[1].extra.get("opt_in"), "13 stays opt-in until measured faster than 10"
 
 
 @pytest.mark.parametrize("D", tc.HEAD_DIMS)
 def test_smem_fits(D):
-    for nbytes in (tc.fwd_smem(D), tc.bwd_smem(D, True), tc.bwd_smem(D, False), tc.dq_smem(D)):
+    for nbytes in (tc.fwd_smem(D), tc.fwd_smem(D, 13), tc.bwd_smem(D, True), tc.bwd_smem(D, False),
+                   tc.dq_smem(D)):
         assert 0 < nbytes <= H200_SMEM, (D, nbytes)
 
 
@@ -76,17 +78,20 @@ def _f64(x):
     return x[None, None].astype(np.float64)
 
 
-# (Lq, Lk, D, causal, kv_len): ragged query and key tiles, multi-block key loops, the diagonal in
-# the middle of a tile, kv_len cutting a tile, kv_len 0 (no key) and 1, Lq > Lk and Lq < Lk.
-EMU_FWD = [(97, 83, 32, True, 50), (70, 130, 96, False, 130), (17, 5, 64, True, 0),
-           (65, 66, 128, True, 1), (130, 20, 64, False, 17)]
+# (variant, Lq, Lk, D, causal, kv_len): ragged query and key tiles, multi-block key loops, the
+# diagonal in the middle of a tile, kv_len cutting a tile, kv_len 0 (no key) and 1, Lq > Lk and
+# Lq < Lk; 13 where it differs from 10 (D = 96/128).
+EMU_FWD = [(10, 97, 83, 32, True, 50), (10, 70, 130, 96, False, 130), (10, 17, 5, 64, True, 0),
+           (10, 65, 66, 128, True, 1), (10, 130, 20, 64, False, 17), (13, 130, 75, 128, True, 60),
+           (13, 40, 70, 96, False, 70)]
 
 
-@pytest.mark.parametrize("Lq, Lk, D, causal, kv_len", EMU_FWD)
-def test_emulated_forward(Lq, Lk, D, causal, kv_len, rng):
+@pytest.mark.parametrize("variant, Lq, Lk, D, causal, kv_len", EMU_FWD)
+def test_emulated_forward(variant, Lq, Lk, D, causal, kv_len, rng):
     q, k, v, _ = _fp16_case(rng, Lq, Lk, D)
-    bn, mw = tc.FWD_TILES[D]
-    o, lse = emu.fwd(q, k, v, kv_len=kv_len, causal=causal, scale=1 / np.sqrt(D), D=D, BN=bn, MW=mw)
+    bn, mw, qreg = tc.FWD13_TILES[D] if variant == 13 else (*tc.FWD_TILES[D], True)
+    o, lse = emu.fwd(q, k, v, kv_len=kv_len, causal=causal, scale=1 / np.sqrt(D), D=D, BN=bn, MW=mw,
+                     QREG=qreg)
     ro, rl = numpy_ref.attention_forward(_f64(q), _f64(k), _f64(v), causal, np.array([kv_len]))
     assert not np.isnan(o).any() and not np.isnan(lse).any(), "an output was never written"
     # fp16 o: a few ulps of |o| <= max|v|; lse: fp32 sums of D products.

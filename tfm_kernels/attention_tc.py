@@ -8,6 +8,8 @@ are ``tfm_kernels/attention.py``'s (each ``fn`` here receives validated, contigu
     forward   10_tc       fp16 in, fp32 accumulate, fp16 o, fp32 lse. CTA = 64*MW query rows, 4
                           warps x 16*MW rows; Q_i in registers, K_j/V_j double-buffered by cp.async;
                           online softmax on the accumulator fragments, P reused as the A operand
+              13_tc_m128  as 10 with 128-row query tiles at every head dim (D = 96/128: Q_i from
+                          smem per k-step, 32-key tiles); opt-in until measured: variant=13
     backward  11_tc       CTA per 64-key block: dK_j, dV_j in registers, P and dS recomputed from lse
                           on tensor cores; dQ by fp32 atomics into a scratch accumulator, then one
                           conversion pass (scale, fp16)
@@ -33,6 +35,10 @@ LOG2E = 1.4426950408889634
 # D <= 64 takes two m16 tiles per warp (BM = 128): twice the mma work per ldmatrix of K_j and V_j;
 # at D = 96/128 the fp32 acc (D/2 registers per m16 tile) leaves no room for a second one.
 FWD_TILES = {32: (64, 2), 64: (64, 2), 96: (64, 1), 128: (64, 1)}
+# forward 13: 128-row query tiles at every head dim. At D = 96/128 that takes Q_i out of the
+# registers (re-read from smem each k16 step) and BN = 32 keys (two m16 tiles of fp32 acc are
+# 2 x D/2 registers; with BN = 64 ptxas spills); D <= 64 is 10's configuration unchanged.
+FWD13_TILES = {32: (64, 2, True), 64: (64, 2, True), 96: (32, 2, False), 128: (32, 2, False)}
 # backward (dK/dV kernel): head_dim -> BM query rows per Q_i/dO_i tile (key block fixed at 64).
 # D = 96/128: dK_j and dV_j take D registers per thread, so S^T and dP^T get half the queries.
 BWD_BM = {32: 64, 64: 64, 96: 32, 128: 32}
@@ -42,13 +48,14 @@ DQ_BN = {32: 64, 64: 64, 96: 64, 128: 32}
 DQ_BM = 64
 
 __doc__ += "".join(
-    f"\n    D = {d:3d}: forward BM x BN = {64 * FWD_TILES[d][1]} x {FWD_TILES[d][0]}, backward "
+    f"\n    D = {d:3d}: forward BM x BN = {64 * FWD_TILES[d][1]} x {FWD_TILES[d][0]} (13: "
+    f"{64 * FWD13_TILES[d][1]} x {FWD13_TILES[d][0]}), backward "
     f"64 keys x {BWD_BM[d]} queries, dQ (12) 64 queries x {DQ_BN[d]} keys" for d in HEAD_DIMS) + "\n"
 
 
-def fwd_kernel(D: int) -> str:
-    bn, mw = FWD_TILES[D]
-    return f"attn_fwd_tc<{D}, {bn}, {mw}>"
+def fwd_kernel(D: int, number: int = 10) -> str:
+    bn, mw, qreg = FWD13_TILES[D] if number == 13 else (*FWD_TILES[D], True)
+    return f"attn_fwd_tc<{D}, {bn}, {mw}, {'true' if qreg else 'false'}>"
 
 
 def bwd_kernel(D: int, atomic: bool) -> str:
@@ -59,9 +66,9 @@ def dq_kernel(D: int) -> str:
     return f"attn_bwd_dq_tc<{D}, {DQ_BN[D]}>"
 
 
-def fwd_smem(D: int) -> int:
+def fwd_smem(D: int, number: int = 10) -> int:
     """Q_i [BM][D+8] and two buffers each of K_j, V_j [BN][D+8], fp16."""
-    bn, mw = FWD_TILES[D]
+    bn, mw = FWD13_TILES[D][:2] if number == 13 else FWD_TILES[D]
     return (64 * mw + 4 * bn) * (D + 8) * 2
 
 
@@ -91,14 +98,19 @@ def _supports(dtype, head_dim, **_):
 
 # ------------------------------------------------------------------------------------------ forward
 
-def _forward(be, q, k, v, kv_lens, causal, scale, o, lse):
+def _forward(be, q, k, v, kv_lens, causal, scale, o, lse, number=10):
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
-    ntiles = _cdiv(Lq, 64 * FWD_TILES[D][1])
-    be.launch(Launch(SOURCE, fwd_kernel(D), (ntiles * B * H, 1, 1), (THREADS, 1, 1),
+    mw = FWD13_TILES[D][1] if number == 13 else FWD_TILES[D][1]
+    ntiles = _cdiv(Lq, 64 * mw)
+    be.launch(Launch(SOURCE, fwd_kernel(D, number), (ntiles * B * H, 1, 1), (THREADS, 1, 1),
                      (q, k, v, o, lse, kv_lens, np.int32(H), np.int32(Lq), np.int32(Lk),
                       np.int32(ntiles), np.float32(scale * LOG2E), np.int32(causal)),
-                     fwd_smem(D)))
+                     fwd_smem(D, number)))
+
+
+def _forward13(be, *args):
+    _forward(be, *args, number=13)
 
 
 # ------------------------------------------------------------------------------------------ backward
@@ -147,6 +159,14 @@ register(Variant(
     "A operand of P V; masks only on edge tiles",
     _forward, dtypes=("float16",), supports=_supports,
     kernels=tuple((SOURCE, fwd_kernel(d)) for d in HEAD_DIMS), hot=True))
+register(Variant(
+    "attention_forward", 13, "tc_m128",
+    "as 10_tc with 128-row query tiles (2 m16 tiles per warp) at every head dim: at D = 96/128 Q_i "
+    "is re-read from smem per k16 step and K_j/V_j tiles are 32 keys, halving K/V smem reads per "
+    "FLOP (FA2's D = 128 shape; opt-in until measured: variant=13)",
+    _forward13, dtypes=("float16",), supports=_supports,
+    kernels=tuple((SOURCE, fwd_kernel(d, 13)) for d in HEAD_DIMS), hot=True,
+    extra={"opt_in": True}))
 register(Variant(
     "attention_backward", 11, "tc",
     "fp16 FlashAttention-2 backward on tensor cores: CTA per 64-key block, dK_j/dV_j in fp32 "
