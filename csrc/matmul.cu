@@ -39,8 +39,9 @@
 //   9 tf32_mma       opt-in: mma.sync m16n8k8 TF32 tensor cores (operands rounded with
 //                    cvt.rna.tf32.f32, ~1e-3 relative error, not the fp32 contract).  ~2-4x cuBLAS fp32
 //
-// Build checks without a GPU: nvcc -arch=sm_90 -Xptxas -v (no spills in 5..8) and NVRTC
-// (tests/test_build.py); the tiling/index emulation is scripts/emulate_matmul_tiles.py.
+// Build checks without a GPU: nvcc -arch=sm_90 -Xptxas -v (no spills in 5..9) and NVRTC
+// (tests/test_build.py); the thread/tile/fragment index maps of 6..9 and the cp.async ring are
+// emulated in NumPy by tests/test_matmul.py (test_emulate_*), at awkward sizes, every layout.
 #include "common.cuh"
 #include "mma.cuh"  // smem_u32, cp_async_16 (zero-fill), cp_async_commit, cp_async_wait
 
@@ -574,12 +575,13 @@ static __device__ __forceinline__ void tile_cp_async(float* S, const float* __re
         const int r0 = tid / TC, c = tid % TC;
         const int gc = col0 + c;
         const bool col_ok = gc < cols;
-        const float* src = X + (row0 + r0) * cols + gc;
+        // 64-bit offsets: a row past the edge (row0 + r0 >= rows, never read) may lie beyond int32.
+        const float* src = X + static_cast<long long>(row0 + r0) * cols + gc;
         const uint32_t dst = smem_u32(&S[STORE_T ? c * LDS + r0 : r0 * LDS + c]);
 #pragma unroll 4
         for (int j = 0; j < TR / RSTEP; ++j) {
             const bool ok = col_ok && row0 + r0 + j * RSTEP < rows;
-            cp_async_4(dst + j * DSTEP, ok ? src + j * RSTEP * cols : X, ok);
+            cp_async_4(dst + j * DSTEP, ok ? src + static_cast<long long>(j * RSTEP) * cols : X, ok);
         }
     }
 }
