@@ -318,10 +318,11 @@ def test_emulated_online_softmax_matches_reference_and_masks():
 # GPU
 # ---------------------------------------------------------------------------------------------
 
-# (rows, cols): awkward lengths on both sides of every planning threshold.
-SHAPES = [(1, 1), (5, 1), (7, 17), (9, 31), (11, 33), (3, 97), (64, 129), (40, 1000), (6, 1025),
-          (3, 4097), (2, 8192), (3, 8193), (2, 16385), (2, 32768), (2, 100000), (1, 262144),
-          (70000, 3)]
+# (rows, cols): awkward lengths on both sides of every planning threshold, and multiples of 8 that
+# take the 16-byte path of every register-kernel width (TPR 1, 32, 128, 256, 512, 1024).
+SHAPES = [(1, 1), (5, 1), (7, 17), (5, 24), (9, 31), (11, 33), (3, 97), (64, 129), (40, 1000),
+          (4, 1024), (6, 1025), (3, 2048), (3, 4096), (3, 4097), (2, 8192), (3, 8193), (2, 16384),
+          (2, 16385), (2, 32768), (2, 100000), (1, 262144), (70000, 3)]
 MARGIN = 64  # poisoned elements before and after every output: a stray write changes them
 
 
