@@ -63,8 +63,8 @@ def normal_cdf(x: np.ndarray) -> np.ndarray:
 
 def relu_forward(x):
     x = _check.float_array(x, "x")
-    pos = x > 0
-    return np.where(pos, x, np.zeros((), x.dtype)), pos
+    # np.maximum propagates NaN as torch.relu does (np.where(x > 0, x, 0) would turn NaN into 0).
+    return np.maximum(x, np.zeros((), x.dtype)), x > 0
 
 
 def relu_backward(dy, cache):
