@@ -155,3 +155,107 @@ def matmul_mma(A, B, trans_a: bool, trans_b: bool, *, BM=128, BN=128, BK=32, WAR
                                 C[rr[ok], cc[ok]] = acc[warp, mt, nt][ok, e0 + dc]
             log.extend(smem.phase_groups)
     return C, log
+
+
+# ------------------------------------------------------------------------------------------------
+# matmul_wgmma (csrc/matmul_sm90.cu): TMA boxes into 128B-swizzled smem, read back through wgmma
+# descriptors. The hardware side is modelled from its definitions:
+#   TMA, CU_TENSOR_MAP_SWIZZLE_128B: box element (outer o, inner i) of a box whose inner extent
+#     is 128 bytes lands at byte o*128 + 2i of the box, then the 16-byte chunk bits [4:6] are
+#     XORed with the row bits [7:9] (Swizzle<3,4,3>); elements outside the tensor are zeros.
+#   wgmma descriptors (CUTLASS make_gmma_desc canonical layouts, 16-bit types, 128B swizzle;
+#     the same XOR applied to the absolute, 1024-aligned address):
+#     K-major:  (mn, k) -> start + (mn % 8) * 128 + (mn // 8) * SBO + 2k
+#     MN-major: (mn, k) -> start + 2 (mn % 64) + (mn // 64) * LBO + (k % 8) * 128 + (k // 8) * SBO
+#   wgmma D fragment (m64nN, f32): warp w, lane l: d[4j + e] = D[16w + l/4 + 8(e >= 2)][8j + 2(l%4) + e%2]
+# ------------------------------------------------------------------------------------------------
+
+def swizzle128(off):
+    off = np.asarray(off)
+    return off ^ (((off >> 7) & 7) << 4)
+
+
+def tma_box(smem, base, g, o0, i0, box_outer, box_inner=64):
+    """Write box (box_outer x box_inner) of the 2-D tensor g (outer x inner) at byte `base`."""
+    assert base % 1024 == 0 and box_inner * 2 == 128
+    o = np.arange(box_outer)[:, None]
+    i = np.arange(box_inner)[None, :]
+    go, gi = o0 + o, i0 + i
+    ok = (go >= 0) & (go < g.shape[0]) & (gi >= 0) & (gi < g.shape[1])
+    vals = np.where(ok, g[np.clip(go, 0, g.shape[0] - 1), np.clip(gi, 0, g.shape[1] - 1)], 0.0)
+    smem[(base + swizzle128(o * 128 + 2 * i)) // 2] = vals
+
+
+def desc_read(smem, start, lbo, sbo, mn_major: bool, n_mn: int):
+    """The (n_mn x 16) operand a wgmma descriptor designates (rows mn, columns k)."""
+    mn = np.arange(n_mn)[:, None]
+    k = np.arange(16)[None, :]
+    if mn_major:
+        off = start + 2 * (mn % 64) + (mn // 64) * lbo + (k % 8) * 128 + (k // 8) * sbo
+    else:
+        off = start + (mn % 8) * 128 + (mn // 8) * sbo + 2 * k
+    assert np.all(off % 2 == 0)
+    return smem[swizzle128(off) // 2]
+
+
+def matmul_wgmma(A, B, trans_a: bool, trans_b: bool, *, BN=256, STAGES=4, GROUP_M=8):
+    """csrc/matmul_sm90.cu's tile order, TMA coordinates, smem offsets, descriptors (start, LBO,
+    SBO, k16 steps, transpose bits) and epilogue, for one matrix. Returns C."""
+    BM, BK, BOX = 128, 64, 8192
+    A_BYTES, B_BYTES = BM * BK * 2, BN * BK * 2
+    M, K = (A.shape[1], A.shape[0]) if trans_a else A.shape
+    N = B.shape[0] if trans_b else B.shape[1]
+    tiles_m, tiles_n = -(-M // BM), -(-N // BN)
+    KT = -(-K // BK)
+    C = np.full((M, N), np.nan)
+    seen = set()
+    for pid in range(tiles_m * tiles_n):
+        group = pid // (GROUP_M * tiles_n)
+        first_m = group * GROUP_M
+        group_rows = min(tiles_m - first_m, GROUP_M)
+        in_group = pid % (GROUP_M * tiles_n)
+        bm0, bn0 = (first_m + in_group % group_rows) * BM, (in_group // group_rows) * BN
+        seen.add((bm0, bn0))
+        smem = np.full(STAGES * (A_BYTES + B_BYTES) // 2, np.nan)
+        sA, sB = 0, STAGES * A_BYTES
+        acc = np.zeros((2, 64, BN))
+        for kt in range(KT):
+            s, k0 = kt % STAGES, kt * BK
+            a, b = sA + s * A_BYTES, sB + s * B_BYTES
+            if trans_a:  # A stored (K, M): inner m
+                tma_box(smem, a, A, k0, bm0, 64)
+                tma_box(smem, a + BOX, A, k0, bm0 + 64, 64)
+            else:        # A stored (M, K): inner k
+                tma_box(smem, a, A, bm0, k0, 128)
+            if trans_b:  # B stored (N, K): inner k
+                tma_box(smem, b, B, bn0, k0, BN)
+            else:        # B stored (K, N): inner n
+                for i in range(BN // 64):
+                    tma_box(smem, b + i * BOX, B, k0, bn0 + 64 * i, 64)
+            for c in range(2):
+                a0, b0 = a + c * BOX, b
+                for kk in range(BK // 16):
+                    if trans_a:
+                        opa = desc_read(smem, a0 + kk * 2048, BOX, 1024, True, 64)
+                    else:
+                        opa = desc_read(smem, a0 + kk * 32, 16, 1024, False, 64)
+                    if trans_b:
+                        opb = desc_read(smem, b0 + kk * 32, 16, 1024, False, BN)
+                    else:
+                        opb = desc_read(smem, b0 + kk * 2048, BOX, 1024, True, BN)
+                    assert not np.isnan(opa).any() and not np.isnan(opb).any(), "read unwritten smem"
+                    acc[c] += opa @ opb.T  # opa (64 x 16: m, k), opb (BN x 16: n, k)
+        # epilogue through the D fragment layout: thread tid, accumulator 4j + e
+        tid = np.arange(128)[:, None, None]
+        j = np.arange(BN // 8)[None, :, None]
+        e = np.arange(4)[None, None, :]
+        lane, w = tid & 31, tid >> 5
+        lr = w * 16 + (lane >> 2) + 8 * (e >= 2)  # row inside the consumer's 64
+        lc = 8 * j + 2 * (lane & 3) + e % 2
+        lr, lc = np.broadcast_arrays(lr, lc)
+        for c in range(2):
+            r, cc = bm0 + c * 64 + lr, bn0 + lc
+            ok = (r < M) & (cc < N)
+            C[r[ok], cc[ok]] = acc[c][lr[ok], lc[ok]]
+    assert len(seen) == tiles_m * tiles_n, "the tile order must visit every tile once"
+    return C

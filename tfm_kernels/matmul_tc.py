@@ -169,22 +169,32 @@ def _encoder_missing() -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=512)
-def tma_descriptor(ptr: int, inner: int, outer: int, batch: int, box_inner: int, box_outer: int) -> bytes:
-    """The 128-byte CUtensorMap of a C-contiguous fp16 tensor (batch, outer, inner) read in boxes of
-    (box_outer x box_inner) elements into 128-byte-swizzled shared memory. Out-of-range box
-    elements are filled with zeros. Cached: the descriptor depends only on these numbers."""
-    drv = _driver()
-    err, tmap = drv.cuTensorMapEncodeTiled(
+def tma_encode_args(drv, ptr: int, inner: int, outer: int, batch: int, box_inner: int,
+                    box_outer: int) -> tuple:
+    """cuTensorMapEncodeTiled's arguments for a C-contiguous fp16 tensor (batch, outer, inner) read
+    in (box_outer x box_inner) boxes into 128-byte-swizzled shared memory, zero-filled outside.
+    cuda-bindings wants its cuuint64_t / cuuint32_t wrappers in the arrays (plain ints raise
+    TypeError there)."""
+    u64, u32 = drv.cuuint64_t, drv.cuuint32_t
+    return (
         drv.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 3, ptr,
-        [inner, outer, batch],                 # dims, innermost first
-        [inner * 2, inner * outer * 2],        # byte strides of dims 1, 2
-        [box_inner, box_outer, 1],
-        [1, 1, 1],
+        [u64(inner), u64(outer), u64(batch)],          # dims, innermost first
+        [u64(inner * 2), u64(inner * outer * 2)],      # byte strides of dims 1 and 2
+        [u32(box_inner), u32(box_outer), u32(1)],
+        [u32(1), u32(1), u32(1)],
         drv.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE,
         drv.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_128B,
         drv.CUtensorMapL2promotion.CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-        drv.CUtensorMapFloatOOBfill.CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE)
+        drv.CUtensorMapFloatOOBfill.CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+    )
+
+
+@functools.lru_cache(maxsize=512)
+def tma_descriptor(ptr: int, inner: int, outer: int, batch: int, box_inner: int, box_outer: int) -> bytes:
+    """The 128-byte CUtensorMap (see tma_encode_args), as the bytes the kernel takes by value.
+    Cached: the descriptor depends only on these numbers."""
+    drv = _driver()
+    err, tmap = drv.cuTensorMapEncodeTiled(*tma_encode_args(drv, ptr, inner, outer, batch, box_inner, box_outer))
     if err != drv.CUresult.CUDA_SUCCESS:
         raise RuntimeError(f"cuTensorMapEncodeTiled failed ({err.name}) for a tensor of "
                            f"{batch} x {outer} x {inner} halves at {ptr:#x}, box {box_outer} x {box_inner}")
