@@ -177,26 +177,15 @@ def _ids(cases):
             for b, h, lq, lk, d, c, kv in cases]
 
 
-def _mask(Lq, Lk, causal, kv_lens, B):
-    i = np.arange(Lq)[:, None]
-    j = np.arange(Lk)[None, :]
-    vis = np.ones((B, 1, Lq, Lk), dtype=bool)
-    if causal:
-        vis &= j <= i
-    if kv_lens is not None:
-        vis &= j < np.asarray(kv_lens)[:, None, None, None]
-    return vis
-
-
 @functools.lru_cache(maxsize=None)
 def _case(B, H, Lq, Lk, D, causal, kv):
-    """fp16 inputs, the float64 reference, and the fp32-math NumPy baseline, computed once per case
-    (shared by both backends and every variant)."""
+    """fp16 inputs, the float64 reference, and the fp32-math NumPy baseline
+    (tfm_kernels.attention_tc.fp16_baseline), computed once per case (shared by both backends and
+    every variant)."""
     rng = np.random.default_rng([B, H, Lq, Lk, D, int(causal)])
     q, do = (rng.standard_normal((B, H, Lq, D)).astype(np.float16) for _ in range(2))
     k, v = (rng.standard_normal((B, H, Lk, D)).astype(np.float16) for _ in range(2))
     kv_lens = None if kv is None else np.array(kv)
-    scale = 1.0 / np.sqrt(D)
     f64 = lambda x: x.astype(np.float64)  # noqa: E731
     ro, rl = numpy_ref.attention_forward(f64(q), f64(k), f64(v), causal, kv_lens)
     # Backward is checked at the reference's own o (rounded to fp16, as a kernel would have it)
@@ -204,31 +193,9 @@ def _case(B, H, Lq, Lk, D, causal, kv):
     o16, lse32 = ro.astype(np.float16), rl.astype(np.float32)
     rg = numpy_ref.attention_backward(f64(do), f64(q), f64(k), f64(v), f64(o16), f64(lse32), causal,
                                       kv_lens)
-
-    # Baseline: fp32 math from the same fp16 values, fp16 where the kernels round.
-    f32 = lambda x: x.astype(np.float32)  # noqa: E731
-    r16 = lambda x: x.astype(np.float16).astype(np.float32)  # noqa: E731
-    vis = _mask(Lq, Lk, causal, kv_lens, B)
-    s = np.matmul(f32(q), np.swapaxes(f32(k), -1, -2)) * np.float32(scale)
-    s = np.where(vis, s, np.float32(-np.inf))
-    m = np.max(s, axis=-1, keepdims=True)
-    m = np.where(m == -np.inf, np.float32(0), m)
-    p = np.exp(s - m)
-    l = np.sum(p, axis=-1, keepdims=True)
-    with np.errstate(divide="ignore"):
-        b_lse = (m + np.log(l))[..., 0]
-    b_o = (np.matmul(r16(p), f32(v)) / np.where(l == 0, np.float32(1), l)).astype(np.float16)
-    lse_safe = np.where(lse32 == -np.inf, np.float32(np.inf), lse32)
-    with np.errstate(invalid="ignore"):
-        p = np.where(vis, np.exp(s - lse_safe[..., None]), np.float32(0))
-    b_dv = np.matmul(np.swapaxes(r16(p), -1, -2), f32(do)).astype(np.float16)
-    dp = np.matmul(f32(do), np.swapaxes(f32(v), -1, -2))
-    d_i = np.sum(f32(do) * f32(o16), axis=-1, keepdims=True)
-    ds = r16(p * (dp - d_i))
-    b_dq = (np.matmul(ds, f32(k)) * np.float32(scale)).astype(np.float16)
-    b_dk = (np.matmul(np.swapaxes(ds, -1, -2), f32(q)) * np.float32(scale)).astype(np.float16)
+    b_o, b_lse, b_grads = tc.fp16_baseline(q, k, v, do, o16, lse32, causal, kv_lens, 1.0 / np.sqrt(D))
     return dict(q=q, k=k, v=v, do=do, kv_lens=kv_lens, o16=o16, lse32=lse32, ref_o=ro, ref_lse=rl,
-                ref_grads=rg, base_o=b_o, base_lse=b_lse, base_grads=(b_dq, b_dk, b_dv))
+                ref_grads=rg, base_o=b_o, base_lse=b_lse, base_grads=b_grads)
 
 
 def _poisoned(cp, shape, dtype):

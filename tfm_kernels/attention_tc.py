@@ -150,6 +150,93 @@ def _backward_det(be, *args):
     _backward(be, *args, deterministic=True)
 
 
+# ------------------------------------------------------------------------------------------ checking
+
+def fp16_baseline(q, k, v, do, o16, lse32, causal, kv_lens, scale):
+    """The fp16 tolerance's baseline (FlashAttention's rule): the same computation as the kernels
+    from the same fp16 host arrays, in NumPy with fp32 math and fp16 rounding exactly where the
+    kernels round (P before P V; dS before dS K and dS^T Q; o, dq, dk, dv on output). Backward takes
+    the o16 / lse32 the kernel under test is given. Returns (o, lse, (dq, dk, dv))."""
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    f32 = lambda x: x.astype(np.float32)  # noqa: E731
+    r16 = lambda x: x.astype(np.float16).astype(np.float32)  # noqa: E731
+    i, j = np.arange(Lq)[:, None], np.arange(Lk)[None, :]
+    vis = np.ones((B, 1, Lq, Lk), dtype=bool)
+    if causal:
+        vis = vis & (j <= i)
+    if kv_lens is not None:
+        vis = vis & (j < np.asarray(kv_lens)[:, None, None, None])
+    s = np.matmul(f32(q), np.swapaxes(f32(k), -1, -2)) * np.float32(scale)
+    s = np.where(vis, s, np.float32(-np.inf))
+    m = np.max(s, axis=-1, keepdims=True)
+    m = np.where(m == -np.inf, np.float32(0), m)
+    p = np.exp(s - m)
+    l = np.sum(p, axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        lse = (m + np.log(l))[..., 0]
+    o = (np.matmul(r16(p), f32(v)) / np.where(l == 0, np.float32(1), l)).astype(np.float16)
+    lse_safe = np.where(lse32 == -np.inf, np.float32(np.inf), f32(lse32))
+    with np.errstate(invalid="ignore"):
+        p = np.where(vis, np.exp(s - lse_safe[..., None]), np.float32(0))
+    dv = np.matmul(np.swapaxes(r16(p), -1, -2), f32(do)).astype(np.float16)
+    dp = np.matmul(f32(do), np.swapaxes(f32(v), -1, -2))
+    d_i = np.sum(f32(do) * f32(o16), axis=-1, keepdims=True)
+    ds = r16(p * (dp - d_i))
+    dq = (np.matmul(ds, f32(k)) * np.float32(scale)).astype(np.float16)
+    dk = (np.matmul(np.swapaxes(ds, -1, -2), f32(q)) * np.float32(scale)).astype(np.float16)
+    return o, lse, (dq, dk, dv)
+
+
+# (B, H, Lq, Lk, D, causal, kv_lens): quick = seconds on a GPU, each head dim and mask kind once.
+_CHECK_QUICK = [(2, 2, 97, 83, 64, True, (0, 50)), (1, 2, 200, 17, 128, False, None),
+                (2, 1, 17, 130, 32, False, (1, 130)), (1, 3, 130, 200, 96, True, None)]
+_CHECK_FULL = _CHECK_QUICK + [(2, 2, 1025, 1025, 128, True, None), (3, 2, 97, 200, 96, False, (0, 1, 200)),
+                              (1, 4, 1025, 64, 64, True, (64,)), (2, 1, 1, 200, 32, False, (0, 150))]
+
+
+def check_cases(rng, quick: bool):
+    """fp16 forward and backward cases for ``tfm-kernels check`` against numpy_ref in float64, with
+    tests/test_attention_tc.py's rule: 2x the fp16_baseline error + 1e-3 x max|ref| (lse: 1e-5)."""
+    import numpy_ref
+
+    from .attention import attention_backward, attention_forward
+    from .check import Case, lowprec_rule
+
+    for B, H, Lq, Lk, D, causal, kvl in (_CHECK_QUICK if quick else _CHECK_FULL):
+        q, do = (rng.standard_normal((B, H, Lq, D)).astype(np.float16) for _ in range(2))
+        k, v = (rng.standard_normal((B, H, Lk, D)).astype(np.float16) for _ in range(2))
+        kv_lens = None if kvl is None else np.array(kvl)
+        f64 = [x.astype(np.float64) for x in (q, k, v, do)]
+        o_ref, lse_ref = numpy_ref.attention_forward(*f64[:3], causal=causal, kv_lens=kv_lens)
+        o16, lse32 = o_ref.astype(np.float16), lse_ref.astype(np.float32)
+        b_o, b_lse, b_grads = fp16_baseline(q, k, v, do, o16, lse32, causal, kv_lens, 1.0 / np.sqrt(D))
+        tag = (f"fp16 B{B} H{H} Lq{Lq} Lk{Lk} D{D}" + (" causal" if causal else "")
+               + ("" if kvl is None else f" kv_lens {list(kvl)}"))
+
+        def run_f(backend, variant, q=q, k=k, v=v, causal=causal, kv_lens=kv_lens):
+            import cupy
+
+            out = (cupy.full(q.shape, np.nan, np.float16), cupy.full(q.shape[:3], np.nan, np.float32))
+            return attention_forward(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), causal, kv_lens,
+                                     backend=backend, variant=variant, out=out)
+
+        def run_b(backend, variant, args=(do, q, k, v, o16, lse32), causal=causal, kv_lens=kv_lens):
+            import cupy
+
+            out = tuple(cupy.full(x.shape, np.nan, np.float16) for x in args[1:4])
+            return attention_backward(*(cupy.asarray(x) for x in args), causal, kv_lens,
+                                      backend=backend, variant=variant, out=out)
+
+        def ref_b(args=(do, q, k, v, o16, lse32), causal=causal, kv_lens=kv_lens):
+            return numpy_ref.attention_backward(*(x.astype(np.float64) for x in args), causal=causal,
+                                                kv_lens=kv_lens)
+
+        yield Case("attention_forward", tag, run_f, (o_ref, lse_ref),
+                   (lowprec_rule(b_o, 1e-3), lowprec_rule(b_lse, 1e-5)))
+        yield Case("attention_backward", tag, run_b, ref_b, tuple(lowprec_rule(b, 1e-3) for b in b_grads))
+
+
 _DOT = tuple((SOURCE, f"attn_bwd_dot_tc<{d}>") for d in HEAD_DIMS)
 
 register(Variant(
