@@ -331,6 +331,19 @@ def emulate_tile_load_vec4(TR, TC, NT, STORE_T, LDS, row0, col0, rows, cols, vec
     return out
 
 
+def emulate_tile_load_scalar(TR, TC, NT, STORE_T, LDS, row0, col0, rows, cols):
+    """tile_load_scalar (variants 3-5): [(smem slot, global index or None)] for one tile."""
+    out = []
+    for tid in range(NT):
+        for j in range(TR * TC // NT):
+            idx = tid + j * NT
+            r, c = idx // TC, idx % TC
+            gr, gc = row0 + r, col0 + c
+            ok = gr < rows and gc < cols
+            out.append((c * LDS + r if STORE_T else r * LDS + c, gr * cols + gc if ok else None))
+    return out
+
+
 def emulate_tile_cp_async(TR, TC, NT, STORE_T, LDS, row0, col0, rows, cols, vec):
     """tile_cp_async: [(smem slot, global index or None)] for one tile, both of its paths."""
     out = []
@@ -392,6 +405,30 @@ def _expect_b(tb, k0, n0, K, N, BK, BN, slot):
             ok = k0 + k < K and n0 + n < N
             slots[slot(k, n)] = _b_index(tb, k0 + k, n0 + n, K, N) if ok else None
     return {"slots": slots, "numel": K * N}
+
+
+# (BM, BN, BK, threads, LDA, LDB) of variants 3, 4, 5: As[m][k], Bs[k][n]
+SCALAR_TILES = {"smem_32": (32, 32, 32, 1024, 33, 33), "blocktile_1d": (64, 64, 8, 512, 9, 68),
+                "blocktile_2d": (128, 128, 8, 256, 9, 132)}
+
+
+@pytest.mark.parametrize("M, N, K", AWKWARD)
+@pytest.mark.parametrize("ta, tb", LAYOUTS, ids=LAYOUT_IDS)
+@pytest.mark.parametrize("kind", list(SCALAR_TILES))
+def test_emulate_scalar_tile_loads(kind, ta, tb, M, N, K):
+    """load_a_scalar / load_b_scalar of variants 3-5 (As[m][k], Bs[k][n]) at every tile origin."""
+    BM, BN, BK, NT, LDA, LDB = SCALAR_TILES[kind]
+    for m0 in range(0, M, BM):
+        for n0 in range(0, N, BN):
+            for k0 in range(0, K, BK):
+                where = f"{kind} M={M} N={N} K={K} ta={ta} tb={tb} m0={m0} n0={n0} k0={k0}"
+                # load_a_scalar<.., KM_ORDER=false>: TA -> memory (k, m) stored transposed
+                a = (emulate_tile_load_scalar(BK, BM, NT, True, LDA, k0, m0, K, M) if ta else
+                     emulate_tile_load_scalar(BM, BK, NT, False, LDA, m0, k0, M, K))
+                b = (emulate_tile_load_scalar(BN, BK, NT, True, LDB, n0, k0, N, K) if tb else
+                     emulate_tile_load_scalar(BK, BN, NT, False, LDB, k0, n0, K, N))
+                _check_stage(a, _expect_a(ta, m0, k0, M, K, BM, BK, lambda m, k: m * LDA + k), BM * LDA, where + " A")
+                _check_stage(b, _expect_b(tb, k0, n0, K, N, BK, BN, lambda k, n: k * LDB + n), BK * LDB, where + " B")
 
 
 @pytest.mark.parametrize("M, N, K", AWKWARD)
@@ -489,6 +526,24 @@ def emulate_vectorized_outputs(M, N, BM=128, BN=128, TM=8, TN=8):
 @pytest.mark.parametrize("M, N, K", AWKWARD)
 def test_emulate_vectorized_writes_each_output_once(M, N, K):
     count = emulate_vectorized_outputs(M, N)
+    assert count.min() == 1 and count.max() == 1
+
+
+@pytest.mark.parametrize("M, N, K", AWKWARD)
+def test_emulate_blocktile_1d_writes_each_output_once(M, N, K):
+    """Variant 4: thread t owns column t % 64 and rows (t / 64) * 8 .. + 7 of a 64x64 tile."""
+    BM = BN = 64
+    TM, NT = 8, 512
+    count = np.zeros((M, N), np.int64)
+    for by in range(_cdiv(M, BM)):
+        for bx in range(_cdiv(N, BN)):
+            for tid in range(NT):
+                tcol, trow = tid % BN, tid // BN
+                n = bx * BN + tcol
+                for i in range(TM):
+                    m = by * BM + trow * TM + i
+                    if m < M and n < N:
+                        count[m, n] += 1
     assert count.min() == 1 and count.max() == 1
 
 
