@@ -178,6 +178,66 @@ LAYOUTS = [(False, False), (False, True), (True, False), (True, True)]
 LAYOUT_IDS = ["NN", "NT", "TN", "TT"]
 
 
+class RecordingBackend:
+    """Stands in for a backend: records the Launch a variant builds instead of issuing it."""
+
+    name = "recording"
+    cc = 90
+
+    def __init__(self):
+        self.launches = []
+
+    def launch(self, launch):
+        self.launches.append(launch)
+
+
+@pytest.mark.parametrize("ta, tb", LAYOUTS, ids=LAYOUT_IDS)
+@pytest.mark.parametrize("variant", FP32, ids=lambda v: v.key)
+def test_launch_plans(variant, ta, tb):
+    """Each fp32 variant's launch, built on host stand-ins: the layout's exported kernel, a grid
+    whose tiles cover M x N and whose z is the batch, the block the template was instantiated for
+    (threads = tile area / outputs per thread), exact int32/int64 argument types, and the dynamic
+    shared memory the kernel's ring needs."""
+    import re
+
+    M, N, K, batch = 300, 200, 50, 3
+    a = np.empty((batch,) + ((K, M) if ta else (M, K)), np.float32)
+    b = np.empty((batch,) + ((N, K) if tb else (K, N)), np.float32)
+    out = np.empty((batch, M, N), np.float32)
+    be = RecordingBackend()
+    variant.fn(be, a, b, ta, tb, out)
+    (ln,) = be.launches
+    assert (ln.source, ln.kernel) in variant.kernels
+    assert ln.kernel in _backend.exports("matmul.cu")
+    assert ln.kernel.endswith(f"{'true' if ta else 'false'}, {'true' if tb else 'false'}>")
+    plan = dict((n, p) for n, _, p, _, _ in mm_mod.LADDER + [mm_mod.TF32])[variant.number]
+    gx, gy, gz = ln.grid
+    tiles = (gy * plan.bm, gx * plan.bn) if plan.n_major else (gx * plan.bm, gy * plan.bn)
+    assert tiles[0] >= M > tiles[0] - plan.bm and tiles[1] >= N > tiles[1] - plan.bn and gz == batch
+    p = [int(x) for x in re.findall(r"\d+", ln.kernel.split("<", 1)[1])]  # template arguments
+    threads = ln.block[0] * ln.block[1] * ln.block[2]
+    expect_threads = {1: 1024, 2: 1024, 3: 1024, 4: p[0] * p[1] // p[3] if len(p) > 3 else None,
+                      5: p[0] * p[1] // (p[3] * p[4]) if len(p) > 4 else None,
+                      6: p[0] * p[1] // (p[3] * p[4]) if len(p) > 4 else None}
+    if variant.number in (7, 8):
+        expect_threads[variant.number] = p[8]
+        assert p[8] == (p[0] // p[3]) * (p[1] // p[4]) * 32  # one warp per warp tile
+    if variant.number == 9:
+        expect_threads[9] = p[3] * p[4] * 32
+    assert threads == expect_threads[variant.number], (threads, ln.kernel)
+    if variant.number == 8:  # STAGES x (As[BK][BM+4] + Bs[BK][BN+4]) floats
+        assert ln.smem == p[9] * p[2] * ((p[0] + 4) + (p[1] + 4)) * 4
+    elif variant.number == 9:  # STAGES x (As[BM][BK+4] + Bs[BN][BK+4]) floats
+        assert ln.smem == p[5] * (p[0] + p[1]) * (p[2] + 4) * 4
+    else:
+        assert ln.smem == 0
+    assert ln.smem <= 227 * 1024
+    assert [type(x) for x in ln.args[3:]] == [np.int32] * 3 + [np.int64] * 3
+    assert [int(x) for x in ln.args[3:]] == [M, N, K, M * K, K * N, M * N]
+    assert ln.args[0] is a and ln.args[1] is b and ln.args[2] is out
+
+
+
 def _operands(rng, M, N, K, ta, tb, batch=None):
     lead = () if batch is None else (batch,)
     a = rng.standard_normal(lead + ((K, M) if ta else (M, K))).astype(np.float32)
