@@ -84,7 +84,7 @@ static __device__ __forceinline__ float tc_quad_sum(float x) {
 //   acc[mi][dt][..]: the same with head-dim columns 8*dt + 2t + {0,1}.
 // So each row's values sit in the 4 lanes of one quad, and its max/sum needs shuffles by 1 and 2.
 template <int D, int BN, int MW, bool QREG>
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(128, 1)
 attn_fwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
             __half* __restrict__ o, float* __restrict__ lse, const int* __restrict__ kv_lens,
             int H, int Lq, int Lk, int ntiles, float scale_log2, int causal) {
@@ -374,7 +374,7 @@ TFM_EXPORT(attn_bwd_dot_tc<128>)
 //                                    staged tile), B = K_j (.trans); fp32 atomics into dq_acc.
 // dK is scaled once at the end; dQ's scale is applied when dq_acc is converted.
 template <int D, int BM, bool ATOMIC>
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(128, 1)
 attn_bwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
             const __half* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ Dd,
             __half* __restrict__ dk, __half* __restrict__ dv, float* __restrict__ dq_acc,
