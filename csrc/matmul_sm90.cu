@@ -1,7 +1,7 @@
 // tfm-arch: sm_90a
 // matmul_sm90.cu: fp16 matmul on Hopper tensor cores: wgmma fed by TMA, warp-specialised.
 //
-//   C[b] = op(A[b]) @ op(B[b]); fp16 in, fp32 accumulate, C fp16 or fp32 (variant 12 of op
+//   C[b] = op(A[b]) @ op(B[b]); fp16 in, fp32 accumulate, C fp16 or fp32 (variants 12 and 13 of op
 //   `matmul`, launched by tfm_kernels/matmul_tc.py; the mma.sync rungs 10-11 are in matmul_tc.cu).
 //
 // Built only for sm_90a (the marker above: nvcc -gencode=arch=compute_90a,code=sm_90a, NVRTC
@@ -19,6 +19,11 @@
 //     retires (wait_group 1): one group stays in flight while the next stage's data arrives.
 //   STAGES = 4 stages x (16 KiB A + 32 KiB B) = 192 KiB of the 227 KiB of shared memory.
 //
+// Tiles: tile t (of tiles_m x tiles_n x batch) goes to CTA t % gridDim.x. Variant 12 launches one
+// CTA per tile; variant 13 launches one CTA per SM (persistent), which loops over its tiles with
+// the stage ring still turning: while the consumers store tile i, the producer is already
+// loading tile i+1's first stages, so the pipeline never drains between tiles.
+//
 // Shared-memory layouts (what TMA writes with CU_TENSOR_MAP_SWIZZLE_128B and what the wgmma
 // descriptors describe; all atoms 1024-byte aligned):
 //   A, K-major (not trans_a): one box {64 k, 128 m}: 128 rows of 128 bytes; consumer c starts at
@@ -33,8 +38,8 @@
 // (K or M for A, N or K for B) must be multiples of 8 halves; tfm_kernels refuses other shapes
 // for this variant with that reason.
 //
-// Tile order: CTAs walk M-tiles in groups of 8 per N-column (Triton's grouped ordering), so the
-// 8 A row-blocks and each B column-block are re-read from L2, not HBM.
+// Tile order: consecutive tiles walk M-tiles in groups of 8 per N-column (Triton's grouped
+// ordering), so the CTAs running together share 8 A row-blocks and few B column-blocks in L2.
 #include <cuda_fp16.h>
 
 #include "common.cuh"
@@ -43,7 +48,7 @@
 template <int BN, int STAGES, bool TRANS_A, bool TRANS_B, typename OutT>
 __global__ void __launch_bounds__(384, 1)
 matmul_wgmma(const __grid_constant__ TmaDesc tma_a, const __grid_constant__ TmaDesc tma_b,
-             OutT* __restrict__ C, int M, int N, int K, int64_t ldc, int64_t sc) {
+             OutT* __restrict__ C, int M, int N, int K, int batch, int64_t ldc, int64_t sc) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int BM = 128, BK = 64, GROUP_M = 8;
     constexpr int A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2;
@@ -59,16 +64,8 @@ matmul_wgmma(const __grid_constant__ TmaDesc tma_a, const __grid_constant__ TmaD
     uint64_t* full = reinterpret_cast<uint64_t*>(smem + STAGES * STAGE_BYTES);
     uint64_t* empty = full + STAGES;
 
-    // Grouped tile order over the (tiles_m x tiles_n) grid of C tiles.
     const int tiles_m = tfm_cdiv(M, BM), tiles_n = tfm_cdiv(N, BN);
-    const int pid = blockIdx.x;
-    const int group = pid / (GROUP_M * tiles_n);
-    const int first_m = group * GROUP_M;
-    const int group_rows = min(tiles_m - first_m, GROUP_M);
-    const int in_group = pid % (GROUP_M * tiles_n);
-    const int bm0 = (first_m + in_group % group_rows) * BM;
-    const int bn0 = (in_group / group_rows) * BN;
-    const int z = blockIdx.z;
+    const int tiles_mn = tiles_m * tiles_n, tiles = tiles_mn * batch;
     const int KT = tfm_cdiv(K, BK);
 
     if (threadIdx.x == 0) {
@@ -80,6 +77,19 @@ matmul_wgmma(const __grid_constant__ TmaDesc tma_a, const __grid_constant__ TmaD
     }
     __syncthreads();
 
+    // Tile t of this CTA: batch entry z, then grouped order over the (tiles_m x tiles_n) grid.
+    auto tile_coords = [&](int t, int& bm0, int& bn0, int& z) {
+        z = t / tiles_mn;
+        const int pid = t % tiles_mn;
+        const int first_m = (pid / (GROUP_M * tiles_n)) * GROUP_M;
+        const int group_rows = min(tiles_m - first_m, GROUP_M);
+        const int in_group = pid % (GROUP_M * tiles_n);
+        bm0 = (first_m + in_group % group_rows) * BM;
+        bn0 = (in_group / group_rows) * BN;
+    };
+
+    // Stage/phase bookkeeping runs on `it`, the CTA's k-block count across all its tiles, so a
+    // persistent CTA (gridDim.x < tiles) keeps the ring turning from one tile into the next.
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
     if (wg == 0) {
         // ------------------------------------------------------------------ producer
@@ -87,24 +97,30 @@ matmul_wgmma(const __grid_constant__ TmaDesc tma_a, const __grid_constant__ TmaD
         if (tid == 0) {
             tma_prefetch_desc(&tma_a);
             tma_prefetch_desc(&tma_b);
-            for (int kt = 0; kt < KT; ++kt) {
-                const int s = kt % STAGES;
-                mbar_wait(&empty[s], ((kt / STAGES) & 1) ^ 1);  // round 0 passes at once
-                mbar_arrive_expect_tx(&full[s], STAGE_BYTES);
-                unsigned char* a = sA + s * A_BYTES;
-                unsigned char* b = sB + s * B_BYTES;
-                const int k0 = kt * BK;
-                if (TRANS_A) {
-                    tma_load_3d(a, &tma_a, &full[s], bm0, k0, z);
-                    tma_load_3d(a + BOX, &tma_a, &full[s], bm0 + 64, k0, z);
-                } else {
-                    tma_load_3d(a, &tma_a, &full[s], k0, bm0, z);
-                }
-                if (TRANS_B) {
-                    tma_load_3d(b, &tma_b, &full[s], k0, bn0, z);
-                } else {
+            int it = 0;
+            for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+                int bm0, bn0, z;
+                tile_coords(t, bm0, bn0, z);
+                for (int kt = 0; kt < KT; ++kt, ++it) {
+                    const int s = it % STAGES;
+                    mbar_wait(&empty[s], ((it / STAGES) & 1) ^ 1);  // round 0 passes at once
+                    mbar_arrive_expect_tx(&full[s], STAGE_BYTES);
+                    unsigned char* a = sA + s * A_BYTES;
+                    unsigned char* b = sB + s * B_BYTES;
+                    const int k0 = kt * BK;
+                    if (TRANS_A) {
+                        tma_load_3d(a, &tma_a, &full[s], bm0, k0, z);
+                        tma_load_3d(a + BOX, &tma_a, &full[s], bm0 + 64, k0, z);
+                    } else {
+                        tma_load_3d(a, &tma_a, &full[s], k0, bm0, z);
+                    }
+                    if (TRANS_B) {
+                        tma_load_3d(b, &tma_b, &full[s], k0, bn0, z);
+                    } else {
 #pragma unroll
-                    for (int i = 0; i < BN / 64; ++i) tma_load_3d(b + i * BOX, &tma_b, &full[s], bn0 + 64 * i, k0, z);
+                        for (int i = 0; i < BN / 64; ++i)
+                            tma_load_3d(b + i * BOX, &tma_b, &full[s], bn0 + 64 * i, k0, z);
+                    }
                 }
             }
         }
@@ -112,49 +128,57 @@ matmul_wgmma(const __grid_constant__ TmaDesc tma_a, const __grid_constant__ TmaD
         // ------------------------------------------------------------------ consumers
         setmaxnreg_inc<232>();
         const int c = wg - 1;  // rows 64c .. 64c+63 of the tile
-        float acc[BN / 2];
-#pragma unroll
-        for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
-
-        for (int kt = 0; kt < KT; ++kt) {
-            const int s = kt % STAGES;
-            mbar_wait(&full[s], (kt / STAGES) & 1);
-            const uint32_t a0 = smem_u32(sA + s * A_BYTES + c * BOX);
-            const uint32_t b0 = smem_u32(sB + s * B_BYTES);
-#pragma unroll
-            for (int i = 0; i < BN / 2; ++i) reg_fence(acc[i]);
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < BK / 16; ++kk) {
-                const uint64_t da = TRANS_A ? wgmma_desc_sw128(a0 + kk * 2048, BOX, 1024)
-                                            : wgmma_desc_sw128(a0 + kk * 32, 16, 1024);
-                const uint64_t db = TRANS_B ? wgmma_desc_sw128(b0 + kk * 32, 16, 1024)
-                                            : wgmma_desc_sw128(b0 + kk * 2048, BOX, 1024);
-                wgmma_m64n256k16_f16<TRANS_A ? 1 : 0, TRANS_B ? 0 : 1>(acc, da, db);
-            }
-            wgmma_commit();
-#pragma unroll
-            for (int i = 0; i < BN / 2; ++i) reg_fence(acc[i]);
-            // The group issued for stage kt-1 has retired: its smem can be refilled.
-            wgmma_wait<1>();
-            if (kt > 0 && tid == 0) mbar_arrive(&empty[(kt - 1) % STAGES]);
-        }
-        wgmma_wait<0>();
-#pragma unroll
-        for (int i = 0; i < BN / 2; ++i) reg_fence(acc[i]);
-
-        // Epilogue: warp w of this warpgroup holds rows 16w + g and 16w + g + 8 (g = lane/4),
-        // columns 8j + 2t, +1 (t = lane%4) in acc[4j .. 4j+3].
-        C += z * sc;
-        const bool pair_ok = (ldc % 2 == 0) &&
-                             (reinterpret_cast<unsigned long long>(C) % (2 * sizeof(OutT)) == 0);
         const int lane = tid & 31, w = tid >> 5;
-        const int row = bm0 + c * 64 + w * 16 + (lane >> 2);
+        float acc[BN / 2];
+        int it = 0;
+        for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+            int bm0, bn0, z;
+            tile_coords(t, bm0, bn0, z);
 #pragma unroll
-        for (int j = 0; j < BN / 8; ++j) {
-            const int col = bn0 + 8 * j + 2 * (lane & 3);
-            store_pair(C, ldc, row, col, M, N, pair_ok, acc[4 * j], acc[4 * j + 1]);
-            store_pair(C, ldc, row + 8, col, M, N, pair_ok, acc[4 * j + 2], acc[4 * j + 3]);
+            for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
+
+            for (int kt = 0; kt < KT; ++kt, ++it) {
+                const int s = it % STAGES;
+                mbar_wait(&full[s], (it / STAGES) & 1);
+                const uint32_t a0 = smem_u32(sA + s * A_BYTES + c * BOX);
+                const uint32_t b0 = smem_u32(sB + s * B_BYTES);
+#pragma unroll
+                for (int i = 0; i < BN / 2; ++i) reg_fence(acc[i]);
+                wgmma_fence();
+#pragma unroll
+                for (int kk = 0; kk < BK / 16; ++kk) {
+                    const uint64_t da = TRANS_A ? wgmma_desc_sw128(a0 + kk * 2048, BOX, 1024)
+                                                : wgmma_desc_sw128(a0 + kk * 32, 16, 1024);
+                    const uint64_t db = TRANS_B ? wgmma_desc_sw128(b0 + kk * 32, 16, 1024)
+                                                : wgmma_desc_sw128(b0 + kk * 2048, BOX, 1024);
+                    wgmma_m64n256k16_f16<TRANS_A ? 1 : 0, TRANS_B ? 0 : 1>(acc, da, db);
+                }
+                wgmma_commit();
+#pragma unroll
+                for (int i = 0; i < BN / 2; ++i) reg_fence(acc[i]);
+                // The group issued for the previous k-block has retired: its stage can be refilled.
+                wgmma_wait<1>();
+                if (kt > 0 && tid == 0) mbar_arrive(&empty[(it - 1) % STAGES]);
+            }
+            wgmma_wait<0>();
+#pragma unroll
+            for (int i = 0; i < BN / 2; ++i) reg_fence(acc[i]);
+            // The tile's last stage; the producer may already be filling the next tile's stages,
+            // which is the overlap a persistent CTA buys (loads during this epilogue).
+            if (tid == 0) mbar_arrive(&empty[(it - 1) % STAGES]);
+
+            // Epilogue: warp w of this warpgroup holds rows 16w + g and 16w + g + 8 (g = lane/4),
+            // columns 8j + 2t, +1 (t = lane%4) in acc[4j .. 4j+3].
+            OutT* Cz = C + z * sc;
+            const bool pair_ok = (ldc % 2 == 0) &&
+                                 (reinterpret_cast<unsigned long long>(Cz) % (2 * sizeof(OutT)) == 0);
+            const int row = bm0 + c * 64 + w * 16 + (lane >> 2);
+#pragma unroll
+            for (int j = 0; j < BN / 8; ++j) {
+                const int col = bn0 + 8 * j + 2 * (lane & 3);
+                store_pair(Cz, ldc, row, col, M, N, pair_ok, acc[4 * j], acc[4 * j + 1]);
+                store_pair(Cz, ldc, row + 8, col, M, N, pair_ok, acc[4 * j + 2], acc[4 * j + 3]);
+            }
         }
     }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL

@@ -148,23 +148,33 @@ static __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
 }
 
+static __device__ __forceinline__ bool mbar_try_wait(uint32_t addr, uint32_t parity) {
+    uint32_t done;  // try_wait suspends for a system-dependent time before reporting "not yet"
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n"
+        "}\n"
+        : "=r"(done)
+        : "r"(addr), "r"(parity)
+        : "memory");
+    return done != 0;
+}
+
 // Block until the phase with parity `parity` has completed. A fresh barrier is in phase 0, so
 // waiting for parity 1 returns at once (the "previous" phase counts as complete): a producer
 // waiting on an empty-slot barrier starts with parity 1.
+// Watchdog: a pipeline bug (a phase that never completes, a transaction count that is never met)
+// would hang the process; after 2^35 cycles (~18 s at 1.9 GHz, far beyond any legitimate wait)
+// the kernel traps instead, and the launch fails with an error the caller sees.
 static __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
     const uint32_t addr = smem_u32(bar);
-    uint32_t done;
-    do {  // try_wait suspends for a system-dependent time before reporting "not yet"
-        asm volatile(
-            "{\n"
-            ".reg .pred p;\n"
-            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-            "selp.u32 %0, 1, 0, p;\n"
-            "}\n"
-            : "=r"(done)
-            : "r"(addr), "r"(parity)
-            : "memory");
-    } while (!done);
+    if (mbar_try_wait(addr, parity)) return;
+    const long long t0 = clock64();
+    while (!mbar_try_wait(addr, parity)) {
+        if (clock64() - t0 > (1ll << 35)) asm volatile("trap;");
+    }
 }
 
 // ------------------------------------------------------------------------------------ TMA

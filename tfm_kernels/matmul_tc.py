@@ -14,6 +14,8 @@ Ladder (docs/matmul_tc.md has the figures):
   11 mma_pipelined  + 4-stage cp.async pipeline, XOR-swizzled (conflict-free) shared tiles
   12 wgmma_tma      Hopper (sm_90a): wgmma m64n256k16 from 128B-swizzled smem filled by TMA,
                     mbarrier pipeline, producer/consumer warpgroups with setmaxnreg
+  13 wgmma_persistent  the same kernel, one CTA per SM looping over tiles: loads of tile i+1
+                    overlap the epilogue of tile i
 
 The TMA descriptors (CUtensorMap, 128 bytes) are encoded on the host with the driver's
 cuTensorMapEncodeTiled through cuda-bindings and passed to the kernel by value as ``bytes``.
@@ -201,7 +203,14 @@ def tma_descriptor(ptr: int, inner: int, outer: int, batch: int, box_inner: int,
     return struct.pack("<16Q", *(int(w) for w in tmap.opaque))
 
 
-def _wgmma_launch(a, b, trans_a: bool, trans_b: bool, out) -> Launch:
+@functools.cache
+def _sm_count(device_id: int) -> int:
+    import cupy
+
+    return int(cupy.cuda.runtime.getDeviceProperties(device_id)["multiProcessorCount"])
+
+
+def _wgmma_launch(a, b, trans_a: bool, trans_b: bool, out, persistent: bool) -> Launch:
     batch, M, N, K = problem(a, b, trans_a, trans_b)
     # A tile: {64 k, 128 m} K-major, or two {64 m, 64 k} boxes M-major; B tile: {64 k, 256 n}
     # K-major, or four {64 n, 64 k} boxes N-major (csrc/matmul_sm90.cu).
@@ -209,21 +218,27 @@ def _wgmma_launch(a, b, trans_a: bool, trans_b: bool, out) -> Launch:
     box_b = (64, 256) if trans_b else (64, 64)
     da = tma_descriptor(a.data.ptr, a.shape[-1], a.shape[-2], batch, *box_a)
     db = tma_descriptor(b.data.ptr, b.shape[-1], b.shape[-2], batch, *box_b)
-    tiles = -(-M // _WG_BM) * -(-N // _WG_BN)
+    tiles = -(-M // _WG_BM) * -(-N // _WG_BN) * batch
+    # One CTA per tile, or (persistent) one per SM looping over tiles t = blockIdx.x + i * gridDim.x:
+    # the 197 KiB of shared memory allow one CTA per SM either way.
+    grid_x = min(tiles, _sm_count(a.device.id)) if persistent else tiles
     return Launch(
         source=SOURCE_SM90,
         kernel=wgmma_kernel_name(trans_a, trans_b, out.dtype),
-        grid=(tiles, 1, batch),
+        grid=(grid_x, 1, 1),
         block=(_WG_THREADS, 1, 1),
-        args=(da, db, out, np.int32(M), np.int32(N), np.int32(K), np.int64(out.shape[-1]),
-              np.int64(M * N if batch > 1 else 0)),
+        args=(da, db, out, np.int32(M), np.int32(N), np.int32(K), np.int32(batch),
+              np.int64(out.shape[-1]), np.int64(M * N if batch > 1 else 0)),
         smem=_WG_SMEM,
     )
 
 
-def _wgmma_fn(be, a, b, trans_a, trans_b, out):
-    be.launch(_wgmma_launch(a, b, bool(trans_a), bool(trans_b), out))
-    return out
+def _wgmma_fn(persistent: bool):
+    def fn(be, a, b, trans_a, trans_b, out):
+        be.launch(_wgmma_launch(a, b, bool(trans_a), bool(trans_b), out, persistent))
+        return out
+
+    return fn
 
 
 def _wgmma_supports(*, M, N, K, batch=1, trans_a=False, trans_b=False, align=256, **_) -> str | None:
@@ -236,18 +251,28 @@ def _wgmma_supports(*, M, N, K, batch=1, trans_a=False, trans_b=False, align=256
                     f"not a multiple of 8 (variants 10-11 take any shape)")
     if align < 16:
         return f"TMA needs 16-byte aligned buffers; a, b and out are only {align}-byte aligned"
-    if batch > _GRID_YZ_MAX:
-        return f"batch = {batch} exceeds the grid.z limit {_GRID_YZ_MAX}"
+    tiles = -(-M // _WG_BM) * -(-N // _WG_BN) * batch
+    if tiles > 2**31 - 1:
+        return f"{tiles} tiles of {_WG_BM} x {_WG_BN} exceed the grid's x limit"
     return _encoder_missing()
 
+
+_WGMMA_KERNELS = tuple((SOURCE_SM90, wgmma_kernel_name(ta, tb, od)) for ta in (False, True)
+                       for tb in (False, True) for od in ("float32", "float16"))
 
 register(Variant(
     op="matmul", number=12, name="wgmma_tma",
     description="Hopper: wgmma m64n256k16 on 128B-swizzled smem filled by TMA (cp.async.bulk.tensor), "
                 "4-stage mbarrier pipeline, 1 producer + 2 consumer warpgroups (setmaxnreg 40/232), "
-                "128x256x64 tiles in grouped order; sm_90a",
-    fn=_wgmma_fn, dtypes=("float16",), supports=_wgmma_supports,
-    kernels=tuple((SOURCE_SM90, wgmma_kernel_name(ta, tb, od)) for ta in (False, True)
-                  for tb in (False, True) for od in ("float32", "float16")),
-    hot=True, arch=90,
+                "128x256x64 tiles in grouped order, one CTA per tile; sm_90a",
+    fn=_wgmma_fn(persistent=False), dtypes=("float16",), supports=_wgmma_supports,
+    kernels=_WGMMA_KERNELS, hot=True, arch=90,
+))
+
+register(Variant(
+    op="matmul", number=13, name="wgmma_persistent",
+    description="+ persistent CTAs: one per SM, each looping over its tiles with the stage ring "
+                "still turning, so the next tile's TMA loads overlap this tile's epilogue",
+    fn=_wgmma_fn(persistent=True), dtypes=("float16",), supports=_wgmma_supports,
+    kernels=_WGMMA_KERNELS, hot=True, arch=90,
 ))
