@@ -262,7 +262,13 @@ def _ext_sass() -> dict[str, str]:
         pytest.skip(f"extension not built: {_backend.status()['ext'][1]}")
     from tfm_kernels import _ext
 
-    out = subprocess.run([exe, "--dump-sass", _ext.__file__], capture_output=True, text=True,
+    return _dump_sass(exe, _ext.__file__)
+
+
+@functools.lru_cache(maxsize=None)
+def _dump_sass(exe: str, path: str) -> dict[str, str]:
+    """Disassemble once per session (about 15 s for the whole extension)."""
+    out = subprocess.run([exe, "--dump-sass", path], capture_output=True, text=True,
                          timeout=600, check=True).stdout
     funcs: dict[str, str] = {}
     for chunk in re.split(r"\n\s*Function : ", out)[1:]:
