@@ -431,9 +431,12 @@ TFM_EXPORT(matmul_vectorized<128, 128, 8, 8, 8, true, true>)
 // The thread -> output map of variants 7 and 8 (siboehm's kernel 10). The BM x BN block tile is cut
 // into WM x WN warp tiles; a warp walks its tile in WMITER x WNITER sub-tiles of WSUBM x WSUBN, and
 // inside a sub-tile lane l owns the TM x TN block at row (l / (WSUBN/TN)) * TM, col (l % (WSUBN/TN)) * TN.
-// At 128x128 / 64x64 / TM=8, TN=4, WNITER=4: WSUBN = 16, so 4 lanes span a 16-float row of Bs and
-// 8 lanes a 64-float column of As; a quarter-warp LDS.128 phase touches 4 distinct 16-byte words of
-// Bs (and 2 of As): conflict-free, where variant 6's 8x8 map had 2-way conflicts on Bs.
+// Used at 128x128, 8 warps of 32x64 (CUTLASS's SIMT SGEMM shape), TM = TN = 4, WMITER = WNITER = 2:
+// each lane owns 2 x 2 blocks of 4 x 4 (the same 64 outputs as variant 6's 8x8 block, spread out).
+// A quarter-warp LDS.128 phase (lanes 8q .. 8q+7) then reads one 16-byte word of As (broadcast) and
+// 8 consecutive words of Bs: conflict-free, where variant 6's 8x8 map had 2-way conflicts on Bs.
+// (A first version used 128 threads with 8x16 outputs each, siboehm's A6000 choice: at ~230
+// registers only 8 warps fit an SM, and on the H200 it ran at 22 TFLOP/s, below variant 6's 29.)
 template <int BM, int BN, int BK, int WM, int WN, int WNITER, int TM, int TN, int NT>
 struct WarpTile {
     static constexpr int WMITER = (WM * WN) / (32 * TM * TN * WNITER);
@@ -499,9 +502,11 @@ struct WarpTile {
 };
 
 // ============================================================================ 7 warptiling
-// Variant 6's loads, the warp-tiled thread map above, BK = 16 (twice the work per __syncthreads).
+// Variant 6 with the warp-tiled thread map above and nothing else changed (same 128x128x8 tile, 256
+// threads, 64 outputs per thread, register-staged loads). __launch_bounds__(NT, 2) caps registers at
+// 128 so two blocks (16 warps) share an SM: without it nvcc takes 153 for NN and one block fits.
 template <int BM, int BN, int BK, int WM, int WN, int WNITER, int TM, int TN, int NT, bool TA, bool TB>
-__global__ void __launch_bounds__(NT)
+__global__ void __launch_bounds__(NT, 2)
     matmul_warptile(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
                     int M, int N, int K, long long sA, long long sB, long long sC) {
     using WT = WarpTile<BM, BN, BK, WM, WN, WNITER, TM, TN, NT>;
@@ -530,10 +535,10 @@ __global__ void __launch_bounds__(NT)
     }
     wt.store(C, m0, n0, M, N, vecC, acc);
 }
-TFM_EXPORT(matmul_warptile<128, 128, 16, 64, 64, 4, 8, 4, 128, false, false>)
-TFM_EXPORT(matmul_warptile<128, 128, 16, 64, 64, 4, 8, 4, 128, false, true>)
-TFM_EXPORT(matmul_warptile<128, 128, 16, 64, 64, 4, 8, 4, 128, true, false>)
-TFM_EXPORT(matmul_warptile<128, 128, 16, 64, 64, 4, 8, 4, 128, true, true>)
+TFM_EXPORT(matmul_warptile<128, 128, 8, 32, 64, 2, 4, 4, 256, false, false>)
+TFM_EXPORT(matmul_warptile<128, 128, 8, 32, 64, 2, 4, 4, 256, false, true>)
+TFM_EXPORT(matmul_warptile<128, 128, 8, 32, 64, 2, 4, 4, 256, true, false>)
+TFM_EXPORT(matmul_warptile<128, 128, 8, 32, 64, 2, 4, 4, 256, true, true>)
 
 // ============================================================================ cp.async helpers (8, 9)
 // 4 bytes global -> shared, zero-filled when pred is false (src-size 0: nothing is read). .ca is the
@@ -587,15 +592,16 @@ static __device__ __forceinline__ void tile_cp_async(float* S, const float* __re
 }
 
 // ============================================================================ 8 cp_async
-// Variant 7's tiles and thread map, fed by a STAGES-deep cp.async ring in dynamic shared memory:
+// Variant 7's thread map at BK = 16 (half the barriers per FMA; affordable because the copies no
+// longer stage through registers), fed by a STAGES-deep cp.async ring in dynamic shared memory:
 // while the warps compute on stage kt % STAGES, the copies for tile kt + STAGES - 1 are in flight,
 // so global latency hides behind STAGES-1 stages of FMAs instead of stalling every k-step, and the
-// loads no longer pass through registers (variant 7 holds 4 float4s per thread across the store).
+// loads no longer pass through registers (variant 7 holds 2 float4s per thread across the store).
 // Group accounting: the prologue commits STAGES-1 groups and every iteration one more (possibly
 // empty), so before computing tile kt, `wait_group STAGES-2` leaves only the newer ones in flight.
 template <int BM, int BN, int BK, int WM, int WN, int WNITER, int TM, int TN, int NT, int STAGES,
           bool TA, bool TB>
-__global__ void __launch_bounds__(NT)
+__global__ void __launch_bounds__(NT, 2)
     matmul_cp_async(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
                     int M, int N, int K, long long sA, long long sB, long long sC) {
     using WT = WarpTile<BM, BN, BK, WM, WN, WNITER, TM, TN, NT>;
@@ -649,10 +655,10 @@ __global__ void __launch_bounds__(NT)
     cp_async_wait<0>();  // no copy may outlive the block (only empty groups remain by now)
     wt.store(C, m0, n0, M, N, vecC, acc);
 }
-TFM_EXPORT(matmul_cp_async<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, false, false>)
-TFM_EXPORT(matmul_cp_async<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, false, true>)
-TFM_EXPORT(matmul_cp_async<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, true, false>)
-TFM_EXPORT(matmul_cp_async<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, true, true>)
+TFM_EXPORT(matmul_cp_async<128, 128, 16, 32, 64, 2, 4, 4, 256, 3, false, false>)
+TFM_EXPORT(matmul_cp_async<128, 128, 16, 32, 64, 2, 4, 4, 256, 3, false, true>)
+TFM_EXPORT(matmul_cp_async<128, 128, 16, 32, 64, 2, 4, 4, 256, 3, true, false>)
+TFM_EXPORT(matmul_cp_async<128, 128, 16, 32, 64, 2, 4, 4, 256, 3, true, true>)
 
 // ============================================================================ 9 tf32_mma (opt-in)
 // Tensor cores on fp32 data: mma.sync m16n8k8 with TF32 operands (10 explicit mantissa bits,

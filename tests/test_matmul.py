@@ -332,15 +332,20 @@ def test_float16_output_dtype_rules(backend, rng):
     fp32 accumulators unrounded, so strictly closer to the exact product)."""
     import cupy as cp
 
-    if not any("float16" in v.dtypes for v in tfm_kernels.variants("matmul")):
-        pytest.skip("no float16 matmul variant registered")
+    # The rules belong to the API, not to a variant: take the first plain fp16 variant (the default
+    # one is tested in tests/test_matmul_tc.py).
+    fp16 = [v for v in tfm_kernels.variants("matmul") if "float16" in v.dtypes and not v.broken
+            and v.arch <= _backend.get(backend).cc]
+    if not fp16:
+        pytest.skip("no float16 matmul variant registered for this device")
+    variant = fp16[0].key
     a = rng.standard_normal((96, 80)).astype(np.float16)
     b = rng.standard_normal((80, 72)).astype(np.float16)
     ref = numpy_ref.matmul(a.astype(np.float64), b.astype(np.float64))
-    half = tfm_kernels.matmul(cp.asarray(a), cp.asarray(b), backend=backend)
+    half = tfm_kernels.matmul(cp.asarray(a), cp.asarray(b), backend=backend, variant=variant)
     assert half.dtype == cp.float16 and half.shape == (96, 72)
     out = cp.full((96, 72), POISON, cp.float32)
-    full = tfm_kernels.matmul(cp.asarray(a), cp.asarray(b), backend=backend, out=out)
+    full = tfm_kernels.matmul(cp.asarray(a), cp.asarray(b), backend=backend, variant=variant, out=out)
     assert full is out
     # fp32 output: only fp32 accumulation error on exact fp16 products; fp16 output adds a rounding
     e_full, _, scale = errors(full, ref)
@@ -491,16 +496,30 @@ def test_emulate_scalar_tile_loads(kind, ta, tb, M, N, K):
                 _check_stage(b, _expect_b(tb, k0, n0, K, N, BK, BN, lambda k, n: k * LDB + n), BK * LDB, where + " B")
 
 
+def _tparams(number: int) -> list[int]:
+    """The integer template arguments of a registered variant's kernel (layout flags dropped)."""
+    import re
+
+    plan = dict((n, p) for n, _, p, _, _ in mm_mod.LADDER + [mm_mod.TF32])[number]
+    return [int(x) for x in re.findall(r"\d+", plan.kernel.split("<", 1)[1])]
+
+
 @pytest.mark.parametrize("M, N, K", AWKWARD)
 @pytest.mark.parametrize("ta, tb", LAYOUTS, ids=LAYOUT_IDS)
-@pytest.mark.parametrize("kind", ["vec4_bk8_nt256", "vec4_bk16_nt128", "cp_async_km", "cp_async_tf32"])
+@pytest.mark.parametrize("kind", ["vec4_6", "vec4_7", "cp_async_km", "cp_async_tf32"])
 def test_emulate_tile_loads(kind, ta, tb, M, N, K):
-    """The smem tiles of variants 6 (vec4, BK 8, 256 threads), 7 (vec4, BK 16, 128 threads), 8
-    (cp.async into As[k][m], Bs[k][n]) and 9 (cp.async into As[m][k], Bs[n][k]) at every tile
-    origin, with the vector paths on and (where the alignment rule turns them off) off."""
-    BM = BN = 128
-    BK, NT = {"vec4_bk8_nt256": (8, 256), "vec4_bk16_nt128": (16, 128), "cp_async_km": (16, 128),
-              "cp_async_tf32": (16, 256)}[kind]
+    """The smem tiles of variants 6 and 7 (16-byte loads through registers), 8 (cp.async into
+    As[k][m], Bs[k][n]) and 9 (cp.async into As[m][k], Bs[n][k]), with the tile sizes of their
+    registered kernels, at every tile origin, the vector paths on and (where the alignment rule
+    turns them off) off."""
+    if kind == "vec4_6":  # <BM, BN, BK, TM, TN>
+        BM, BN, BK, TM, TN = _tparams(6)
+        NT = BM * BN // (TM * TN)
+    elif kind in ("vec4_7", "cp_async_km"):  # <BM, BN, BK, WM, WN, WNITER, TM, TN, NT[, STAGES]>
+        BM, BN, BK, *_, NT = _tparams(7 if kind == "vec4_7" else 8)[:9]
+    else:  # <BM, BN, BK, WARPS_M, WARPS_N, STAGES>
+        BM, BN, BK, wm, wn, _ = _tparams(9)
+        NT = wm * wn * 32
     for vec_ok in (True, False):
         vecA = vec_ok and (M if ta else K) % 4 == 0
         vecB = vec_ok and (K if tb else N) % 4 == 0
@@ -531,7 +550,7 @@ def test_emulate_tile_loads(kind, ta, tb, M, N, K):
                     _check_stage(b, eb, size_b, where + " B")
 
 
-def emulate_warptile_outputs(M, N, BM=128, BN=128, BK=16, WM=64, WN=64, WNITER=4, TM=8, TN=4, NT=128):
+def emulate_warptile_outputs(M, N, BM, BN, BK, WM, WN, WNITER, TM, TN, NT):
     """WarpTile (variants 7, 8): C write counts over the whole grid, and the smem reads' range."""
     WMITER = (WM * WN) // (32 * TM * TN * WNITER)
     WSUBM, WSUBN = WM // WMITER, WN // WNITER
@@ -560,9 +579,10 @@ def emulate_warptile_outputs(M, N, BM=128, BN=128, BK=16, WM=64, WN=64, WNITER=4
     return count
 
 
+@pytest.mark.parametrize("number", [7, 8])
 @pytest.mark.parametrize("M, N, K", AWKWARD)
-def test_emulate_warptile_writes_each_output_once(M, N, K):
-    count = emulate_warptile_outputs(M, N)
+def test_emulate_warptile_writes_each_output_once(M, N, K, number):
+    count = emulate_warptile_outputs(M, N, *_tparams(number)[:9])
     assert count.min() == 1 and count.max() == 1, (count.min(), count.max())
 
 

@@ -65,8 +65,9 @@ def _case(op_label: str, series: str, x: float, x_label: str, dtype: str, M: int
                 "opa": a.T if trans_a else a, "opb": b.T if trans_b else b, "variant": None}
 
     def run(inp, backend, variant):
-        rate = SLOW_TFLOPS.get(_registry.get("matmul", variant).key)
-        if rate and flops / (rate * 1e12) > MAX_CALL_S:
+        v = _registry.get("matmul", variant)
+        rate = SLOW_TFLOPS.get(v.key)
+        if rate and dtype in v.dtypes and flops / (rate * 1e12) > MAX_CALL_S:
             raise ValueError(f"variant: {variant} not timed at {M}x{N}x{K}: ~{flops / rate / 1e12:.1f} s "
                              f"per call at its predicted {rate} TFLOP/s")
         inp["variant"] = variant
