@@ -132,6 +132,64 @@ def test_tma_encode_arguments_convert():
     assert len(tmap.opaque) == 16
 
 
+class _FakeCupy:
+    """What the launch plans read from a CuPy array: shape, dtype, data.ptr, device.id."""
+
+    def __init__(self, shape, dtype="float16", ptr=1 << 32):
+        self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
+        self.data = type("Mem", (), {"ptr": ptr})()
+        self.device = type("Dev", (), {"id": 0})()
+
+
+def _kernel_params(source: str, kernel: str) -> list[str]:
+    """The parameter types of `kernel`'s definition in csrc/<source>, e.g. ['const __half*', 'int']."""
+    text = (_backend.csrc_dir() / source).read_text()
+    m = re.search(rf"\n{kernel}\((.*?)\)\s*\{{", text, re.S)
+    assert m, f"{kernel} not found in {source}"
+    params = [" ".join(p.split()) for p in m.group(1).split(",")]
+    return [re.sub(r"\s*\b\w+$", "", p.replace("__restrict__", "").strip()) for p in params]
+
+
+def _check_args(launch, params):
+    assert len(launch.args) == len(params), (launch.kernel, len(launch.args), params)
+    for arg, ptype in zip(launch.args, params):
+        if ptype.endswith("*"):
+            assert isinstance(arg, _FakeCupy), (launch.kernel, ptype, arg)
+        elif "TmaDesc" in ptype:
+            assert isinstance(arg, bytes) and len(arg) == 128, (launch.kernel, ptype)
+        else:
+            want = {"int": np.int32, "int64_t": np.int64}[ptype]
+            assert type(arg) is want, (launch.kernel, ptype, type(arg))
+
+
+@pytest.mark.parametrize("ta, tb", LAYOUTS, ids=LAYOUT_IDS)
+def test_launch_plans_match_kernels(ta, tb, monkeypatch):
+    """Each plan's arguments line up with its kernel's parameters (count, pointer / int32 / int64 /
+    128-byte TMA descriptor), its kernel name is exported, its grid covers every tile and its shared
+    memory fits the H200's 227 KiB per block."""
+    monkeypatch.setattr(tc, "tma_descriptor", lambda *a: bytes(128))
+    monkeypatch.setattr(tc, "_sm_count", lambda dev: 132)
+    for batch, M, N, K in ((1, 1000, 1000, 1000), (3, 136, 520, 72)):
+        lead = (batch,) if batch > 1 else ()
+        a = _FakeCupy(lead + ((K, M) if ta else (M, K)))
+        b = _FakeCupy(lead + ((N, K) if tb else (K, N)))
+        for od in ("float16", "float32"):
+            out = _FakeCupy(lead + (M, N), od)
+            for stages, swz in ((1, False), (4, True)):
+                L = tc._mma_launch(stages, swz, a, b, ta, tb, out)
+                assert L.kernel in _backend.exports(L.source)
+                _check_args(L, _kernel_params(L.source, "matmul_mma"))
+                assert L.grid == (-(-N // 128), -(-M // 128), batch) and L.block == (128, 1, 1)
+                assert L.smem <= 227 * 1024
+            for persistent in (False, True):
+                L = tc._wgmma_launch(a, b, ta, tb, out, persistent)
+                assert L.kernel in _backend.exports(L.source)
+                _check_args(L, _kernel_params(L.source, "matmul_wgmma"))
+                tiles = -(-M // 128) * -(-N // 256) * batch
+                assert L.grid == ((min(tiles, 132) if persistent else tiles), 1, 1)
+                assert L.block == (384, 1, 1) and L.smem <= 227 * 1024
+
+
 # ---------------------------------------------------------------------------------------------
 # Lane-level emulation, no GPU
 # ---------------------------------------------------------------------------------------------
