@@ -104,7 +104,7 @@ class TrainSettings:
     """Everything about a run except the model's shape. The defaults are the ``tfm-kernels train``
     defaults (see docs/training.md for how they were chosen)."""
 
-    steps: int = 800
+    steps: int = 600
     batch_size: int = 64
     lr: float = 3e-3             # peak learning rate, reached at the end of warmup
     warmup: int = 100
@@ -112,7 +112,7 @@ class TrainSettings:
     clip: float = 1.0
     label_smoothing: float = 0.0
     seed: int = 0
-    eval_every: int = 200        # 0: only at the end
+    eval_every: int = 100        # 0: only at the end
     n_train: int = 40_000
     n_val: int = 1_000
 
