@@ -289,3 +289,45 @@ class FakeCudaOf:
 
     def __init__(self, a):
         self.__cuda_array_interface__ = a.__cuda_array_interface__
+
+
+# --- the check runner's protocol, on a fake backend (no GPU needed) --------------------------------
+
+def test_check_runner_protocol(monkeypatch):
+    import types
+
+    from tfm_kernels import _registry, check
+
+    keys = [v.key for v in _registry.variants("softmax")]
+    assert len(keys) >= 2, "needs the softmax ladder registered"
+    ref = np.linspace(0.1, 1.0, 12).reshape(3, 4)
+
+    def run(backend, variant):
+        if variant == keys[0]:
+            raise ValueError(f"variant: softmax/{variant} cannot take these arguments: test")
+        if variant == keys[1] and backend == "cupy":
+            return (ref + 1e-3).astype(np.float32)  # wrong by 1e-3: must fail the fp32 rule
+        if variant == keys[1]:
+            raise RuntimeError("cudaErrorIllegalAddress: simulated")
+        return ref.astype(np.float32)
+
+    fake = types.ModuleType("fake_ops")
+    fake.check_cases = lambda rng, quick: [
+        check.Case("softmax", "3x4 linspace", run, lambda: ref, check.fp32_rule(reduction=4)),
+        ("softmax_backward", "not selected", run, ref, check.fp32_rule()),
+    ]
+    monkeypatch.setattr(check, "op_modules", lambda: [fake])
+    monkeypatch.setattr(_backend, "available", lambda: ["ext", "cupy"])
+    monkeypatch.setattr(_backend, "get", lambda name=None: types.SimpleNamespace(cc=90, name=name))
+    # "--op softmax" selects softmax_backward too; select the forward alone by its exact name
+    rows = check.run_checks(["softmax"], quick=True)
+    assert {r.op for r in rows} == {"softmax", "softmax_backward"}
+    rows = {(r.variant, r.backend): r for r in rows if r.op == "softmax"}
+    assert rows[(keys[0], "ext")].status == "n/a" and rows[(keys[0], "ext")].not_applicable == 1
+    assert rows[(keys[1], "cupy")].status == "FAIL" and rows[(keys[1], "cupy")].max_err > 9e-4
+    assert "simulated" in rows[(keys[1], "ext")].failures[0]
+    for k in keys[2:]:
+        if _registry.get("softmax", k).arch <= 90:
+            assert rows[(k, "ext")].status == "pass", rows[(k, "ext")]
+    table = check.format_table(list(rows.values()))
+    assert "FAIL" in table and "Failures:" in table

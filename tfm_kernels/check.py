@@ -131,6 +131,7 @@ class Row:
     broken: str | None = None
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    skipped_budget: int = 0
 
     @property
     def status(self) -> str:
@@ -165,9 +166,12 @@ def _verdicts(case: Case, outs: tuple, refs: tuple) -> list[Verdict]:
 
 def run_checks(ops: list[str] | None = None, backends: list[str] | None = None,
                variants: list[str] | None = None, quick: bool = False, seed: int = 0,
-               log: Callable[[str], None] | None = None, limit: int | None = None) -> list[Row]:
+               log: Callable[[str], None] | None = None, limit: int | None = None,
+               budget: float | None = None) -> list[Row]:
     """Run every case of every selected op on every variant and backend; see the module docstring.
-    ``limit``: at most this many cases per op (scripts/sanitize_cases.py uses 1)."""
+    ``limit``: at most this many cases per op (scripts/sanitize_cases.py uses 1). ``budget``: seconds;
+    each op module gets an equal share of what is left, and cases past its share are counted in
+    ``Row.skipped_budget`` instead of run (scripts/gpu_check.sh must finish in minutes)."""
     from . import _backend
     from ._registry import variants as registry_variants
 
@@ -179,15 +183,24 @@ def run_checks(ops: list[str] | None = None, backends: list[str] | None = None,
     cc = _backend.get(backends[0]).cc
     rows: dict[tuple[str, str, str], Row] = {}
     taken: dict[str, int] = {}
+    start = time.perf_counter()
+    mods = [m for m in op_modules() if hasattr(m, "check_cases")]
 
-    for mod in op_modules():
-        gen = getattr(mod, "check_cases", None)
-        if gen is None:
-            continue
+    for k, mod in enumerate(mods):
+        gen = mod.check_cases
         rng = np.random.default_rng([seed, zlib.crc32(mod.__name__.encode())])
+        deadline = None
+        if budget is not None:
+            now = time.perf_counter()
+            deadline = now + max(0.0, budget - (now - start)) / (len(mods) - k)
         for raw in gen(rng, quick):
             case = Case(*raw)
             if not _matches(case.op, ops):
+                continue
+            if deadline is not None and time.perf_counter() > deadline:
+                for v in registry_variants(case.op):
+                    for be in backends:
+                        rows.setdefault((case.op, v.key, be), Row(case.op, v.key, be, broken=v.broken)).skipped_budget += 1
                 continue
             if limit is not None:
                 if taken.get(case.op, 0) >= limit:
@@ -237,12 +250,12 @@ def run_checks(ops: list[str] | None = None, backends: list[str] | None = None,
 
 
 def format_table(rows: list[Row]) -> str:
-    head = ("op", "variant", "backend", "passed", "n/a", "max err", "err/tol", "status")
+    head = ("op", "variant", "backend", "passed", "n/a", "max err", "err/tol", "status", "not run (time)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ran = r.passed + r.failed
         lines.append(f"| {r.op} | {r.variant} | {r.backend} | {r.passed}/{ran} | {r.not_applicable} | "
-                     f"{r.max_err:.2e} | {r.worst_ratio:.2f} | {r.status} |")
+                     f"{r.max_err:.2e} | {r.worst_ratio:.2f} | {r.status} | {r.skipped_budget or ''} |")
     fails = [(r, f) for r in rows for f in r.failures]
     if fails:
         lines.append("")
@@ -259,6 +272,8 @@ def add_check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", action="append", help="variant key, name or number (repeatable)")
     p.add_argument("--quick", action="store_true", help="a few small cases per op")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget", type=float, metavar="SECONDS",
+                   help="stop starting new cases after this long (shared equally among op modules)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="print every case as it runs")
 
@@ -268,7 +283,7 @@ def run_check(args: argparse.Namespace) -> int:
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.verbose else None
     t0 = time.perf_counter()
     try:
-        rows = run_checks(args.op, backends, args.variant, args.quick, args.seed, log)
+        rows = run_checks(args.op, backends, args.variant, args.quick, args.seed, log, budget=args.budget)
     except RuntimeError as e:
         print(f"tfm-kernels check: {e}", file=sys.stderr)
         if args.json:
@@ -279,7 +294,8 @@ def run_check(args: argparse.Namespace) -> int:
     failed = [r for r in rows if r.failed and not r.broken]
     ran = sum(r.passed + r.failed for r in rows)
     print(f"\n{ran} runs, {sum(r.passed for r in rows)} passed, {sum(r.failed for r in rows)} failed "
-          f"({len(failed)} rows failing, not counting known-broken variants) in {time.perf_counter() - t0:.1f}s")
+          f"({len(failed)} rows failing, not counting known-broken variants) in {time.perf_counter() - t0:.1f}s"
+          + (f"; {sum(r.skipped_budget for r in rows)} not run (time budget)" if any(r.skipped_budget for r in rows) else ""))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": [dict(vars(r), status=r.status) for r in rows]}, f, indent=1, default=str)

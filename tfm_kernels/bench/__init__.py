@@ -22,6 +22,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["ext", "cupy", "both"], default=None,
                    help="default: the extension when it loaded, else CuPy")
     p.add_argument("--quick", action="store_true", help="a few sizes, fewer repeats")
+    p.add_argument("--budget", type=float, metavar="SECONDS",
+                   help="stop starting new cases after this long (shared equally among ops)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="directory for bench.json, bench.md, plots")
 
 
@@ -31,7 +33,7 @@ def run_bench(args: argparse.Namespace) -> int:
     backends = None if args.backend is None else (["ext", "cupy"] if args.backend == "both" else [args.backend])
     try:
         res = core.run(args.op, args.quick, args.out, backends, args.variant,
-                       log=lambda s: print(s, file=sys.stderr, flush=True))
+                       log=lambda s: print(s, file=sys.stderr, flush=True), budget=args.budget)
     except RuntimeError as e:
         print(f"tfm-kernels bench: {e}", file=sys.stderr)
         return 2

@@ -313,8 +313,13 @@ def plot(measurements: list[Measurement], outdir: Path, env: dict[str, Any]) -> 
 
 
 def run(ops: list[str] | None, quick: bool, outdir: Path, backends: list[str] | None = None,
-        variants: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Benchmark every case of every selected op; write bench.json, bench.md and plots to outdir."""
+        variants: list[str] | None = None, log: Callable[[str], None] = print,
+        budget: float | None = None) -> dict[str, Any]:
+    """Benchmark every case of every selected op; write bench.json, bench.md and plots to outdir.
+
+    ``budget`` (seconds): each op's bench module gets an equal share of the time left and starts no
+    case past it (those are listed as skipped). bench.json and bench.md are rewritten after every
+    case, so a run cut short by a timeout still leaves its results."""
     import importlib
     import pkgutil
 
@@ -338,25 +343,44 @@ def run(ops: list[str] | None, quick: bool, outdir: Path, backends: list[str] | 
 
     from . import __path__ as bench_path
 
-    measurements: list[Measurement] = []
+    mods = []
     for info in sorted(pkgutil.iter_modules(bench_path), key=lambda i: i.name):
         if info.name in ("core",) or info.name.startswith("_"):
             continue
         mod = importlib.import_module(f"{__package__}.{info.name}")
-        if not hasattr(mod, "cases"):
-            continue
+        if hasattr(mod, "cases"):
+            mods.append(mod)
+
+    measurements: list[Measurement] = []
+    skipped: list[str] = []
+    result: dict[str, Any] = {"env": env, "copy_gbs": ceiling, "l2_bytes": l2, "quick": quick,
+                              "backends": backends}
+
+    def save():
+        result["measurements"] = [asdict(m) for m in measurements]
+        result["skipped_for_time"] = skipped
+        (outdir / "bench.json").write_text(json.dumps(result, indent=1, default=str))
+        (outdir / "bench.md").write_text(markdown(measurements, env, ceiling)
+                                         + (f"\nNot run (time budget): {', '.join(skipped)}\n" if skipped else ""))
+
+    start = time.perf_counter()
+    for k, mod in enumerate(mods):
+        deadline = None
+        if budget is not None:
+            now = time.perf_counter()
+            deadline = now + max(0.0, budget - (now - start)) / (len(mods) - k)
         for case in mod.cases(quick):
             if ops and not any(case.op == o or case.op.startswith(o + "_") for o in ops):
+                continue
+            if deadline is not None and time.perf_counter() > deadline:
+                skipped.append(f"{case.op} {case.label}")
                 continue
             vs = [v for v in registry_variants(case.op)
                   if not v.broken and cc >= v.arch
                   and (not variants or {v.key, v.name, str(v.number)} & set(variants))]
             log(f"{case.op} {case.label}")
             measurements += bench_case(case, vs, backends, repeats, l2, ceiling, log)
-
-    result = {"env": env, "copy_gbs": ceiling, "l2_bytes": l2, "quick": quick, "backends": backends,
-              "measurements": [asdict(m) for m in measurements]}
-    (outdir / "bench.json").write_text(json.dumps(result, indent=1, default=str))
-    (outdir / "bench.md").write_text(markdown(measurements, env, ceiling))
+            save()
+    save()
     result["plots"] = [str(p) for p in plot(measurements, outdir, env)]
     return result
