@@ -17,27 +17,34 @@
 // multiple of 4 floats and the pointer is 16-byte aligned; otherwise the same kernel takes a guarded
 // scalar path.
 //
-// The ladder (after siboehm/SGEMM_CUDA; predicted % of cuBLAS fp32 on an H200 at 4096, where cuBLAS
-// runs ~50 TFLOP/s; measured figures are in docs/matmul.md, generated from the benchmark's JSON):
+// The ladder (after siboehm/SGEMM_CUDA). Figures: TFLOP/s at 4096^3 NN on an H200 (cuBLAS 51.2) and
+// the speedup over the previous step, from GPU run 1 (benchmarks/results/matmul_h200_run1.md;
+// regenerated tables go to docs/matmul.md). 7 and 8 were re-shaped after that run: predicted.
 //   1 naive          one thread per C element, threadIdx.x walks M: a warp reads 32 rows of A and
-//                    writes 32 rows of C, 32 transactions per access.                        ~1-2%
+//                    writes 32 rows of C, 32 transactions per access.        0.5 at 1024^3 (1%)
 //   2 coalesced      threadIdx.x walks N instead: a warp reads one broadcast A element and 32
-//                    consecutive B/C elements (one 128-byte transaction).                  ~8-10x 1
+//                    consecutive B/C elements (one 128-byte transaction).      6.0 (12%), ~12x 1
+//                    (NT stays strided on B: 0.5 TFLOP/s for x.W^T)
 //   3 smem_tiling    32x32 tiles of op(A) and op(B) staged in shared memory; each global element
-//                    is read by 32 threads from smem instead of 32 times from L1/L2.          ~1.5x 2
+//                    is read by 32 threads from smem instead of 32 times from L1/L2.
+//                                                                      6.7 (13%), 1.1x 2 (L1 had
+//                                                                      done most of it already)
 //   4 blocktile_1d   each thread computes 8 outputs of a column (64x64x8 tile, 512 threads): one
-//                    B value from smem is reused for 8 FMAs.                                   ~2-3x 3
+//                    B value from smem is reused for 8 FMAs.                    14.0 (27%), 2.1x 3
 //   5 blocktile_2d   each thread computes an 8x8 block (128x128x8 tile, 256 threads): 16 smem
-//                    loads feed 64 FMAs.                                                       ~2x 4
+//                    loads feed 64 FMAs. 144 registers: one block per SM.       21.1 (41%), 1.5x 4
 //   6 vectorized     16-byte global loads, and A stored transposed (As[k][m]) so the inner loop
-//                    reads both operands with 128-bit LDS instead of 32-bit ones.            ~1.2x 5
-//   7 warptiling     the block tile split into 64x64 warp tiles (128 threads, 8x4 thread
-//                    sub-tiles x4): a warp's smem reads hit few distinct rows, 128 FMA per
-//                    6 LDS.128 per k.                                                        ~1.2x 6
-//   8 cp_async       variant 7's tiling fed by a 3-stage cp.async pipeline (zero-fill at edges):
-//                    global->smem copies bypass registers and overlap the FMAs.     ~1.1x 7, >=90%
+//                    reads both operands with 128-bit LDS instead of 32-bit ones.
+//                    125 registers: two blocks per SM.                          29.5 (58%), 1.4x 5
+//   7 warptiling     variant 6 with a warp-tiled thread map: 8 warps of 32x64, each lane 2x2
+//                    blocks of 4x4, conflict-free LDS.128.                       predicted ~32, 1.1x 6
+//                    (first version, 128 threads x 128 accumulators: 22.6, 8 warps per SM)
+//   8 cp_async       variant 7's map at BK=16 fed by a 3-stage cp.async ring (zero-fill at edges):
+//                    global->smem copies bypass registers and overlap the FMAs.
+//                                                        predicted >= 46 (90%); first version 41.7
 //   9 tf32_mma       opt-in: mma.sync m16n8k8 TF32 tensor cores (operands rounded with
-//                    cvt.rna.tf32.f32, ~1e-3 relative error, not the fp32 contract).  ~2-4x cuBLAS fp32
+//                    cvt.rna.tf32.f32, ~1e-3 relative error, not the fp32 contract).
+//                                                                82.7 (1.6x cuBLAS fp32)
 //
 // Build checks without a GPU: nvcc -arch=sm_90 -Xptxas -v (no spills in 5..9) and NVRTC
 // (tests/test_build.py); the thread/tile/fragment index maps of 6..9 and the cp.async ring are

@@ -139,3 +139,58 @@ def cases(quick: bool):
             for which in ("fwd", "dx", "dw"):
                 for t in TOKENS:
                     yield _transformer(dtype, which, t, d)
+
+
+# ---------------------------------------------------------------------------------------------
+# The ladder table: generated from a bench.json, never typed
+# ---------------------------------------------------------------------------------------------
+
+def ladder_table(result: dict, source: str = "") -> str:
+    """Markdown: one table per dtype, a row per variant (and cuBLAS), a column per case, each cell
+    "TFLOP/s (percent of cuBLAS)"; from the JSON `tfm-kernels bench` writes."""
+    env = result.get("env", {})
+    dev = env.get("device", {})
+    ms = [m for m in result.get("measurements", []) if m["op"] == "matmul" and m["kind"] != "ceiling"]
+    lines = [f"# matmul on {dev.get('name', '?')}: TFLOP/s (percent of cuBLAS)", "",
+             f"{env.get('date')}, commit {env.get('commit') or 'unrecorded'}, CUDA runtime "
+             f"{env.get('cuda_runtime')}, CuPy {env.get('cupy')}; backend {', '.join(result.get('backends', []))}; "
+             f"{'--quick, ' if result.get('quick') else ''}CUDA events, median of "
+             f"{max((m.get('repeats') or 0) for m in ms) if ms else 0} calls."
+             + (f" Source: {source}." if source else ""), "",
+             "Peer: cuBLAS through `cupy.matmul` on the same buffers. n/a: the variant does not take "
+             "the dtype, or (variants 1-3) one call would take over 50 ms.", ""]
+    for short in ("fp32", "fp16"):
+        sub = [m for m in ms if m["label"].endswith(short)]
+        if not sub:
+            continue
+        cases = list(dict.fromkeys(m["label"] for m in sub))
+        whos = list(dict.fromkeys(m["who"] for m in sub if m["kind"] == "peer"))
+        whos += list(dict.fromkeys(m["who"] for m in sub if m["kind"] == "variant"))
+        rows = []
+        for who in whos:
+            cells = []
+            for c in cases:
+                m = next((x for x in sub if x["who"] == who and x["label"] == c), None)
+                if m is None or m.get("throughput") is None:
+                    st = (m or {}).get("status", "")
+                    cells.append("WRONG" if st.startswith("WRONG") else "error" if st.startswith("error") else "n/a")
+                elif m["kind"] == "peer":
+                    cells.append(f"{m['throughput']:.1f}")
+                else:
+                    cells.append(f"{m['throughput']:.1f} ({100 * m['vs_peer']:.0f}%)" if m.get("vs_peer")
+                                 else f"{m['throughput']:.1f}")
+            if any(x != "n/a" for x in cells):
+                rows.append(f"| {who} | " + " | ".join(cells) + " |")
+        lines += [f"## {short}", "", "| variant | " + " | ".join(c[: -len(short)].strip() for c in cases) + " |",
+                  "|---|" + "---:|" * len(cases)] + rows + [""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m tfm_kernels.bench.matmul BENCH_JSON   (prints the ladder table)")
+    with open(sys.argv[1]) as f:
+        print(ladder_table(json.load(f), source=sys.argv[1]))
