@@ -370,7 +370,7 @@ def plot_history(history: dict, path, title: str = "") -> Path:
         ax2.set_ylim(0, 100)
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, loc="center right", fontsize=8)
+    ax.legend(handles, labels, loc="lower left", fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
@@ -470,9 +470,9 @@ def run_train(args) -> int:
     with open(out / "history.json", "w") as f:
         json.dump({"settings": meta["settings"], "config": dataclasses.asdict(config),
                    "seconds": result.seconds, **result.history}, f)
-    title = (f"numpy_ref Transformer, numbers -> words: d_model {config.d_model}, "
-             f"{config.num_encoder_layers}+{config.num_decoder_layers} layers, {args.dtype}; "
-             f"{acc:.1%} exact match after {settings.steps} steps")
+    title = (f"numpy_ref Transformer, numbers -> words (d_model {config.d_model}, "
+             f"{config.num_encoder_layers}+{config.num_decoder_layers} layers, {args.dtype})\n"
+             f"{acc:.1%} validation exact match after {settings.steps} steps, {result.seconds:.0f} s")
     png = plot_history(result.history, out / "loss_curve.png", title)
     _print_samples(result.val_predictions, task.val, args.samples)
     print(f"\nwrote {ckpt}, {png}, {out / 'history.json'}")
