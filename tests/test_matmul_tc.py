@@ -1,19 +1,26 @@
-"""tests/test_matmul_tc.py: the fp16 tensor-core matmul variants (csrc/matmul_tc.cu, mma.sync;
-csrc/matmul_sm90.cu, wgmma), registered by tfm_kernels/matmul_tc.py as variants 10+ of `matmul`.
+"""tests/test_matmul_tc.py: the fp16 tensor-core matmul variants (csrc/matmul_tc.cu, mma.sync, 10-11;
+csrc/matmul_sm90.cu, wgmma + TMA, 12-13), registered by tfm_kernels/matmul_tc.py as op `matmul`.
 
 No GPU needed:
 * the registry: numbered, described, every kernel a variant may launch is exported by its source;
+  the launch plans match the kernels' parameter lists; 12-13 refuse what TMA cannot read, with the
+  reason, and the default then falls back to 11; the TMA encoder takes the plan's arguments;
 * a lane-level NumPy emulation of matmul_mma (tests/_emulate_matmul_tc.py: the kernel's own index
   formulas on top of ldmatrix/mma.sync as the PTX ISA defines them) reproduces op(A) @ op(B) for
   all four layouts, ragged edges included, and the swizzled tiles are bank-conflict-free;
-* NVRTC compiles the kernels and the PTX of each holds the tensor-core instructions it is meant to
-  (mma.sync.aligned.m16n8k16, ldmatrix with .trans exactly where an operand is M/N-contiguous).
+* a NumPy model of TMA's 128B swizzle and wgmma's canonical smem layouts reproduces op(A) @ op(B)
+  through matmul_wgmma's coordinates, descriptors and epilogue; a randomly interleaved model of its
+  mbarrier protocol never deadlocks, never hands a consumer the wrong k-block, never overwrites a
+  stage still being read;
+* NVRTC compiles the kernels and the PTX of each holds the instructions it is meant to
+  (mma.sync.aligned.m16n8k16 with ldmatrix[.trans] where the layout needs it; wgmma m64n256k16
+  with the layout's transpose bits, TMA loads, mbarrier waits, setmaxnreg).
 Where cuobjdump and the built extension exist (the GPU machine): the SASS of every matmul_mma
-kernel contains HMMA.
+kernel contains HMMA and LDSM, of every matmul_wgmma kernel HGMMA and UTMALDG.
 GPU: every variant x both backends x all four layouts x (fp16 out, fp32 out) over awkward shapes
-against numpy_ref.matmul in float64, outputs poisoned with NaN. Tolerance (helpers.
-assert_close_lowprec): error <= 2 x the error of NumPy computing the same product from the same
-fp16 inputs in float32 and rounding to the output dtype, + 1e-5 x max|ref|.
+(and batched, and misaligned views) against numpy_ref.matmul in float64, outputs poisoned with NaN.
+Tolerance (helpers.assert_close_lowprec): error <= 2 x the error of NumPy computing the same product
+from the same fp16 inputs in float32 and rounding to the output dtype, + 1e-5 x max|ref|.
 """
 
 from __future__ import annotations
