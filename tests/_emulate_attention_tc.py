@@ -443,3 +443,172 @@ def bwd(q, k, v, o, do, lse, *, kv_len, causal, scale, D, BM, DQ_BN, determinist
     else:
         dq[:] = (dq_acc * np.float32(scale)).astype(np.float16)
     return dq, dk, dv
+
+
+# ------------------------------------------------------------------------------------------ forward 14 (wgmma)
+#
+# csrc/attention_sm90.cu writes its tiles with cp.async into a 128-byte-swizzled layout and hands
+# wgmma descriptors of it. The model of what a descriptor means (PTX ISA "Shared Memory Matrix
+# Layout", 128B swizzle; the canonical layouts CUTLASS builds): element addresses are computed
+# without swizzle from the start address and the strides, then bits 4-6 of the byte address are
+# XORed with bits 7-9 (Swizzle<3,4,3>; the atoms are 1024-byte aligned).
+#   K-major (A = Q_i, B = K_j): row r (M or N), k: start + (r // 8) * SBO + (r % 8) * 128 + 2k.
+#   MN-major (B = V_j, tnspB): k, n: start + (k // 8) * SBO + (k % 8) * 128 + (n // 64) * LBO
+#                                    + 2 (n % 64).
+# The warpgroup's accumulator (m64nN) is the mma.sync C layout with warp w owning rows 16w..16w+15;
+# the register A operand is the mma.sync A layout of the same rows.
+
+def _swz(addr):
+    return addr ^ (((addr >> 7) & 7) << 4)
+
+
+def wg_load(smem: np.ndarray, base: int, g: np.ndarray, rows: int, r0: int, limit: int):
+    """The kernel's load(): rows [r0, r0+rows) of g (L, D) fp16 into smem (uint8) at base."""
+    D = g.shape[1]
+    for c in range(rows * (D // 8)):
+        r, ch = c // (D // 8), c % (D // 8)
+        off = (ch // 8) * rows * 128 + r * 128 + (((ch % 8) ^ (r % 8)) * 16)
+        chunk = g[r0 + r, ch * 8: ch * 8 + 8] if r0 + r < limit else np.zeros(8, np.float16)
+        smem[base + off: base + off + 16] = np.ascontiguousarray(chunk).view(np.uint8)
+
+
+def _read_half(smem, addr):
+    return smem[addr: addr + 2].view(np.float16)[0]
+
+
+def desc_kmajor(smem, start, rows, sbo=1024):
+    """(rows x 16) fp16 matrix a K-major descriptor at `start` (one k16 step) describes."""
+    out = np.empty((rows, 16), np.float16)
+    for r in range(rows):
+        for kk in range(16):
+            out[r, kk] = _read_half(smem, _swz(start + (r // 8) * sbo + (r % 8) * 128 + 2 * kk))
+    return out
+
+
+def desc_mnmajor(smem, start, n, lbo, sbo=1024):
+    """(16 x n) fp16 B matrix (k x n) an MN-major descriptor at `start` describes."""
+    out = np.empty((16, n), np.float16)
+    for kk in range(16):
+        for j in range(n):
+            out[kk, j] = _read_half(smem, _swz(start + (kk // 8) * sbo + (kk % 8) * 128 + (j // 64) * lbo + 2 * (j % 64)))
+    return out
+
+
+def wg_acc_to_matrix(acc):
+    """(4 warps, 32 lanes, 4*NT) accumulators -> 64 x 8NT."""
+    NT = acc.shape[2] // 4
+    return np.concatenate([np.concatenate([c_matrix(acc[w, :, 4 * j: 4 * j + 4]) for j in range(NT)], axis=1)
+                           for w in range(4)], axis=0)
+
+
+def wg_matrix_to_acc(M):
+    NT = M.shape[1] // 8
+    acc = np.empty((4, 32, 4 * NT), np.float32)
+    for w in range(4):
+        for j in range(NT):
+            acc[w, :, 4 * j: 4 * j + 4] = c_fragments(M[16 * w: 16 * w + 16, 8 * j: 8 * j + 8])
+    return acc
+
+
+def wgmma_ss(acc, smem, da_start, db_start, N):
+    """m64nNk16, A and B K-major: acc (4, 32, N/2) += A @ B^T-as-stored."""
+    A = desc_kmajor(smem, da_start, 64).astype(np.float32)
+    B = desc_kmajor(smem, db_start, N).astype(np.float32)   # N x 16 (rows = keys)
+    acc[:] = wg_matrix_to_acc(wg_acc_to_matrix(acc) + A @ B.T)
+
+
+def wgmma_rs(acc, pa, smem, db_start, N, lbo):
+    """m64nNk16, A from registers pa (4 warps, 32, 4, 2) fp16, B MN-major."""
+    A = np.concatenate([a_matrix(pa[w]) for w in range(4)], axis=0).astype(np.float32)
+    B = desc_mnmajor(smem, db_start, N, lbo).astype(np.float32)
+    acc[:] = wg_matrix_to_acc(wg_acc_to_matrix(acc) + A @ B)
+
+
+def fwd_wgmma(q, k, v, *, kv_len, causal, scale, D, BN=128):
+    """attn_fwd_wgmma<D, BN> over every query tile of one (b, h)."""
+    Lq, Lk = q.shape[0], k.shape[0]
+    BM, NT, DT = 128, BN // 8, D // 8
+    Q_BYTES, KV_BYTES = BM * D * 2, BN * D * 2
+    scale_log2 = np.float32(scale * LOG2E)
+    o = np.full((Lq, D), np.nan, np.float16)
+    lse = np.full((Lq,), np.nan, np.float32)
+    ntiles = -(-Lq // BM)
+    for tile in range(ntiles):
+        mblk = ntiles - 1 - tile if causal else tile
+        m0 = mblk * BM
+        n_end = min(kv_len, m0 + BM) if causal else kv_len
+        nblocks = -(-n_end // BN) if n_end > 0 else 0
+        smem = np.full(Q_BYTES + 2 * KV_BYTES * 2, 0xFF, np.uint8)   # 0xFFFF halves are NaN
+        sQ, sK, sV = 0, Q_BYTES, Q_BYTES + 2 * KV_BYTES
+        wg_load(smem, sQ, q, BM, m0, Lq)
+        for wg in range(2):
+            wrow0 = wg * 64
+            if nblocks == 0:
+                rows = m0 + wrow0 + np.arange(64)
+                ok = rows < Lq
+                o[rows[ok]] = 0
+                lse[rows[ok]] = -np.inf
+                continue
+            acc = np.zeros((4, 32, DT * 4), np.float32)
+            m_i = np.full((4, 2, 32), -np.inf, np.float32)
+            l_i = np.zeros((4, 2, 32), np.float32)
+            for jb in range(nblocks):
+                n0, buf = jb * BN, jb & 1
+                wg_load(smem, sK + buf * KV_BYTES, k, BN, n0, kv_len)
+                wg_load(smem, sV + buf * KV_BYTES, v, BN, n0, kv_len)
+                qa, kb, vb = sQ + wg * 64 * 128, sK + buf * KV_BYTES, sV + buf * KV_BYTES
+                s = np.zeros((4, 32, NT * 4), np.float32)
+                for kk in range(D // 16):
+                    wgmma_ss(s, smem, qa + (kk // 4) * BM * 128 + (kk % 4) * 32,
+                             kb + (kk // 4) * BN * 128 + (kk % 4) * 32, BN)
+                pa = np.empty((BN // 16, 4, 32, 4, 2), np.float16)
+                for w in range(4):
+                    wrow = wrow0 + w * 16
+                    edge = (n0 + BN > kv_len) or (causal and n0 + BN - 1 > m0 + wrow)
+                    for nt in range(NT):
+                        for c in range(4):
+                            x = s[w, :, 4 * nt + c] * scale_log2
+                            if edge:
+                                row = m0 + wrow + G + 8 * (c // 2)
+                                col = n0 + nt * 8 + 2 * T + (c % 2)
+                                x = np.where((col >= kv_len) | (causal & (col > row)), np.float32(-np.inf), x)
+                            s[w, :, 4 * nt + c] = x
+                    for r in range(2):
+                        mx = m_i[w, r].copy()
+                        for nt in range(NT):
+                            mx = np.maximum(mx, np.maximum(s[w, :, 4 * nt + 2 * r], s[w, :, 4 * nt + 2 * r + 1]))
+                        mx = quad_max(mx)
+                        m_use = np.where(mx == -np.inf, np.float32(0), mx)
+                        alpha = np.exp2(m_i[w, r] - m_use)
+                        m_i[w, r] = mx
+                        rs = np.zeros(32, np.float32)
+                        for nt in range(NT):
+                            p0 = np.exp2(s[w, :, 4 * nt + 2 * r] - m_use)
+                            p1 = np.exp2(s[w, :, 4 * nt + 2 * r + 1] - m_use)
+                            s[w, :, 4 * nt + 2 * r], s[w, :, 4 * nt + 2 * r + 1] = p0, p1
+                            rs += p0 + p1
+                        l_i[w, r] = l_i[w, r] * alpha + rs
+                        acc[w, :, 2 * r::4] *= alpha[:, None]
+                        acc[w, :, 2 * r + 1::4] *= alpha[:, None]
+                    for kk in range(BN // 16):
+                        for h in range(4):
+                            pa[kk, w, :, h] = pack_half2(s[w, :, 8 * kk + 2 * h], s[w, :, 8 * kk + 2 * h + 1])
+                for kk in range(BN // 16):
+                    wgmma_rs(acc, pa[kk], smem, vb + kk * 16 * 128, D, BN * 128)
+            if nblocks == 0:
+                continue
+            for w in range(4):
+                wrow = wrow0 + w * 16
+                for r in range(2):
+                    lsum = quad_sum(l_i[w, r])
+                    rows = m0 + wrow + G + 8 * r
+                    for l in range(32):
+                        if rows[l] >= Lq:
+                            continue
+                        inv = np.float32(1) / lsum[l] if lsum[l] > 0 else np.float32(0)
+                        for dt in range(DT):
+                            o[rows[l], dt * 8 + 2 * T[l]: dt * 8 + 2 * T[l] + 2] = pack_half2(
+                                acc[w, l:l + 1, 4 * dt + 2 * r] * inv, acc[w, l:l + 1, 4 * dt + 2 * r + 1] * inv)[0]
+                        if T[l] == 0:
+                            lse[rows[l]] = (m_i[w, r, l] + np.log2(lsum[l])) * LN2 if lsum[l] > 0 else -np.inf
+    return o, lse

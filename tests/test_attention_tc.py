@@ -45,21 +45,26 @@ H200_SMEM = 227 * 1024
 # ---------------------------------------------------------------------------------------------
 
 def test_registered():
-    assert [v.number for v in FWD] == [10, 13] and [v.number for v in BWD] == [11, 12]
+    assert [v.number for v in FWD] == [10, 13, 14] and [v.number for v in BWD] == [11, 12]
     for v in FWD + BWD:
         assert v.dtypes == ("float16",) and v.description and v.hot, v.qualname
-        exported = set(_backend.exports(tc.SOURCE))
         for source, name in v.kernels:
-            assert source == tc.SOURCE and name in exported, f"{v.qualname}: {name} not exported"
+            assert name in set(_backend.exports(source)), f"{v.qualname}: {source} lacks {name}"
         assert v.reason_unsupported(dtype="float16", head_dim=80) is not None
-        for d in tc.HEAD_DIMS:
+        dims = tc.WGMMA_HEAD_DIMS if v.number == 14 else tc.HEAD_DIMS
+        for d in dims:
             assert v.reason_unsupported(dtype="float16", head_dim=d) is None
+    wg = FWD[2]
+    assert wg.arch == 90 and wg.extra.get("opt_in"), "14 stays opt-in until seen passing on a GPU"
+    assert {s for s, _ in wg.kernels} == {tc.SOURCE_SM90}
+    assert _backend.source_arch(open(_backend.csrc_dir() / tc.SOURCE_SM90).read()) == "sm_90a"
 
 
 @pytest.mark.parametrize("D", tc.HEAD_DIMS)
 def test_smem_fits(D):
-    for nbytes in (tc.fwd_smem(D), tc.fwd_smem(D, 13), tc.bwd_smem(D, True), tc.bwd_smem(D, False),
-                   tc.dq_smem(D)):
+    sizes = [tc.fwd_smem(D), tc.fwd_smem(D, 13), tc.bwd_smem(D, True), tc.bwd_smem(D, False),
+             tc.dq_smem(D)] + ([tc.wgmma_smem(D)] if D in tc.WGMMA_HEAD_DIMS else [])
+    for nbytes in sizes:
         assert 0 < nbytes <= H200_SMEM, (D, nbytes)
 
 
@@ -97,6 +102,26 @@ def test_emulated_forward(variant, Lq, Lk, D, causal, kv_len, rng):
     np.testing.assert_allclose(lse, rl[0, 0], rtol=1e-5, atol=1e-5)
 
 
+# (Lq, Lk, D, causal, kv_len) for forward 14: two query tiles with a ragged second one, 128-key
+# tiles cut by kv_len and by the diagonal, kv_len 0 and 1, Lq < Lk and Lq > Lk.
+EMU_WGMMA = [(130, 150, 64, True, 140), (40, 200, 128, False, 170), (17, 5, 64, True, 0),
+             (140, 30, 128, True, 1)]
+
+
+@pytest.mark.parametrize("Lq, Lk, D, causal, kv_len", EMU_WGMMA)
+def test_emulated_forward_wgmma(Lq, Lk, D, causal, kv_len, rng):
+    """attention_sm90.cu: the swizzled cp.async writes, the wgmma descriptors' start addresses and
+    strides (read back through the 128B-swizzle model of the PTX ISA), the accumulator and register-A
+    layouts, and the softmax on them reproduce numpy_ref."""
+    q, k, v, _ = _fp16_case(rng, Lq, Lk, D)
+    o, lse = emu.fwd_wgmma(q, k, v, kv_len=kv_len, causal=causal, scale=1 / np.sqrt(D), D=D,
+                           BN=tc.WGMMA_BN)
+    ro, rl = numpy_ref.attention_forward(_f64(q), _f64(k), _f64(v), causal, np.array([kv_len]))
+    assert not np.isnan(o).any() and not np.isnan(lse).any(), "an output was never written"
+    np.testing.assert_allclose(o, ro[0, 0], rtol=0, atol=2e-3 * max(np.abs(ro).max(), 1e-3))
+    np.testing.assert_allclose(lse, rl[0, 0], rtol=1e-5, atol=1e-5)
+
+
 EMU_BWD = [(97, 83, 32, True, 50, False), (40, 130, 96, False, 130, True),
            (17, 5, 64, True, 0, False), (33, 66, 128, True, 1, True), (70, 20, 64, False, 17, False),
            (70, 90, 32, True, 90, True)]
@@ -128,7 +153,7 @@ def test_nvrtc_ptx_tensor_cores():
     product) and cp.async."""
     from test_matmul_tc import _nvrtc_ptx  # the one NVRTC-to-PTX helper of the test suite
 
-    names = sorted({n for v in FWD + BWD for _, n in v.kernels})
+    names = sorted({n for v in FWD + BWD for s, n in v.kernels if s == tc.SOURCE})
     bodies = _nvrtc_ptx(tc.SOURCE, names, "compute_90")
     for name, body in bodies.items():
         if "dot" in name or "convert" in name:
@@ -139,9 +164,35 @@ def test_nvrtc_ptx_tensor_cores():
         assert "cp.async.cg.shared.global" in body, name
 
 
+def test_nvrtc_ptx_wgmma():
+    """sm_90a: forward 14 issues wgmma m64n128k16 with both operands from smem descriptors (S) and
+    m64n{D}k16 with A from registers and B transposed (P V), and fences the async proxy."""
+    from test_matmul_tc import _nvrtc_ptx
+
+    names = [tc.wgmma_kernel(d) for d in tc.WGMMA_HEAD_DIMS]
+    bodies = _nvrtc_ptx(tc.SOURCE_SM90, names, "compute_90a")
+    for d, name in zip(tc.WGMMA_HEAD_DIMS, names):
+        body = bodies[name]
+        assert "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16" in body, name
+        pv = [ln for ln in body.splitlines() if f"wgmma.mma_async.sync.aligned.m64n{d}k16" in ln]
+        assert pv, name
+        assert "fence.proxy.async.shared::cta" in body and "wgmma.wait_group" in body, name
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU
 # ---------------------------------------------------------------------------------------------
+
+
+def _skip_unsupported(op, variant, D, backend):
+    v = tfm_kernels.variants(op)
+    v = next(x for x in v if x.key == variant)
+    why = v.reason_unsupported(dtype="float16", head_dim=D)
+    if why:
+        pytest.skip(f"{variant}: {why}")
+    cc = _backend.get(backend).cc
+    if cc < v.arch:
+        pytest.skip(f"{variant} needs compute capability {v.arch / 10:.1f}, device has {cc / 10:.1f}")
 
 # (B, H, Lq, Lk, D, causal, kv_lens or None). Every L of the issue, Lq != Lk both ways, each head
 # dim with causal on and off, kv_lens with 0 and 1 beside full rows (so a tensor's scale is never
@@ -205,8 +256,9 @@ def _poisoned(cp, shape, dtype):
 def test_forward(backend, variant, case):
     import cupy as cp
 
-    c = _case(*case[:6], None if case[6] is None else tuple(case[6]))
     B, H, Lq, Lk, D = case[:5]
+    _skip_unsupported("attention_forward", variant, D, backend)
+    c = _case(*case[:6], None if case[6] is None else tuple(case[6]))
     o = _poisoned(cp, (B, H, Lq, D), cp.float16)
     lse = _poisoned(cp, (B, H, Lq), cp.float32)
     got_o, got_lse = tfm_kernels.attention_forward(

@@ -28,6 +28,7 @@ import numpy as np
 from ._registry import Launch, Variant, register
 
 SOURCE = "attention_tc.cu"
+SOURCE_SM90 = "attention_sm90.cu"   # wgmma, built for sm_90a only
 HEAD_DIMS = (32, 64, 96, 128)
 THREADS = 128
 LOG2E = 1.4426950408889634
@@ -112,6 +113,38 @@ def _forward(be, q, k, v, kv_lens, causal, scale, o, lse, number=10):
 
 def _forward13(be, *args):
     _forward(be, *args, number=13)
+
+
+# forward 14 (Hopper): 128 query rows (2 warpgroups x 64) x 128-key tiles, head dims 64 and 128.
+WGMMA_HEAD_DIMS = (64, 128)
+WGMMA_BM, WGMMA_BN = 128, 128
+
+
+def wgmma_kernel(D: int) -> str:
+    return f"attn_fwd_wgmma<{D}, {WGMMA_BN}>"
+
+
+def wgmma_smem(D: int) -> int:
+    """Q_i [128][D] and two buffers each of K_j, V_j [128][D], fp16, 128-byte swizzled (no padding),
+    plus 1 KiB so the kernel can align the swizzle atoms to 1024 bytes."""
+    return (WGMMA_BM + 4 * WGMMA_BN) * D * 2 + 1024
+
+
+def _wgmma_supports(dtype, head_dim, **_):
+    if head_dim not in WGMMA_HEAD_DIMS:
+        return (f"head_dim {head_dim} is not one of {WGMMA_HEAD_DIMS} (the wgmma instantiations: "
+                f"m64n{{D}}k16 for P V)")
+    return None
+
+
+def _forward_wgmma(be, q, k, v, kv_lens, causal, scale, o, lse):
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    ntiles = _cdiv(Lq, WGMMA_BM)
+    be.launch(Launch(SOURCE_SM90, wgmma_kernel(D), (ntiles * B * H, 1, 1), (256, 1, 1),
+                     (q, k, v, o, lse, kv_lens, np.int32(H), np.int32(Lq), np.int32(Lk),
+                      np.int32(ntiles), np.float32(scale * LOG2E), np.int32(causal)),
+                     wgmma_smem(D)))
 
 
 # ------------------------------------------------------------------------------------------ backward
@@ -256,6 +289,14 @@ register(Variant(
     kernels=tuple((SOURCE, fwd_kernel(d, 13)) for d in HEAD_DIMS), hot=True,
     measured="H200 (GPU run 1): fwd D=128 N=4096 B4 H16: 270 TFLOP/s, 1.14x 10_tc (237); "
              "0.76x SDPA flash (355)"))
+register(Variant(
+    "attention_forward", 14, "wgmma",
+    "Hopper: S = Q K^T by wgmma m64n128k16 from 128-byte-swizzled smem, P V by wgmma with P in "
+    "registers (A operand) and V N-major; 2 warpgroups x 64 rows, 128-key tiles double-buffered by "
+    "cp.async (opt-in until seen correct and measured on a GPU: variant=14)",
+    _forward_wgmma, dtypes=("float16",), supports=_wgmma_supports,
+    kernels=tuple((SOURCE_SM90, wgmma_kernel(d)) for d in WGMMA_HEAD_DIMS), hot=True, arch=90,
+    extra={"opt_in": True}))
 register(Variant(
     "attention_backward", 11, "tc",
     "fp16 FlashAttention-2 backward on tensor cores: CTA per 64-key block, dK_j/dV_j in fp32 "
