@@ -145,7 +145,11 @@ class Row:
 def op_modules() -> list[types.ModuleType]:
     from . import _ops
 
-    return [m for m in vars(_ops).values() if isinstance(m, types.ModuleType)]
+    # By name, not by the attribute's value: `from . import softmax` in _ops binds whatever the
+    # package attribute is, and tfm_kernels/__init__.py rebinds `softmax` and `matmul` to the
+    # functions, so vars(_ops) holds functions there, not the modules that define check_cases.
+    return [sys.modules[f"{__package__}.{name}"] for name in vars(_ops)
+            if not name.startswith("_") and f"{__package__}.{name}" in sys.modules]
 
 
 def _matches(op: str, wanted: list[str] | None) -> bool:
