@@ -8,7 +8,7 @@
 Both decoders run the encoder once per batch (``model.encode``) and then call ``model.decode`` once
 per output position on the whole prefix, with dropout off. There is no key/value cache: the prefix is
 re-decoded each step, which costs O(T^2) decoder positions instead of O(T). For this project's task
-(T <= 11) that is under 6x the work of one pass and keeps the decoder exactly the model's own forward
+(T <= 10) that is 5.5x the work of one pass and keeps the decoder exactly the model's own forward
 (a cache would be a second implementation of attention to keep in sync).
 
 Greedy decoding drops a row from the batch as soon as it has produced <eos>, so the work per step

@@ -2,6 +2,7 @@
 95% run is `make demo`, not a test)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -13,6 +14,16 @@ from tfm_kernels.cli import main as cli
 
 VOCAB = data.Vocab()
 TINY = ["--d-model", "16", "--heads", "2", "--layers", "1", "--ff", "32"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_blas_threads():
+    # `tfm-kernels train` sets OpenBLAS to 1 thread for the process; give later tests the count
+    # they started with.
+    before = _openblas_threads()
+    yield
+    if before is not None:
+        train_mod.set_blas_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +138,8 @@ def test_cli_train_bad_options(capsys, args, message):
 def _openblas_threads():
     import ctypes
 
+    if not os.path.exists("/proc/self/maps"):
+        return None
     with open("/proc/self/maps") as f:
         libs = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
     for lib in libs:
