@@ -17,9 +17,11 @@
 //                               adjacent n-tiles is exactly the m16k16 A layout).
 //   attn_bwd_dot_tc<D>          D_i = rowsum(dO_i * O_i) in fp32 from fp16 inputs; zeroes the fp32
 //                               dQ accumulator in the same pass.
-//   attn_bwd_tc<D, BM, ATOMIC>  backward 11 (ATOMIC=true) / 12 (false). CTA = one key block of 64
-//                               keys, 4 warps of 16 keys; K_j and V_j stay in smem, dK_j and dV_j in
-//                               fp32 registers; loop over query blocks Q_i (cp.async double buffer):
+//   attn_bwd_tc<D, BM, ATOMIC, NW>
+//                               backward 11 (ATOMIC=true) / 12 (false). CTA = one key block of
+//                               16*NW keys, NW warps of 16 keys; K_j and V_j stay in smem, dK_j
+//                               and dV_j in fp32 registers; loop over query blocks Q_i (cp.async
+//                               double buffer):
 //                               S^T = K_j Q_i^T, P^T = exp(S^T - lse), dV += P^T dO_i,
 //                               dP^T = V_j dO_i^T, dS^T = P^T (dP^T - D_i), dK += dS^T Q_i and, for
 //                               11, dQ_i += dS K_j through fp32 atomics (dS staged in smem).
@@ -359,8 +361,9 @@ TFM_EXPORT(attn_bwd_dot_tc<96>)
 TFM_EXPORT(attn_bwd_dot_tc<128>)
 
 // ------------------------------------------------------------------------------------------------
-// Backward 11 / 12: CTA per key block K_j, V_j of 64 keys; warp w owns keys 16w..16w+15 of it, and
-// their dK_j, dV_j rows (fp32 registers). Everything is computed transposed (keys are the mma's M),
+// Backward 11 / 12: CTA per key block K_j, V_j of BN = 16*NW keys; warp w owns keys 16w..16w+15 of
+// it, and their dK_j, dV_j rows (fp32 registers). 11 uses NW = 8 (128 keys, FA2's shape: half the
+// dQ atomics and half the Q_i/dO_i loads per key of NW = 4); 12 keeps NW = 4 (measured on an H200). Everything is computed transposed (keys are the mma's M),
 // so the score fragments are S^T: sT[nt][0..1] = key g, queries 8nt + 2t + {0,1}; [2..3] = key g+8.
 // Per query block Q_i (BM rows; Q_i, dO_i double-buffered by cp.async, lse_i and D_i through
 // registers into smem):
@@ -373,15 +376,15 @@ TFM_EXPORT(attn_bwd_dot_tc<128>)
 //   ATOMIC: dQ_i += dS K_j           dS^T staged in smem as fp16 [key][query]; A = dS (.trans of the
 //                                    staged tile), B = K_j (.trans); fp32 atomics into dq_acc.
 // dK is scaled once at the end; dQ's scale is applied when dq_acc is converted.
-template <int D, int BM, bool ATOMIC>
-__global__ void __launch_bounds__(128, 1)
+template <int D, int BM, bool ATOMIC, int NW>
+__global__ void __launch_bounds__(NW * 32, 1)
 attn_bwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
             const __half* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ Dd,
             __half* __restrict__ dk, __half* __restrict__ dv, float* __restrict__ dq_acc,
             const int* __restrict__ kv_lens, int H, int Lq, int Lk, int ntiles, float scale,
             int causal) {
     static_assert(D % 16 == 0 && BM % 16 == 0, "tile shapes: multiples of 16");
-    constexpr int THREADS = 128, BN = 64, LD = D + 8, LDS = BM + 8;
+    constexpr int THREADS = NW * 32, BN = NW * 16, LD = D + 8, LDS = BM + 8;
     constexpr int KT = D / 16, DT = D / 8, MT = BM / 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __half* sK = reinterpret_cast<__half*>(smem_raw);  // [BN][LD]
@@ -571,10 +574,10 @@ attn_bwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
                     *reinterpret_cast<uint32_t*>(sdS + (kw + g + 8 * r) * LDS + nt * 8 + 2 * t) =
                         pack_half2(dsT[nt][2 * r], dsT[nt][2 * r + 1]);
             __syncthreads();
-            // dQ_i += dS K_j over the 64 keys: (BM/16) x (D/16) output tiles of 16x16 dealt to the
-            // 4 warps round-robin. A[query][key] = sdS[key][query] (.trans): lane -> key
+            // dQ_i += dS K_j over the BN keys: (BM/16) x (D/16) output tiles of 16x16 dealt to the
+            // NW warps round-robin. A[query][key] = sdS[key][query] (.trans): lane -> key
             // 16kk + lane%8 + (lane/16)*8, query 16mt + ((lane/8)%2)*8. B = K_j[key][d] (.trans).
-            for (int tile = warp; tile < (BM / 16) * (D / 16); tile += 4) {
+            for (int tile = warp; tile < (BM / 16) * (D / 16); tile += NW) {
                 const int mt = tile / (D / 16), dp = tile % (D / 16);
                 float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
@@ -619,14 +622,14 @@ attn_bwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
     }
 }
 
-TFM_EXPORT(attn_bwd_tc<32, 64, true>)
-TFM_EXPORT(attn_bwd_tc<64, 64, true>)
-TFM_EXPORT(attn_bwd_tc<96, 32, true>)
-TFM_EXPORT(attn_bwd_tc<128, 32, true>)
-TFM_EXPORT(attn_bwd_tc<32, 64, false>)
-TFM_EXPORT(attn_bwd_tc<64, 64, false>)
-TFM_EXPORT(attn_bwd_tc<96, 32, false>)
-TFM_EXPORT(attn_bwd_tc<128, 32, false>)
+TFM_EXPORT(attn_bwd_tc<32, 64, true, 8>)
+TFM_EXPORT(attn_bwd_tc<64, 64, true, 8>)
+TFM_EXPORT(attn_bwd_tc<96, 32, true, 8>)
+TFM_EXPORT(attn_bwd_tc<128, 32, true, 8>)
+TFM_EXPORT(attn_bwd_tc<32, 64, false, 4>)
+TFM_EXPORT(attn_bwd_tc<64, 64, false, 4>)
+TFM_EXPORT(attn_bwd_tc<96, 32, false, 4>)
+TFM_EXPORT(attn_bwd_tc<128, 32, false, 4>)
 
 // dq = fp16(scale * dq_acc), 4 elements per thread (D % 16 == 0, so the total is a multiple of 4).
 __global__ void __launch_bounds__(256)

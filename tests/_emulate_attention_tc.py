@@ -264,18 +264,18 @@ def _rowstats(lse, Dd, m0, BM, Lq):
     return sl, sd
 
 
-def bwd_cta(q, k, v, do, lse, Dd, dk, dv, dq_acc, *, kv_len, causal, scale, D, BM, atomic, jblk):
-    """attn_bwd_tc<D, BM, ATOMIC> for one (b, h) and key block jblk."""
+def bwd_cta(q, k, v, do, lse, Dd, dk, dv, dq_acc, *, kv_len, causal, scale, D, BM, atomic, jblk, NW):
+    """attn_bwd_tc<D, BM, ATOMIC, NW> for one (b, h) and key block jblk."""
     Lq, Lk = q.shape[0], k.shape[0]
-    BN, LD, LDS, KT, DT, MT = 64, D + 8, BM + 8, D // 16, D // 8, BM // 8
+    BN, LD, LDS, KT, DT, MT = 16 * NW, D + 8, BM + 8, D // 16, D // 8, BM // 8
     scale_log2 = np.float32(scale * LOG2E)
     n0 = jblk * BN
     i_start = (n0 // BM) * BM if causal else 0
     nblocks = -(-(Lq - i_start) // BM) if (n0 < kv_len and i_start < Lq) else 0
     sK = load_tile(BN, D, k, n0, kv_len)
     sV = load_tile(BN, D, v, n0, kv_len)
-    dK = np.zeros((4, DT, 32, 4), np.float32)
-    dV = np.zeros((4, DT, 32, 4), np.float32)
+    dK = np.zeros((NW, DT, 32, 4), np.float32)
+    dV = np.zeros((NW, DT, 32, 4), np.float32)
     for ib in range(nblocks):
         m0 = i_start + ib * BM
         Qi = load_tile(BM, D, q, m0, Lq)
@@ -283,7 +283,7 @@ def bwd_cta(q, k, v, do, lse, Dd, dk, dv, dq_acc, *, kv_len, causal, scale, D, B
         Li, Di = _rowstats(lse, Dd, m0, BM, Lq)
         sdS = np.full((BN * LDS,), np.nan, np.float16)
         dsT_all = []
-        for warp in range(4):
+        for warp in range(NW):
             kw = warp * 16
             sT = np.zeros((MT, 32, 4), np.float32)
             for kk in range(KT):
@@ -326,7 +326,7 @@ def bwd_cta(q, k, v, do, lse, Dd, dk, dv, dq_acc, *, kv_len, causal, scale, D, B
                     mma_16816(dK[warp, 2 * dp + 1], da, b[:, 2:4])
             dsT_all.append(dsT)
         if atomic:
-            for warp in range(4):
+            for warp in range(NW):
                 kw = warp * 16
                 for nt in range(MT):
                     for r in range(2):
@@ -334,8 +334,8 @@ def bwd_cta(q, k, v, do, lse, Dd, dk, dv, dq_acc, *, kv_len, causal, scale, D, B
                         pair = pack_half2(dsT_all[warp][nt, :, 2 * r], dsT_all[warp][nt, :, 2 * r + 1])
                         sdS[addr] = pair[:, 0]
                         sdS[addr + 1] = pair[:, 1]
-            for warp in range(4):
-                for tile in range(warp, (BM // 16) * (D // 16), 4):
+            for warp in range(NW):
+                for tile in range(warp, (BM // 16) * (D // 16), NW):
                     mt, dp = tile // (D // 16), tile % (D // 16)
                     acc = np.zeros((2, 32, 4), np.float32)
                     for kk in range(BN // 16):
@@ -352,7 +352,7 @@ def bwd_cta(q, k, v, do, lse, Dd, dk, dv, dq_acc, *, kv_len, causal, scale, D, B
                                 col = dp * 16 + 2 * T[l] + h * 8
                                 dq_acc[rows[l], col] += acc[h, l, 2 * r]
                                 dq_acc[rows[l], col + 1] += acc[h, l, 2 * r + 1]
-    for warp in range(4):
+    for warp in range(NW):
         for r in range(2):
             keys = n0 + warp * 16 + G + 8 * r
             for l in range(32):
@@ -424,7 +424,7 @@ def dq_cta(q, k, v, do, lse, Dd, dq, *, kv_len, causal, scale, D, BN, mblk):
                         acc[dt, l:l + 1, 2 * r] * np.float32(scale), acc[dt, l:l + 1, 2 * r + 1] * np.float32(scale))[0]
 
 
-def bwd(q, k, v, o, do, lse, *, kv_len, causal, scale, D, BM, DQ_BN, deterministic):
+def bwd(q, k, v, o, do, lse, *, kv_len, causal, scale, D, BM, DQ_BN, deterministic, NW):
     """Backward 11 (deterministic=False) or 12 for one (b, h): (dq, dk, dv) fp16."""
     Lq, Lk = q.shape[0], k.shape[0]
     Dd = bwd_dot(do, o)
@@ -432,9 +432,9 @@ def bwd(q, k, v, o, do, lse, *, kv_len, causal, scale, D, BM, DQ_BN, determinist
     dk = np.full((Lk, D), np.nan, np.float16)
     dv = np.full((Lk, D), np.nan, np.float16)
     dq_acc = np.zeros((Lq, D), np.float32)
-    for jblk in range(-(-Lk // 64)):
+    for jblk in range(-(-Lk // (16 * NW))):
         bwd_cta(q, k, v, do, lse, Dd, dk, dv, dq_acc, kv_len=kv_len, causal=causal, scale=scale, D=D,
-                BM=BM, atomic=not deterministic, jblk=jblk)
+                BM=BM, atomic=not deterministic, jblk=jblk, NW=NW)
     if deterministic:
         nq = -(-Lq // 64)
         for bx in range(nq):

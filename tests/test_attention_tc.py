@@ -124,7 +124,8 @@ def test_emulated_forward_wgmma(Lq, Lk, D, causal, kv_len, rng):
 
 EMU_BWD = [(97, 83, 32, True, 50, False), (40, 130, 96, False, 130, True),
            (17, 5, 64, True, 0, False), (33, 66, 128, True, 1, True), (70, 20, 64, False, 17, False),
-           (70, 90, 32, True, 90, True)]
+           (70, 90, 32, True, 90, True), (150, 300, 128, True, 280, False),
+           (40, 140, 96, False, 140, False)]
 
 
 @pytest.mark.parametrize("Lq, Lk, D, causal, kv_len, det", EMU_BWD)
@@ -134,7 +135,8 @@ def test_emulated_backward(Lq, Lk, D, causal, kv_len, det, rng):
     ro, rl = numpy_ref.attention_forward(_f64(q), _f64(k), _f64(v), causal, kv)
     o16, lse32 = ro[0, 0].astype(np.float16), rl[0, 0].astype(np.float32)
     grads = emu.bwd(q, k, v, o16, do, lse32, kv_len=kv_len, causal=causal, scale=1 / np.sqrt(D), D=D,
-                    BM=tc.BWD_BM[D], DQ_BN=tc.DQ_BN[D], deterministic=det)
+                    BM=tc.BWD_BM[D], DQ_BN=tc.DQ_BN[D], deterministic=det,
+                    NW=tc.BWD_WARPS[not det])
     refs = numpy_ref.attention_backward(_f64(do), _f64(q), _f64(k), _f64(v), _f64(o16),
                                         lse32[None, None].astype(np.float64), causal, kv)
     for name, g, r in zip(("dq", "dk", "dv"), grads, refs):

@@ -41,10 +41,13 @@ FWD_TILES = {32: (64, 2), 64: (64, 2), 96: (64, 1), 128: (64, 1)}
 # registers (re-read from smem each k16 step) and BN = 32 keys (two m16 tiles of fp32 acc are
 # 2 x D/2 registers; with BN = 64 ptxas spills); D <= 64 is 10's configuration unchanged.
 FWD13_TILES = {32: (64, 2, True), 64: (64, 2, True), 96: (32, 2, False), 128: (32, 2, False)}
-# backward (dK/dV kernel): head_dim -> BM query rows per Q_i/dO_i tile (key block fixed at 64).
-# D = 96/128: dK_j and dV_j take D registers per thread, so S^T and dP^T get half the queries.
+# backward (dK/dV kernel): head_dim -> BM query rows per Q_i/dO_i tile. D = 96/128: dK_j and dV_j
+# take D registers per thread, so S^T and dP^T get half the queries.
 BWD_BM = {32: 64, 64: 64, 96: 32, 128: 32}
-BWD_BN = 64
+# warps per dK/dV CTA (16 keys each): 11 takes FA2's 128-key blocks (8 warps), which halves its
+# fp32 dQ atomics (Lq * D per key block) and the Q_i/dO_i loads per key; 12, with no atomics, keeps
+# the 4-warp, 64-key blocks it was measured with.
+BWD_WARPS = {True: 8, False: 4}
 # backward 12's dQ kernel: head_dim -> BN keys per tile (query tile fixed at 64 rows).
 DQ_BN = {32: 64, 64: 64, 96: 64, 128: 32}
 DQ_BM = 64
@@ -52,7 +55,8 @@ DQ_BM = 64
 __doc__ += "".join(
     f"\n    D = {d:3d}: forward BM x BN = {64 * FWD_TILES[d][1]} x {FWD_TILES[d][0]} (13: "
     f"{64 * FWD13_TILES[d][1]} x {FWD13_TILES[d][0]}), backward "
-    f"64 keys x {BWD_BM[d]} queries, dQ (12) 64 queries x {DQ_BN[d]} keys" for d in HEAD_DIMS) + "\n"
+    f"128 (11) / 64 (12) keys x {BWD_BM[d]} queries, dQ (12) 64 queries x {DQ_BN[d]} keys"
+    for d in HEAD_DIMS) + "\n"
 
 
 def fwd_kernel(D: int, number: int = 10) -> str:
@@ -61,7 +65,7 @@ def fwd_kernel(D: int, number: int = 10) -> str:
 
 
 def bwd_kernel(D: int, atomic: bool) -> str:
-    return f"attn_bwd_tc<{D}, {BWD_BM[D]}, {'true' if atomic else 'false'}>"
+    return f"attn_bwd_tc<{D}, {BWD_BM[D]}, {'true' if atomic else 'false'}, {BWD_WARPS[atomic]}>"
 
 
 def dq_kernel(D: int) -> str:
@@ -75,10 +79,10 @@ def fwd_smem(D: int, number: int = 10) -> int:
 
 
 def bwd_smem(D: int, atomic: bool) -> int:
-    """K_j, V_j [64][D+8]; two buffers each of Q_i, dO_i [BM][D+8]; the dS^T tile [64][BM+8] (11
-    only); two buffers each of lse_i and D_i [BM] fp32."""
-    bm = BWD_BM[D]
-    return ((2 * BWD_BN + 4 * bm) * (D + 8) * 2 + (BWD_BN * (bm + 8) * 2 if atomic else 0)
+    """K_j, V_j [BN][D+8]; two buffers each of Q_i, dO_i [BM][D+8]; the dS^T tile [BN][BM+8] (11
+    only); two buffers each of lse_i and D_i [BM] fp32. BN = 16 keys per warp."""
+    bm, bn = BWD_BM[D], 16 * BWD_WARPS[atomic]
+    return ((2 * bn + 4 * bm) * (D + 8) * 2 + (bn * (bm + 8) * 2 if atomic else 0)
             + 4 * bm * 4)
 
 
@@ -162,9 +166,10 @@ def _backward(be, do, q, k, v, o, lse, kv_lens, causal, scale, dq, dk, dv, deter
     dq_acc = d_rows if deterministic else cupy.empty((B, H, Lq, D), dtype=cupy.float32)
     be.launch(Launch(SOURCE, f"attn_bwd_dot_tc<{D}>", (_cdiv(rows, 8), 1, 1), (256, 1, 1),
                      (do, o, d_rows, dq_acc, np.int32(rows), np.int32(not deterministic))))
-    nk = _cdiv(Lk, BWD_BN)
+    nw = BWD_WARPS[not deterministic]
+    nk = _cdiv(Lk, 16 * nw)
     common = (kv_lens, np.int32(H), np.int32(Lq), np.int32(Lk))
-    be.launch(Launch(SOURCE, bwd_kernel(D, not deterministic), (nk * B * H, 1, 1), (THREADS, 1, 1),
+    be.launch(Launch(SOURCE, bwd_kernel(D, not deterministic), (nk * B * H, 1, 1), (32 * nw, 1, 1),
                      (q, k, v, do, lse, d_rows, dk, dv, dq_acc, *common, np.int32(nk),
                       np.float32(scale), np.int32(causal)),
                      bwd_smem(D, not deterministic)))
@@ -299,13 +304,15 @@ register(Variant(
     extra={"opt_in": True}))
 register(Variant(
     "attention_backward", 11, "tc",
-    "fp16 FlashAttention-2 backward on tensor cores: CTA per 64-key block, dK_j/dV_j in fp32 "
-    "registers, P and dS recomputed from lse with mma.sync, dQ by fp32 atomics then one fp16 pass",
+    "fp16 FlashAttention-2 backward on tensor cores: CTA (8 warps) per 128-key block, dK_j/dV_j in "
+    "fp32 registers, P and dS recomputed from lse with mma.sync, dQ by fp32 atomics then one fp16 "
+    "pass",
     _backward, dtypes=("float16",), supports=_supports,
     kernels=_DOT + tuple((SOURCE, bwd_kernel(d, True)) for d in HEAD_DIMS)
     + ((SOURCE, "attn_bwd_dq_convert"),), hot=True,
-    measured="H200 (GPU run 1): fwd+bwd causal D=128 N=4096 B4 H16: 156 TFLOP/s (0.58x SDPA flash, "
-             "269): the fp32 dQ atomics (Lq*D per key block) cost more than 12's recomputation"))
+    measured="H200 (GPU run 1, with 64-key blocks): fwd+bwd causal D=128 N=4096 B4 H16: 156 TFLOP/s "
+             "(0.58x SDPA flash, 269): the fp32 dQ atomics (Lq*D per key block) cost more than 12's "
+             "recomputation; 128-key blocks since (not yet measured)"))
 register(Variant(
     "attention_backward", 12, "tc_det",
     "as 11_tc, but dQ by a second tensor-core kernel per query tile walking the key blocks in "
