@@ -388,30 +388,37 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Train the NumPy reference Transformer to write numbers in English words "
                      "(digits -> words), then print sample translations.")
     g = p.add_argument_group("model")
-    g.add_argument("--d-model", type=int, default=64, help="embedding width")
-    g.add_argument("--heads", type=int, default=4, help="attention heads")
-    g.add_argument("--layers", type=int, default=2, help="encoder layers and decoder layers (each)")
-    g.add_argument("--ff", type=int, default=256, help="feed-forward width")
-    g.add_argument("--dropout", type=float, default=0.0, help="dropout probability")
+    g.add_argument("--d-model", type=int, default=64, metavar="E", help="embedding width")
+    g.add_argument("--heads", type=int, default=4, metavar="H", help="attention heads")
+    g.add_argument("--layers", type=int, default=2, metavar="L",
+                   help="encoder layers and decoder layers (each)")
+    g.add_argument("--ff", type=int, default=256, metavar="F", help="feed-forward width")
+    g.add_argument("--dropout", type=float, default=0.0, metavar="P", help="dropout probability")
     g.add_argument("--dtype", choices=["float32", "float64"], default="float32",
-                   help="float32 trains about 2x faster; float64 is the reference precision")
-    g.add_argument("--threads", type=int, default=1,
-                   help="BLAS threads (0: leave OpenBLAS's default); 1 is fastest for these sizes")
+                   help="float32 trains about 1.7x faster; float64 is the reference precision")
+    g.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="OpenBLAS threads (0: leave its default); the products are small, and a "
+                        "second thread is 7x slower when the other core is busy")
     g = p.add_argument_group("optimization")
-    g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step")
+    g.add_argument("--steps", type=int, default=d.steps, metavar="N", help="optimizer steps")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B",
+                   help="examples per step")
     g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
-    g.add_argument("--warmup", type=int, default=d.warmup, help="linear warmup steps, then 1/sqrt(step)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
-    g.add_argument("--clip", type=float, default=d.clip, help="global gradient-norm clip")
-    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    g.add_argument("--warmup", type=int, default=d.warmup, metavar="N",
+                   help="linear warmup steps, then 1/sqrt(step)")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, metavar="WD",
+                   help="AdamW weight decay")
+    g.add_argument("--clip", type=float, default=d.clip, metavar="NORM",
+                   help="global gradient-norm clip")
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, metavar="EPS",
+                   help="cross-entropy label smoothing")
     g.add_argument("--seed", type=int, default=d.seed, help="initialization, batch order and dropout")
     g = p.add_argument_group("output")
-    g.add_argument("--eval-every", type=int, default=d.eval_every,
+    g.add_argument("--eval-every", type=int, default=d.eval_every, metavar="N",
                    help="greedy-decode the validation set every N steps (0: only at the end)")
-    g.add_argument("--out", type=Path, default=Path("runs"),
+    g.add_argument("--out", type=Path, default=Path("runs"), metavar="DIR",
                    help="directory for checkpoint.npz, loss_curve.png, history.json")
-    g.add_argument("--samples", type=int, default=8, help="validation translations printed at the end")
+    g.add_argument("--samples", type=int, default=8, metavar="N", help="validation translations printed at the end")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
 
 
@@ -482,9 +489,9 @@ def run_train(args) -> int:
 
 def add_translate_arguments(p: argparse.ArgumentParser) -> None:
     p.description = "Write numbers in English words with a trained checkpoint."
-    p.add_argument("--checkpoint", type=Path, default=Path("runs/checkpoint.npz"),
+    p.add_argument("--checkpoint", type=Path, default=Path("runs/checkpoint.npz"), metavar="FILE",
                    help="a checkpoint.npz written by tfm-kernels train")
-    p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    p.add_argument("--beam", type=int, default=1, metavar="B", help="beam size (1: greedy)")
     p.add_argument("text", nargs="+", help=f"numbers in digits, 0 to {10 ** data_mod.MAX_DIGITS - 1:,} "
                                            "(with or without thousands separators)")
 

@@ -54,6 +54,15 @@ def test_same_seed_same_run_other_seed_other_run(small_task):
     assert a.history["loss"] == b.history["loss"] != c.history["loss"]
 
 
+def test_float64_training_stays_float64(small_task, tmp_path):
+    cfg = model_config(len(VOCAB), d_model=16, heads=2, layers=1, ff=32)
+    res = train(cfg, TrainSettings(steps=3, batch_size=8, eval_every=0, n_train=2000, n_val=40),
+                small_task, dtype=np.float64, log=None)
+    assert all(v.dtype == np.float64 for v in res.model.params.values())
+    train_mod.save_checkpoint(tmp_path / "c.npz", res.model, VOCAB)
+    assert train_mod.load_checkpoint(tmp_path / "c.npz").model.dtype == np.float64
+
+
 def test_nan_loss_stops_and_names_the_step(small_task, monkeypatch):
     # Poison one output bias after two good steps: the loss of step 3 is NaN.
     real_step = train_mod.AdamW.step
