@@ -1,0 +1,89 @@
+"""tests/test_softmax_emulation.py: csrc/softmax.cu itself, compiled for the CPU and run through
+every softmax variant's own launch plan, against numpy_ref. No GPU needed (g++ >= 12).
+
+tests/_emulate_softmax.py builds the real kernel source with a small shim: a thread per CUDA
+thread, one block at a time, barriers for __syncthreads and for the two phases of each warp
+shuffle, _Float16 for __half. The variants' fn (tfm_kernels/softmax.py) plan their launches from
+NumPy buffers' addresses exactly as from device pointers, so the vector-path decisions, the grouped
+rows, the grid-stride loops (grid capped at 3 blocks here) and the -inf handling all run as
+written. Every kernel csrc/softmax.cu exports must run at least once. Marked slow (about a minute
+on two cores); kept out of test_softmax.py so the GPU run's per-file time cap is not spent on it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+import tfm_kernels
+from test_softmax import DTYPE_IDS, _backward_inputs, _check_bwd, _check_fwd, _inputs
+
+sm = importlib.import_module("tfm_kernels.softmax")
+VARIANTS = tfm_kernels.variants("softmax") + tfm_kernels.variants("softmax_backward")
+
+EMU_SHAPES = [(3, 1), (5, 3), (3, 8), (3, 17), (3, 24), (3, 31), (3, 33), (2, 97), (2, 512), (2, 1000),
+              (2, 1024), (2, 1025), (2, 2048), (2, 4096), (1, 4097), (1, 8192), (1, 8193), (1, 16384),
+              (1, 16385), (1, 32768), (1, 40000)]
+# (value pattern, element offsets of (input, [input,] out) into their buffers): aligned (vector
+# paths), all shifted by one element (scalar head for the streaming kernels, scalar register
+# kernels), input and output differently aligned (scalar everywhere).
+EMU_PATTERNS = (("normal", (0, 0, 0)), ("masked", (1, 1, 1)), ("large", (0, 1, 0)))
+
+
+@pytest.fixture(scope="module")
+def host_emulation(tmp_path_factory):
+    import _emulate_softmax as emu
+
+    dll, why = emu.build(tmp_path_factory.mktemp("softmax_emu"))
+    if dll is None:
+        pytest.skip(f"host emulation unavailable: {why}")
+    return emu, emu.HostBackend(dll)
+
+
+def _host_view(a, off):
+    """`a` copied `off` elements into a NaN-filled buffer with 64 NaN guard elements after it."""
+    buf = np.full(a.size + off + 64, np.nan, a.dtype)
+    v = buf[off:off + a.size].reshape(a.shape)
+    v[...] = a
+    return v, buf
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.qualname)
+def test_host_emulation_of_every_kernel(variant, host_emulation, rng, monkeypatch):
+    """Every variant's own launch plan, run on the host emulation of csrc/softmax.cu with the grid
+    capped at 3 blocks, both dtypes, every planning threshold, aligned / shifted / mixed-alignment
+    buffers: the numpy_ref tolerances of the GPU tests, exact zeros under masks, and nothing
+    written outside the output."""
+    emu, be = host_emulation
+    monkeypatch.setattr(sm, "MAX_GRID", 3)
+    before = set(be.launched)
+    for rows, cols in EMU_SHAPES:
+        if variant.reason_unsupported(dtype="float32", rows=rows, cols=cols):
+            continue
+        for dtype in (np.float32, np.float16):
+            for kind, offs in EMU_PATTERNS:
+                what = f"{variant.qualname} emulated {DTYPE_IDS[dtype]} {rows}x{cols} {kind} offsets {offs}"
+                if variant.op == "softmax":
+                    x = _inputs(rng, rows, cols, dtype, kind)
+                    xv, _ = _host_view(x, offs[0])
+                    ov, obuf = _host_view(np.full(x.shape, np.nan, dtype), offs[1])
+                    variant.fn(be, emu.HostArray(xv), emu.HostArray(ov))
+                    _check_fwd(ov.copy(), x, dtype, what)
+                    o = offs[1]
+                else:
+                    dy, y = _backward_inputs(rng, rows, cols, dtype, kind)
+                    dyv, _ = _host_view(dy, offs[0])
+                    yv, _ = _host_view(y, offs[1])
+                    ov, obuf = _host_view(np.full(y.shape, np.nan, dtype), offs[2])
+                    variant.fn(be, emu.HostArray(dyv), emu.HostArray(yv), emu.HostArray(ov))
+                    _check_bwd(ov.copy(), dy, y, dtype, what)
+                    o = offs[2]
+                assert np.isnan(obuf[:o]).all() and np.isnan(obuf[o + rows * cols:]).all(), \
+                    f"{what}: wrote outside out"
+    # Every instantiation this variant lists ran at least once.
+    mine = {k for _, k in variant.kernels}
+    assert mine <= be.launched, sorted(mine - be.launched)
+    assert be.launched - before <= mine | before
