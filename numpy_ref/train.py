@@ -132,6 +132,9 @@ class TrainSettings:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if self.batch_size > self.n_train:
+            raise ValueError(f"batch_size {self.batch_size} is larger than the training set "
+                             f"({self.n_train} pairs)")
 
 
 def model_config(vocab_size: int, d_model: int = 64, heads: int = 4, layers: int = 2,
@@ -447,6 +450,8 @@ def run_train(args) -> int:
                                  warmup=args.warmup, weight_decay=args.weight_decay, clip=args.clip,
                                  label_smoothing=args.label_smoothing, seed=args.seed,
                                  eval_every=args.eval_every)
+        if args.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {args.threads}")
     except ValueError as e:
         print(f"tfm-kernels train: {e}", file=sys.stderr)
         return 2

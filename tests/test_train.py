@@ -138,6 +138,8 @@ def test_cli_train_divergence_keeps_old_checkpoint(tmp_path, capsys, monkeypatch
     (["--steps", "0"], "steps must be a positive int"),
     (["--lr", "-1"], "lr must be > 0"),
     (["--d-model", "30", "--heads", "4"], "num_heads must divide d_model"),
+    (["--batch-size", "40001"], "larger than the training set (40000 pairs)"),
+    (["--threads", "-1"], "threads must be >= 0"),
 ])
 def test_cli_train_bad_options(capsys, args, message):
     assert cli(["train", *args, "--no-progress"]) == 2
