@@ -244,7 +244,7 @@ def train(config: TransformerConfig, settings: TrainSettings, task: data_mod.Tas
                 history["eval"].append([step, acc])
                 msg = f"step {step:5d}  loss {running:.4f}  val exact match {acc:6.1%}"
                 if bar is not None:
-                    bar.write(msg, file=sys.stderr)
+                    bar.write(msg, file=sys.stdout)   # a log line: stdout, like the summary
                 elif log:
                     log(msg)
     finally:
