@@ -379,9 +379,6 @@ attention_bwd_dkdv(const float* __restrict__ q, const float* __restrict__ k, con
     const int64_t koff = (int64_t)bh * Lk * D;
     const int kv_len = min(kv_lens[b], Lk);
     const float scale_log2 = scale * att_log2e();
-    // ptxas -v at D = 64 with atomics: unrolling the score products' d loop 2-8 deep spills 4-16
-    // bytes at the 128-register cap of two CTAs per SM; not unrolling it spills nothing.
-    constexpr int UNROLL = (D == 64 && DQ_ATOMIC) ? 1 : 8;
 
     float dK[4][C::N], dV[4][C::N];
 #pragma unroll
@@ -404,7 +401,7 @@ attention_bwd_dkdv(const float* __restrict__ q, const float* __restrict__ k, con
             __syncthreads();
 
             float pt[4][4];  // [key 4ty + i][query tx + 16j]: S^T, then P^T
-            att_abt<D, UNROLL>(pt, Ks, Qs, ty, tx);
+            att_abt<D>(pt, Ks, Qs, ty, tx);
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 const int key = k0 + 4 * ty + i;
@@ -412,19 +409,22 @@ attention_bwd_dkdv(const float* __restrict__ q, const float* __restrict__ k, con
                 for (int j = 0; j < 4; ++j) {
                     const int r = tx + 16 * j;
                     const bool visible = key < kv_len && (!causal || key <= q0 + r);
-                    pt[i][j] = visible ? exp2f(fmaf(pt[i][j], scale_log2, -lse_s[r])) : 0.f;
-                    Ts[(4 * ty + i) * ATT_PS + r] = pt[i][j];
+                    Ts[(4 * ty + i) * ATT_PS + r] = visible ? exp2f(fmaf(pt[i][j], scale_log2, -lse_s[r])) : 0.f;
                 }
             }
             __syncthreads();
             att_pv<D, false>(dV, Ts, dOs, ty, tx);  // dV_j += P^T dO_i
-            // dP^T after dV, so the dP^T tile is not live across the dV product (register peak).
+            // dP^T after dV, so it is not live across the dV product, and P^T is read back from T
+            // (each thread its own 16 entries, still unchanged) rather than kept in registers across
+            // the dP^T product: 16 fewer live registers at the peak, where the 128-register cap of
+            // two CTAs per SM (D <= 64) otherwise spills.
             float dst[4][4];  // dP^T, then dS^T
-            att_abt<D, UNROLL>(dst, Vs, dOs, ty, tx);
+            att_abt<D>(dst, Vs, dOs, ty, tx);
 #pragma unroll
             for (int i = 0; i < 4; ++i)
 #pragma unroll
-                for (int j = 0; j < 4; ++j) dst[i][j] = pt[i][j] * (dst[i][j] - d_s[tx + 16 * j]);
+                for (int j = 0; j < 4; ++j)
+                    dst[i][j] = Ts[(4 * ty + i) * ATT_PS + tx + 16 * j] * (dst[i][j] - d_s[tx + 16 * j]);
             __syncthreads();  // P^T is no longer read: T becomes dS^T
 #pragma unroll
             for (int i = 0; i < 4; ++i)
@@ -514,9 +514,10 @@ attention_bwd_dq(const float* __restrict__ q, const float* __restrict__ k, const
         att_load_tile<D>(Ks, k + koff, k0, n_end);
         att_load_tile<D>(Vs, v + koff, k0, n_end);
         __syncthreads();
-        float p[4][4], dp[4][4];  // [query 4ty + i][key tx + 16j]
-        att_abt<D>(p, Qs, Ks, ty, tx);
-        att_abt<D>(dp, dOs, Vs, ty, tx);
+        // P_ij goes to T first and is read back (each thread its own entries) once dP_ij is done:
+        // not holding P in registers across the dP product keeps D = 64 under 128 registers.
+        float s[4][4];  // [query 4ty + i][key tx + 16j]: S_ij, then dP_ij
+        att_abt<D>(s, Qs, Ks, ty, tx);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int r = 4 * ty + i;
@@ -524,8 +525,17 @@ attention_bwd_dq(const float* __restrict__ q, const float* __restrict__ k, const
             for (int j = 0; j < 4; ++j) {
                 const int key = k0 + tx + 16 * j;
                 const bool visible = key < n_end && (!causal || key <= q0 + r);
-                p[i][j] = visible ? exp2f(fmaf(p[i][j], scale_log2, -lse_s[r])) : 0.f;
-                Ts[r * ATT_PS + tx + 16 * j] = p[i][j] * (dp[i][j] - d_s[r]);  // dS_ij
+                Ts[r * ATT_PS + tx + 16 * j] = visible ? exp2f(fmaf(s[i][j], scale_log2, -lse_s[r])) : 0.f;
+            }
+        }
+        att_abt<D>(s, dOs, Vs, ty, tx);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int r = 4 * ty + i;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                float* t = Ts + r * ATT_PS + tx + 16 * j;
+                *t = *t * (s[i][j] - d_s[r]);  // dS_ij = P_ij (dP_ij - D_i)
             }
         }
         __syncthreads();

@@ -386,10 +386,9 @@ def emu_bwd_dkdv(grid_x, D, atomic, q, k, v, dout, lse, d_rows, kv_lens, dk, dv,
                 pt = _emu_abt(sm, Ks, Qs, D)
                 vis = (key[:, :, None] < kv_len) & (~causal | (key[:, :, None] <= q0 + tcol[:, None, :]))
                 with np.errstate(over="ignore", invalid="ignore"):
-                    pt = np.where(vis, np.exp2(pt * scale_log2 - sm[lse_s + tcol][:, None, :]), 0.0)
-                sm[Ts + t_idx] = pt
+                    sm[Ts + t_idx] = np.where(vis, np.exp2(pt * scale_log2 - sm[lse_s + tcol][:, None, :]), 0.0)
                 dV = _emu_pv(dV, sm, Ts, dOs, D, False)
-                dst = pt * (_emu_abt(sm, Vs, dOs, D) - sm[d_s + tcol][:, None, :])
+                dst = sm[Ts + t_idx] * (_emu_abt(sm, Vs, dOs, D) - sm[d_s + tcol][:, None, :])
                 sm[Ts + t_idx] = dst
                 dK = _emu_pv(dK, sm, Ts, Qs, D, False)
                 if atomic:
@@ -429,13 +428,13 @@ def emu_bwd_dq(grid_x, D, q, k, v, dout, lse, d_rows, kv_lens, dq, H, Lq, Lk, ca
             k0 = kb * 64
             _emu_load_tile(sm, Ks, D, kf[bh], k0, n_end)
             _emu_load_tile(sm, Vs, D, vf[bh], k0, n_end)
-            p = _emu_abt(sm, Qs, Ks, D)
-            dp = _emu_abt(sm, dOs, Vs, D)
+            s = _emu_abt(sm, Qs, Ks, D)
             keyc = k0 + tcol
             vis = (keyc[:, None, :] < n_end) & (~causal | (keyc[:, None, :] <= q0 + trow[:, :, None]))
             with np.errstate(over="ignore", invalid="ignore"):
-                p = np.where(vis, np.exp2(p * scale_log2 - sm[lse_s + trow][:, :, None]), 0.0)
-            sm[Ts + t_idx] = p * (dp - sm[d_s + trow][:, :, None])
+                sm[Ts + t_idx] = np.where(vis, np.exp2(s * scale_log2 - sm[lse_s + trow][:, :, None]), 0.0)
+            dp = _emu_abt(sm, dOs, Vs, D)
+            sm[Ts + t_idx] = sm[Ts + t_idx] * (dp - sm[d_s + trow][:, :, None])
             dQ = _emu_pv(dQ, sm, Ts, Ks, D, False)
         rows = q0 + trow
         _emu_store_rows(dqf[bh], rows, rows < Lq, dQ * scale, D)
