@@ -34,6 +34,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 try:
@@ -48,8 +49,13 @@ PTXAS_DIR = ROOT / "build" / "ptxas"
 ARCH_MARK = re.compile(r"//\s*tfm-arch:\s*(sm_\w+)")
 
 
+_LOG_LOCK = threading.Lock()
+
+
 def log(msg: str) -> None:
-    print(f"[tfm-kernels build] {msg}", file=sys.stderr, flush=True)
+    with _LOG_LOCK:  # nvcc jobs finish in parallel threads
+        sys.stderr.write(f"[tfm-kernels build] {msg}\n")
+        sys.stderr.flush()
 
 
 def find_nvcc() -> str | None:
