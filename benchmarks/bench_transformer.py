@@ -2,6 +2,7 @@
 in torch on the CPU, in the same run (the issue's target: numpy_ref within 2x of torch).
 
     pytest benchmarks/bench_transformer.py --benchmark-columns=median,min,rounds
+    python benchmarks/bench_transformer.py [--rounds 5]   # interleaved: numpy_ref, torch, numpy_ref, ...
 
 Model: d_model 256, 4 heads, 3 + 3 layers, dim_feedforward 1024, vocab 1000, ReLU, post-norm (torch's
 defaults); batch 32, source and target length 64, float32. A step is forward, cross-entropy (with
@@ -10,7 +11,9 @@ weights; before timing, the float32 logits and the loss of numpy_ref are checked
 (dropout 0): relative 1e-4 (float32 through 6 layers).
 
 The torch result carries extra_info["numpy_ref/torch"], the ratio of the two medians of that
-dropout setting (numpy_ref runs first). Threads: NumPy's BLAS and torch each use the machine's cores
+dropout setting (numpy_ref runs first). pytest-benchmark times all rounds of one implementation
+before the other, so on a shared machine a change of load between them skews the ratio; the script
+mode alternates the two step by step and is the figure to quote from such a machine. Threads: NumPy's BLAS and torch each use the machine's cores
 (torch.get_num_threads() is recorded). NumPy's elementwise work is single-threaded; torch's is not.
 """
 
@@ -95,3 +98,37 @@ def test_training_step(benchmark, impl, dropout):
         ratio = _medians[("numpy_ref", dropout)] / _medians[("torch", dropout)]
         benchmark.extra_info["numpy_ref/torch"] = round(ratio, 3)
         print(f"\nnumpy_ref / torch training step, dropout {dropout}: {ratio:.2f}x")
+
+
+def main(argv=None) -> int:
+    import argparse
+    import time
+
+    ap = argparse.ArgumentParser(description="numpy_ref vs torch CPU training step, interleaved")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--dropout", type=float, nargs="+", default=[0.0, 0.1])
+    args = ap.parse_args(argv)
+    _validate()
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}; "
+          f"batch {N}, length {L}, d_model 256, 4 heads, 3+3 layers, ff 1024, vocab {VOCAB}, float32")
+    for dropout in args.dropout:
+        _, tm, model, src, tgt, targets = _setup(dropout)
+        ts, tt, tg = (torch.from_numpy(a) for a in (src, tgt, targets))
+        steps = {"numpy_ref": lambda: _numpy_step(model, src, tgt, targets),
+                 "torch": lambda: _torch_step(tm, ts, tt, tg)}
+        times = {k: [] for k in steps}
+        for f in steps.values():                      # warm-up
+            f()
+        for _ in range(args.rounds):
+            for k, f in steps.items():
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        print(f"dropout {dropout}: numpy_ref {med['numpy_ref']:.2f} s, torch {med['torch']:.2f} s (medians of "
+              f"{args.rounds}) -> numpy_ref / torch = {med['numpy_ref'] / med['torch']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
