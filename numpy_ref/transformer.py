@@ -70,8 +70,9 @@ class TransformerConfig:
         _check.positive_int(self.num_heads, "num_heads")
         if self.d_model % self.num_heads:
             raise ValueError(f"num_heads must divide d_model = {self.d_model}, got num_heads = {self.num_heads}")
-        _check.positive_int(self.num_encoder_layers, "num_encoder_layers", allow_zero=True)
-        _check.positive_int(self.num_decoder_layers, "num_decoder_layers", allow_zero=True)
+        # At least one layer each: torch's nn.TransformerEncoder/Decoder cannot be built with none.
+        _check.positive_int(self.num_encoder_layers, "num_encoder_layers")
+        _check.positive_int(self.num_decoder_layers, "num_decoder_layers")
         _check.positive_int(self.dim_feedforward, "dim_feedforward")
         p = check_p(self.dropout, "dropout")
         if p >= 1.0:

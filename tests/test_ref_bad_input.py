@@ -96,6 +96,7 @@ CASES = [
     ("config positional", lambda: R.TransformerConfig(10, 8, 2, 1, 1, positional_encoding="learned"), ValueError, "positional_encoding"),
     ("config pad_id", lambda: R.TransformerConfig(10, 8, 2, 1, 1, pad_id=10), ValueError, "pad_id"),
     ("config negative layers", lambda: R.TransformerConfig(10, 8, 2, -1, 1), ValueError, "num_encoder_layers"),
+    ("config zero layers", lambda: R.TransformerConfig(10, 8, 2, 1, 0), ValueError, "num_decoder_layers"),
     ("config dropout 1", lambda: R.TransformerConfig(10, 8, 2, 1, 1, dropout=1.0), ValueError, "dropout"),
     ("config float vocab", lambda: R.TransformerConfig(10.0, 8, 2, 1, 1), TypeError, "vocab_size"),
     ("model dtype", lambda: R.Transformer(CFG, dtype=np.int32), TypeError, "dtype"),
