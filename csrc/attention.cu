@@ -6,7 +6,8 @@
 // dense (L, D) matrix at offset (b*H + h) * L * D. kv_lens (B,) int32 is always given (Lk when the
 // caller had none).
 //
-//   attention_fwd_flash<D>          variant attention_forward/2_flash
+//   attention_fwd_flash<D, 4>       variant attention_forward/2_flash (4 rows per thread)
+//   attention_fwd_flash<D, 8>       variant attention_forward/3_flash_r8 (8 rows per thread)
 //   attention_bwd_preprocess        D_i = rowsum(dO_i * O_i), one warp per row (backward 2 and 3)
 //   attention_bwd_dkdv<D, true>     variant attention_backward/2_flash: a CTA per key block, dQ by
 //                                   float atomicAdd
@@ -56,15 +57,15 @@ struct AttCols {
     }
 };
 
-// Load the 64 x D tile starting at row row0 of a dense (L, D) matrix into shared memory (row stride
-// D + 4); rows >= nrows are written as zeros, so edge tiles compute on finite values (a masked
-// score times a zero V row is 0, never NaN).
-template <int D>
+// Load the ROWS x D tile starting at row row0 of a dense (L, D) matrix into shared memory (row
+// stride D + 4); rows >= nrows are written as zeros, so edge tiles compute on finite values (a
+// masked score times a zero V row is 0, never NaN).
+template <int D, int ROWS = 64>
 static __device__ __forceinline__ void att_load_tile(float* __restrict__ s, const float* __restrict__ g,
                                                      int row0, int nrows) {
     constexpr int V4_PER_ROW = D / 4;
 #pragma unroll
-    for (int it = 0; it < D / 16; ++it) {  // 64 rows * D/4 float4 = 16 D, over 256 threads
+    for (int it = 0; it < ROWS * D / 1024; ++it) {  // ROWS * D/4 float4 over 256 threads
         const int idx = threadIdx.x + it * ATT_THREADS;
         const int r = idx / V4_PER_ROW;
         const int c4 = idx % V4_PER_ROW;
@@ -74,24 +75,25 @@ static __device__ __forceinline__ void att_load_tile(float* __restrict__ s, cons
     }
 }
 
-// s[i][j] = sum_d A[4ty + i][d] * B[tx + 16j][d]: a 64 x 64 tile of A B^T, A and B shared tiles with
-// row stride D + 4. Used for S = Q K^T, dP = dO V^T and, with the operands swapped, their transposes.
-template <int D, int UNROLL = 8>
-static __device__ __forceinline__ void att_abt(float (&s)[4][4], const float* __restrict__ A,
+// s[i][j] = sum_d A[R ty + i][d] * B[tx + 16j][d]: a 16R x 64 tile of A B^T, A and B shared tiles
+// with row stride D + 4. Used for S = Q K^T, dP = dO V^T and, with the operands swapped, their
+// transposes. R = 4 rows per thread everywhere but the forward's 3_flash_r8 (R = 8).
+template <int D, int UNROLL = 8, int R = 4>
+static __device__ __forceinline__ void att_abt(float (&s)[R][4], const float* __restrict__ A,
                                                const float* __restrict__ B, int ty, int tx) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < R; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j) s[i][j] = 0.f;
 #pragma unroll UNROLL
     for (int d = 0; d < D; d += 4) {
-        float4 a[4], b[4];
+        float4 a[R], b[4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) a[i] = *reinterpret_cast<const float4*>(A + (4 * ty + i) * (D + 4) + d);
+        for (int i = 0; i < R; ++i) a[i] = *reinterpret_cast<const float4*>(A + (R * ty + i) * (D + 4) + d);
 #pragma unroll
         for (int j = 0; j < 4; ++j) b[j] = *reinterpret_cast<const float4*>(B + (tx + 16 * j) * (D + 4) + d);
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
+        for (int i = 0; i < R; ++i)
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 s[i][j] = fmaf(a[i].x, b[j].x, s[i][j]);
@@ -102,22 +104,23 @@ static __device__ __forceinline__ void att_abt(float (&s)[4][4], const float* __
     }
 }
 
-// acc[i][n] += sum_c P(4ty + i, c) * V[c][col(n)] over the 64 rows c of the shared tile V (stride
-// D + 4). P is the 64 x 64 shared tile T (stride ATT_PS), read as T[r][c] (TRANS = false: O = P V,
-// dV = P^T dO with T = P^T, dK = dS^T Q with T = dS^T) or as T[c][r] (TRANS = true: dQ = dS K with
-// T = dS^T).
-template <int D, bool TRANS>
-static __device__ __forceinline__ void att_pv(float (&acc)[4][D / 16], const float* __restrict__ T,
+// acc[i][n] += sum_c P(R ty + i, c) * V[c][col(n)] over the 64 rows c of the shared tile V (stride
+// D + 4). P is the 16R x 64 shared tile T (stride ATT_PS), read as T[r][c] (TRANS = false: O = P V,
+// dV = P^T dO with T = P^T, dK = dS^T Q with T = dS^T) or as T[c][r] (TRANS = true, R = 4: dQ = dS K
+// with T = dS^T).
+template <int D, bool TRANS, int R = 4>
+static __device__ __forceinline__ void att_pv(float (&acc)[R][D / 16], const float* __restrict__ T,
                                               const float* __restrict__ V, int ty, int tx) {
     using C = AttCols<D>;
+    static_assert(!TRANS || R == 4, "the transposed read takes 4 rows as one float4");
 #pragma unroll 2
     for (int c = 0; c < ATT_BK; c += 4) {
-        float p[4][4];  // p[i][cc] = P(4ty + i, c + cc)
+        float p[R][4];  // p[i][cc] = P(R ty + i, c + cc)
 #pragma unroll
-        for (int x = 0; x < 4; ++x) {
+        for (int x = 0; x < (TRANS ? 4 : R); ++x) {
             // TRANS: one float4 holds 4 rows of one column; else 4 columns of one row.
             const float4 t = *reinterpret_cast<const float4*>(
-                TRANS ? T + (c + x) * ATT_PS + 4 * ty : T + (4 * ty + x) * ATT_PS + c);
+                TRANS ? T + (c + x) * ATT_PS + 4 * ty : T + (R * ty + x) * ATT_PS + c);
             if (TRANS) {
                 p[0][x] = t.x; p[1][x] = t.y; p[2][x] = t.z; p[3][x] = t.w;
             } else {
@@ -138,7 +141,7 @@ static __device__ __forceinline__ void att_pv(float (&acc)[4][D / 16], const flo
                 vv[C::N - 2] = t.x; vv[C::N - 1] = t.y;
             }
 #pragma unroll
-            for (int i = 0; i < 4; ++i)
+            for (int i = 0; i < R; ++i)
 #pragma unroll
                 for (int n = 0; n < C::N; ++n) acc[i][n] = fmaf(p[i][cc], vv[n], acc[i][n]);
         }
@@ -193,41 +196,49 @@ static __device__ __forceinline__ float att_row_sum(float x) {
 // Forward: one CTA per (query block i, b*H + h); grid.x = B*H * cdiv(Lq, 64), query blocks of one
 // head adjacent so the CTAs running together share K/V in L2.
 //
-// Shared memory: Q_i and V_j (64 x (D+4) each) and one buffer for K_j that P_ij (64 x 68) reuses
-// once S_ij is in registers: 101 KB at D = 128 (two CTAs per SM), 52 KB at D = 64.
+// R = 4 (2_flash): query blocks of 64 rows, 4 rows per thread. Shared memory: Q_i and V_j
+// (64 x (D+4) each) and one buffer for K_j that P_ij (64 x 68) reuses once S_ij is in registers:
+// 99 KB at D = 128 (two CTAs per SM), 51 KB at D = 64.
+// R = 8 (3_flash_r8): query blocks of 128 rows, 8 rows per thread. Per 4-wide step of d a thread
+// loads 8 + 4 float4 for 128 FMAs (S) and 8 + D/16 floats per key for 8 D/16 FMAs (P V), against
+// 4 + 4 for 64 and 4 + D/16 for 4 D/16 at R = 4: ~1.4x fewer shared-memory bytes per FMA, the
+// limit at R = 4 (4096 FMAs per 1792 floats loaded per thread and key block at D = 128, where the
+// SM delivers 32 floats per 128 FMA slots). The price: 136 KB of shared memory at D = 128, so one
+// CTA (8 warps) per SM.
 // Scores live in the log2 domain (scale_log2 = scale * log2(e)) so each exp is one exp2f; m_i is in
 // that domain and lse = ln2 * (m_i + log2 l_i).
-template <int D>
-__global__ void __launch_bounds__(ATT_THREADS, 2)
+template <int D, int R>
+__global__ void __launch_bounds__(ATT_THREADS, (R == 4 ? 2 : 1))
 attention_fwd_flash(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                     const int* __restrict__ kv_lens, float* __restrict__ o, float* __restrict__ lse,
                     int H, int Lq, int Lk, int nq, int causal, float scale_log2) {
     using C = AttCols<D>;
+    constexpr int BQ = 16 * R;                        // query rows per CTA
     extern __shared__ float4 att_smem[];
-    float* Qs = reinterpret_cast<float*>(att_smem);  // Q_i  [64][D+4]
-    float* Vs = Qs + ATT_BQ * (D + 4);                // V_j  [64][D+4]
-    float* KPs = Vs + ATT_BK * (D + 4);               // K_j  [64][D+4], then P_ij [64][68]
+    float* Qs = reinterpret_cast<float*>(att_smem);  // Q_i  [BQ][D+4]
+    float* Vs = Qs + BQ * (D + 4);                    // V_j  [64][D+4]
+    float* KPs = Vs + ATT_BK * (D + 4);               // K_j  [64][D+4], then P_ij [BQ][68]
 
     const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
     const int bh = blockIdx.x / nq;
     // Under causal, later query blocks see more keys; within a head the heaviest go first so the
     // short ones fill the tail of the grid.
     const int qb = causal ? nq - 1 - blockIdx.x % nq : blockIdx.x % nq;
-    const int q0 = qb * ATT_BQ;
+    const int q0 = qb * BQ;
     const int b = bh / H;
     const float* qh = q + (int64_t)bh * Lq * D;
     const float* kh = k + (int64_t)bh * Lk * D;
     const float* vh = v + (int64_t)bh * Lk * D;
     const int kv_len = min(kv_lens[b], Lk);
-    // Keys this block can see: j < kv_len and, under causal, j <= its last row min(q0+64, Lq) - 1.
+    // Keys this block can see: j < kv_len and, under causal, j <= its last row min(q0+BQ, Lq) - 1.
     // Key blocks at or past n_end are never loaded (about half of them for causal Lq = Lk).
-    const int n_end = causal ? min(kv_len, min(q0 + ATT_BQ, Lq)) : kv_len;
+    const int n_end = causal ? min(kv_len, min(q0 + BQ, Lq)) : kv_len;
 
-    att_load_tile<D>(Qs, qh, q0, Lq);
+    att_load_tile<D, BQ>(Qs, qh, q0, Lq);
 
-    float m_i[4], l_i[4], acc[4][C::N];  // l_i: this thread's partial sum over its 4 columns
+    float m_i[R], l_i[R], acc[R][C::N];  // l_i: this thread's partial sum over its 4 columns
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < R; ++i) {
         m_i[i] = -INFINITY;
         l_i[i] = 0.f;
 #pragma unroll
@@ -242,12 +253,12 @@ attention_fwd_flash(const float* __restrict__ q, const float* __restrict__ k, co
         att_load_tile<D>(Vs, vh, k0, n_end);
         __syncthreads();
 
-        float s[4][4];  // S_ij for rows q0 + 4ty + i, keys k0 + tx + 16j
-        att_abt<D>(s, Qs, KPs, ty, tx);
-        float m_new[4];
+        float s[R][4];  // S_ij for rows q0 + R ty + i, keys k0 + tx + 16j
+        att_abt<D, 8, R>(s, Qs, KPs, ty, tx);
+        float m_new[R];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int row = q0 + 4 * ty + i;
+        for (int i = 0; i < R; ++i) {
+            const int row = q0 + R * ty + i;
             float mx = -INFINITY;
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
@@ -259,7 +270,7 @@ attention_fwd_flash(const float* __restrict__ q, const float* __restrict__ k, co
             m_new[i] = fmaxf(m_i[i], att_row_max(mx));
         }
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < R; ++i) {
             // A row with no visible key so far has m_new = -inf: shift by 0 instead, so P_ij and
             // alpha are exp2(-inf) = 0 rather than exp2(-inf - -inf) = NaN.
             const float m_use = m_new[i] == -INFINITY ? 0.f : m_new[i];
@@ -277,29 +288,33 @@ attention_fwd_flash(const float* __restrict__ q, const float* __restrict__ k, co
         }
         __syncthreads();  // every thread is done reading K_j: KPs becomes P_ij
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
+        for (int i = 0; i < R; ++i)
 #pragma unroll
-            for (int j = 0; j < 4; ++j) KPs[(4 * ty + i) * ATT_PS + tx + 16 * j] = s[i][j];
+            for (int j = 0; j < 4; ++j) KPs[(R * ty + i) * ATT_PS + tx + 16 * j] = s[i][j];
         __syncthreads();
-        att_pv<D, false>(acc, KPs, Vs, ty, tx);  // acc += P_ij V_j
+        att_pv<D, false, R>(acc, KPs, Vs, ty, tx);  // acc += P_ij V_j
     }
 
     // Epilogue: O_i = acc / l_i, lse_i = m_i + log l_i; rows with no visible key (l_i = 0) get 0
     // and -inf.
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < R; ++i) {
         const float l = att_row_sum(l_i[i]);
-        const int row = q0 + 4 * ty + i;
+        const int row = q0 + R * ty + i;
         if (row < Lq) {
             att_store_row<D>(o + (int64_t)bh * Lq * D + (int64_t)row * D, acc[i], l > 0.f ? 1.f / l : 0.f, tx);
             if (tx == 0) lse[(int64_t)bh * Lq + row] = l > 0.f ? (m_i[i] + log2f(l)) * att_ln2() : -INFINITY;
         }
     }
 }
-TFM_EXPORT(attention_fwd_flash<32>)
-TFM_EXPORT(attention_fwd_flash<64>)
-TFM_EXPORT(attention_fwd_flash<96>)
-TFM_EXPORT(attention_fwd_flash<128>)
+TFM_EXPORT(attention_fwd_flash<32, 4>)
+TFM_EXPORT(attention_fwd_flash<64, 4>)
+TFM_EXPORT(attention_fwd_flash<96, 4>)
+TFM_EXPORT(attention_fwd_flash<128, 4>)
+TFM_EXPORT(attention_fwd_flash<32, 8>)
+TFM_EXPORT(attention_fwd_flash<64, 8>)
+TFM_EXPORT(attention_fwd_flash<96, 8>)
+TFM_EXPORT(attention_fwd_flash<128, 8>)
 
 // ------------------------------------------------------------------------------------------------
 // Backward preprocessing: D_i = rowsum(dO_i * O_i) (= rowsum(P_i * dP_i)), one warp per row of the

@@ -242,9 +242,9 @@ def _emu_cols(D):
                     64 * nv4 + 2 * _TX[:, None] + (n - 4 * nv4))
 
 
-def _emu_load_tile(sm, off, D, g, row0, nrows):
-    """att_load_tile<D>: g is one head's flat (L * D) matrix."""
-    for it in range(D // 16):
+def _emu_load_tile(sm, off, D, g, row0, nrows, rows=64):
+    """att_load_tile<D, rows>: g is one head's flat (L * D) matrix."""
+    for it in range(rows * D // 1024):
         idx = _TID + it * 256
         r, c4 = idx // (D // 4), idx % (D // 4)
         ok = row0 + r < nrows
@@ -253,18 +253,18 @@ def _emu_load_tile(sm, off, D, g, row0, nrows):
             sm[off + r * (D + 4) + 4 * c4 + e] = np.where(ok, src, 0.0)
 
 
-def _emu_abt(sm, off_a, off_b, D):
-    """att_abt<D>: s[t, i, j] = sum_d A[4ty + i][d] * B[tx + 16j][d]."""
+def _emu_abt(sm, off_a, off_b, D, R=4):
+    """att_abt<D, R>: s[t, i, j] = sum_d A[R ty + i][d] * B[tx + 16j][d]."""
     d = np.arange(D)
-    a = sm[off_a + (4 * _TY[:, None] + _I4)[..., None] * (D + 4) + d]
+    a = sm[off_a + (R * _TY[:, None] + np.arange(R))[..., None] * (D + 4) + d]
     b = sm[off_b + (_TX[:, None] + 16 * _I4)[..., None] * (D + 4) + d]
     return np.einsum("tid,tjd->tij", a, b)
 
 
-def _emu_pv(acc, sm, off_t, off_v, D, trans):
-    """att_pv<D, trans>: acc[t, i, n] += sum_c P(4ty + i, c) V[c][col(n)]."""
+def _emu_pv(acc, sm, off_t, off_v, D, trans, R=4):
+    """att_pv<D, trans, R>: acc[t, i, n] += sum_c P(R ty + i, c) V[c][col(n)]."""
     c = np.arange(64)
-    rows = 4 * _TY[:, None] + _I4
+    rows = R * _TY[:, None] + np.arange(R)
     if trans:
         p = sm[off_t + c[None, None, :] * _PS + rows[..., None]]
     else:
@@ -283,39 +283,41 @@ def _emu_shfl_reduce(x, op):
 def _emu_store_rows(dst, rows, ok, vals, D):
     """att_store_row for the threads (and row slots) where ok; dst is one head's flat matrix."""
     cols = _emu_cols(D)
-    for i in range(4):
+    for i in range(rows.shape[1]):
         t = ok[:, i]
         dst[(rows[t, i, None] * D + cols[t])] = vals[t, i]
 
 
-def _kernel_d(name):
-    """The head dim template argument of 'attention_fwd_flash<96>' / 'attention_bwd_dkdv<64, true>'."""
-    return int(name.split("<")[1].split(",")[0].rstrip(">"))
+def _kernel_targs(name):
+    """The template arguments of 'attention_fwd_flash<96, 8>' / 'attention_bwd_dkdv<64, true>'."""
+    return [a.strip() for a in name.split("<")[1].rstrip(">").split(",")]
 
 
-def emu_fwd_flash(grid_x, D, q, k, v, kv_lens, o, lse, H, Lq, Lk, nq, causal, scale_log2):
-    """attention_fwd_flash<D>, one CTA at a time; arrays as the launcher passes them."""
+def emu_fwd_flash(grid_x, D, R, q, k, v, kv_lens, o, lse, H, Lq, Lk, nq, causal, scale_log2):
+    """attention_fwd_flash<D, R>, one CTA at a time; arrays as the launcher passes them."""
+    BQ = 16 * R
     BH = grid_x // nq
     qf, kf, vf = (x.reshape(BH, -1) for x in (q, k, v))
     of, lsef = o.reshape(BH, -1), lse.reshape(BH, -1)
     for bid in range(grid_x):                                          # blockIdx.x
         bh = bid // nq
         qb = nq - 1 - bid % nq if causal else bid % nq
-        q0, b = qb * 64, bh // H
+        q0, b = qb * BQ, bh // H
         kv_len = min(kv_lens[b], Lk)
-        n_end = min(kv_len, min(q0 + 64, Lq)) if causal else kv_len
-        sm = np.full(att._flash_smem_fwd(D) // 4, np.nan)
-        Qs, Vs, KPs = 0, 64 * (D + 4), 128 * (D + 4)
-        _emu_load_tile(sm, Qs, D, qf[bh], q0, Lq)
-        m = np.full((256, 4), -np.inf)
-        l = np.zeros((256, 4))
-        acc = np.zeros((256, 4, D // 16))
-        row = q0 + 4 * _TY[:, None] + _I4                              # (256, 4)
+        n_end = min(kv_len, min(q0 + BQ, Lq)) if causal else kv_len
+        sm = np.full(att._flash_smem_fwd(D, R) // 4, np.nan)
+        Qs, Vs, KPs = 0, BQ * (D + 4), (BQ + 64) * (D + 4)
+        _emu_load_tile(sm, Qs, D, qf[bh], q0, Lq, rows=BQ)
+        m = np.full((256, R), -np.inf)
+        l = np.zeros((256, R))
+        acc = np.zeros((256, R, D // 16))
+        IR = np.arange(R)
+        row = q0 + R * _TY[:, None] + IR                               # (256, R)
         for kb in range(-(-n_end // 64)):
             k0 = kb * 64
             _emu_load_tile(sm, KPs, D, kf[bh], k0, n_end)
             _emu_load_tile(sm, Vs, D, vf[bh], k0, n_end)
-            s = _emu_abt(sm, Qs, KPs, D)
+            s = _emu_abt(sm, Qs, KPs, D, R)
             col = k0 + _TX[:, None] + 16 * _I4                         # (256, 4)
             vis = (col[:, None, :] < n_end) & (~causal | (col[:, None, :] <= row[:, :, None]))
             s = np.where(vis, s * scale_log2, -np.inf)
@@ -326,8 +328,8 @@ def emu_fwd_flash(grid_x, D, q, k, v, kv_lens, o, lse, H, Lq, Lk, nq, causal, sc
             p = np.exp2(s - m_use[..., None])
             l = l * alpha + p.sum(-1)
             acc = acc * alpha[..., None]
-            sm[KPs + (4 * _TY[:, None, None] + _I4[:, None]) * _PS + _TX[:, None, None] + 16 * _I4] = p
-            acc = _emu_pv(acc, sm, KPs, Vs, D, False)
+            sm[KPs + (R * _TY[:, None, None] + IR[:, None]) * _PS + _TX[:, None, None] + 16 * _I4] = p
+            acc = _emu_pv(acc, sm, KPs, Vs, D, False, R)
         l = _emu_shfl_reduce(l, np.add)
         ok = row < Lq
         inv = np.where(l > 0, 1.0 / np.where(l > 0, l, 1.0), 0.0)
@@ -485,14 +487,18 @@ class EmulatedBackend:
         name, (gx, gy, gz), (bx, by, bz) = launch.kernel, launch.grid, launch.block
         assert gy == gz == by == bz == 1
         if name.startswith(("attention_fwd_flash", "attention_bwd_dkdv", "attention_bwd_dq")):
-            D = _kernel_d(name)
+            targs = _kernel_targs(name)
+            D = int(targs[0])
             assert bx == 256
             is_fwd = name.startswith("attention_fwd")
-            assert launch.smem == (att._flash_smem_fwd(D) if is_fwd else att._flash_smem_bwd(D))
+            R = int(targs[1]) if is_fwd else 4
+            assert launch.smem == (att._flash_smem_fwd(D, R) if is_fwd else att._flash_smem_bwd(D))
+            assert launch.smem <= 227 * 1024, "more than an H100/H200 CTA may have"
             assert args[0].shape[-1] == D
             if is_fwd:
                 assert gx == args[9] * args[0].shape[0] * args[0].shape[1]            # nq * B * H
-                emu_fwd_flash(gx, D, *args)
+                assert args[9] == -(-args[7] // (16 * R))                             # nq = cdiv(Lq, BQ)
+                emu_fwd_flash(gx, D, R, *args)
             elif name.startswith("attention_bwd_dkdv"):
                 assert gx == args[-1] * args[0].shape[0] * args[0].shape[1]           # nk * B * H
                 emu_bwd_dkdv(gx, D, name.endswith("true>"), *args)
@@ -596,8 +602,8 @@ def test_emulated_variants_match_numpy_ref(B, H, Lq, Lk, D, causal, kv_lens, rng
             assert not np.isnan(g).any(), f"{v_.key} {name}: elements never written"
             err = float(np.max(np.abs(g - r)))
             assert err <= 2e-6 * t, f"{v_.key} {name}: max err {err:.3e} > 2e-6 x term scale {t:.3e}"
-    assert {"attention_fwd_flash<%d>" % D, "attention_bwd_preprocess", "attention_bwd_dq<%d>" % D,
-            "attention_naive_mask", "attention_naive_lse"} <= set(emulated.launches)
+    assert {"attention_fwd_flash<%d, 4>" % D, "attention_fwd_flash<%d, 8>" % D, "attention_bwd_preprocess",
+            "attention_bwd_dq<%d>" % D, "attention_naive_mask", "attention_naive_lse"} <= set(emulated.launches)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,12 +19,15 @@ fp16 tensor-core variants of ``attention_tc.py`` use 10 and up):
                             masking and lse by two small kernels: the baseline, S materialized
               2_flash       fp32 FlashAttention-2 forward: K_j/V_j tiles in shared memory, online
                             softmax in registers, one pass, writes o and lse; nothing Lq x Lk stored
+              3_flash_r8    as 2 with 128-row query blocks, 8 rows per thread (fewer shared loads
+                            per FMA, one CTA per SM); opt-in (variant=3)
     backward  1_naive       the same composition for P, dV = P^T dO, dP = dO V^T, dS by this
                             project's softmax_backward, dQ = scale dS K, dK = scale dS^T Q
               2_flash       fp32 FlashAttention-2 backward: one CTA per key block, P recomputed from
                             lse, dK_j/dV_j in registers, dQ by float atomicAdd (order varies by run)
               3_flash_det   as 2, but dQ by a second kernel per query block that walks the key
-                            blocks in order: bitwise reproducible, no float atomics, ~1.4x the work
+                            blocks in order: bitwise reproducible, no float atomics, ~1.3x the
+                            work; opt-in (variant=3)
 
 The variant protocol (what a registered ``fn`` receives; every variant of both ops, including
 the tensor-core ones, follows it). The op validates everything first, so a variant trusts its
@@ -297,9 +300,11 @@ def _flash_supports(dtype, head_dim, **_):
     return None
 
 
-def _flash_smem_fwd(D):
-    # Q_i and V_j tiles (64 rows, stride D + 4 floats), and K_j which the P tile (64 x 68) reuses.
-    return 4 * (2 * BLOCK_Q * (D + 4) + max(BLOCK_K * (D + 4), BLOCK_Q * (BLOCK_K + 4)))
+def _flash_smem_fwd(D, rows=4):
+    # Q_i (16 * rows query rows) and V_j (64 keys) tiles with row stride D + 4 floats, and K_j,
+    # whose buffer the P tile (16 * rows x 68) reuses.
+    bq = 16 * rows
+    return 4 * (bq * (D + 4) + BLOCK_K * (D + 4) + max(BLOCK_K * (D + 4), bq * (BLOCK_K + 4)))
 
 
 def _flash_smem_bwd(D):
@@ -307,14 +312,18 @@ def _flash_smem_bwd(D):
     return 4 * (4 * BLOCK_Q * (D + 4) + BLOCK_K * (BLOCK_Q + 4) + 2 * BLOCK_Q)
 
 
-def _flash_forward(be, q, k, v, kv_lens, causal, scale, o, lse):
+def _flash_forward(be, q, k, v, kv_lens, causal, scale, o, lse, rows=4):
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
-    nq = -(-Lq // BLOCK_Q)
-    be.launch(Launch(SOURCE, f"attention_fwd_flash<{D}>", (nq * B * H, 1, 1), (THREADS, 1, 1),
+    nq = -(-Lq // (16 * rows))
+    be.launch(Launch(SOURCE, f"attention_fwd_flash<{D}, {rows}>", (nq * B * H, 1, 1), (THREADS, 1, 1),
                      (q, k, v, kv_lens, o, lse, np.int32(H), np.int32(Lq), np.int32(Lk),
                       np.int32(nq), np.int32(causal), np.float32(scale * LOG2E)),
-                     _flash_smem_fwd(D)))
+                     _flash_smem_fwd(D, rows)))
+
+
+def _flash_forward_r8(be, *args):
+    _flash_forward(be, *args, rows=8)
 
 
 def _bwd_preprocess(be, do, o):
@@ -435,7 +444,8 @@ def _naive_supports(dtype, seqlen_q, seqlen_k, batch, heads, **_):
     return None
 
 
-_FLASH_KERNELS_FWD = tuple((SOURCE, f"attention_fwd_flash<{d}>") for d in FLASH_HEAD_DIMS)
+_FLASH_KERNELS_FWD = tuple((SOURCE, f"attention_fwd_flash<{d}, 4>") for d in FLASH_HEAD_DIMS)
+_FLASH_KERNELS_FWD_R8 = tuple((SOURCE, f"attention_fwd_flash<{d}, 8>") for d in FLASH_HEAD_DIMS)
 _FLASH_KERNELS_BWD = (((SOURCE, "attention_bwd_preprocess"),)
                       + tuple((SOURCE, f"attention_bwd_dkdv<{d}, true>") for d in FLASH_HEAD_DIMS))
 _FLASH_KERNELS_BWD_DET = (((SOURCE, "attention_bwd_preprocess"),)
@@ -454,6 +464,12 @@ register(Variant(
     "no Lq x Lk buffer, causal and kv_lens blocks skipped",
     _flash_forward, dtypes=("float32",), supports=_flash_supports, kernels=_FLASH_KERNELS_FWD,
     hot=True))
+register(Variant(
+    "attention_forward", 3, "flash_r8",
+    "as 2_flash with 128-row query blocks and 8 rows per thread: ~1.4x fewer shared-memory loads "
+    "per FMA (2_flash's limit), one CTA per SM (opt-in until measured faster: variant=3)",
+    _flash_forward_r8, dtypes=("float32",), supports=_flash_supports, kernels=_FLASH_KERNELS_FWD_R8,
+    hot=True, extra={"opt_in": True}))
 register(Variant(
     "attention_backward", 1, "naive",
     "matmul + softmax recompute P, dV = P^T dO, dP = dO V^T, softmax_backward for dS, "
