@@ -134,17 +134,30 @@ def _sdpa_probe(torch, backend: str, dtype: str, D: int, causal: bool, grad: boo
     """None when the SDPA backend runs this dtype/head dim, else torch's reason (a tiny call)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    import warnings
+
     tdt = getattr(torch, dtype)
     x = torch.randn(1, 2, 128, D, device="cuda", dtype=tdt, requires_grad=grad)
-    try:
-        with sdpa_kernel(getattr(SDPBackend, backend)):
-            y = torch.nn.functional.scaled_dot_product_attention(x, x, x, is_causal=causal)
-            if grad:
-                y.sum().backward()
-        torch.cuda.synchronize()
-        return None
-    except Exception as e:  # torch raises RuntimeError "No available kernel..." with its reasons
-        return " ".join(str(e).split())[:300]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with sdpa_kernel(getattr(SDPBackend, backend)):
+                y = torch.nn.functional.scaled_dot_product_attention(x, x, x, is_causal=causal)
+                if grad:
+                    y.sum().backward()
+            torch.cuda.synchronize()
+            return None
+        except Exception as e:
+            # torch raises "No available kernel. Aborting execution." and gives the reasons as
+            # UserWarnings ("Expected query, key and value to all be of dtype: {Half, BFloat16}...");
+            # keep those, minus the "kernel not used because:" / "runtime disabled" boilerplate of the
+            # backends that were not asked for.
+            why = []
+            for w in caught:
+                msg = " ".join(str(w.message).split(" (Triggered internally")[0].split())
+                if msg and "not used because" not in msg and "runtime disabled" not in msg and msg not in why:
+                    why.append(msg)
+            return ("; ".join(why) or " ".join(str(e).split()))[:300]
 
 
 def _case(dtype: str, mode: str, D: int, causal: bool, N: int, torch, sdpa: str, primary: bool):
