@@ -61,7 +61,7 @@ def table(bench_json: str) -> str:
             p = g["peers"].get(s)
             peer_cells.append(p)
             if isinstance(p, str):
-                notes[s + " " + base.split(" ", 3)[-1]] = p
+                notes[s + " " + base.split(" ", 3)[-1]] = p.replace("n/a: ", "", 1).replace("variant: ", "", 1)
         if not g["ours"]:
             lines.append(f"| {base} | (none ran) | | | " + " | ".join(
                 f"{p:.1f}" if isinstance(p, float) else "n/a" for p in peer_cells) + " |")
