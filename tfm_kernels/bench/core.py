@@ -282,34 +282,42 @@ def plot(measurements: list[Measurement], outdir: Path, env: dict[str, Any]) -> 
     for m in measurements:
         groups.setdefault((m.op, m.series), []).append(m)
     for (op, series), ms in groups.items():
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        lines: dict[tuple[str, str, str | None], list[tuple[float, float]]] = {}
-        for m in ms:
-            if m.throughput is not None:
-                lines.setdefault((m.kind, m.who, m.backend), []).append((m.x, m.throughput))
-        backends = sorted({k[2] for k in lines if k[0] == "variant"})
-        for (kind, who, be), pts in sorted(lines.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")):
-            if kind == "variant" and backends and be != backends[0]:
-                continue  # both backends run the same machine code; one line per variant
-            pts.sort()
-            xs, ys = zip(*pts)
-            style = {"variant": dict(marker="o", lw=1.5), "peer": dict(ls="--", marker="s", lw=2, color="k"),
-                     "ceiling": dict(ls=":", lw=1.5, color="gray")}[kind]
-            ax.plot(xs, ys, label=who if kind != "ceiling" else "ceiling (measured copy)" if ms[0].unit == "GB/s"
-                    else "ceiling", **style)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel(ms[0].x_label)
-        ax.set_ylabel(ms[0].unit)
-        ax.set_title(f"{op}: {series}\n{env.get('device', {}).get('name', '')}, commit {env.get('commit')}",
-                     fontsize=9)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        path = outdir / f"{op}_{re.sub(r'[^A-Za-z0-9]+', '_', series).strip('_')}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        try:
+            paths.append(_plot_one(plt, op, series, ms, outdir, env))
+        except Exception as e:  # a plot is a convenience; the JSON and the table are the record
+            print(f"plot {op}/{series} failed: {type(e).__name__}: {e}")
     return paths
+
+
+def _plot_one(plt, op: str, series: str, ms: list[Measurement], outdir: Path, env: dict[str, Any]) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lines: dict[tuple[str, str, str | None], list[tuple[float, float]]] = {}
+    for m in ms:
+        if m.throughput is not None:
+            lines.setdefault((m.kind, m.who, m.backend), []).append((m.x, m.throughput))
+    backends = sorted({k[2] for k in lines if k[0] == "variant"})
+    for (kind, who, be), pts in sorted(lines.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")):
+        if kind == "variant" and backends and be != backends[0]:
+            continue  # both backends run the same machine code; one line per variant
+        pts.sort()
+        xs, ys = zip(*pts)
+        style = {"variant": dict(marker="o", lw=1.5), "peer": dict(ls="--", marker="s", lw=2, color="k"),
+                 "ceiling": dict(ls=":", lw=1.5, color="gray")}[kind]
+        ax.plot(xs, ys, label=who if kind != "ceiling" else "ceiling (measured copy)" if ms[0].unit == "GB/s"
+                else "ceiling", **style)
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(bottom=0)  # throughput from zero: ratios read off the plot honestly
+    ax.set_xlabel(ms[0].x_label)
+    ax.set_ylabel(ms[0].unit)
+    ax.set_title(f"{op}: {series}\n{env.get('device', {}).get('name', '')}, commit {env.get('commit')}",
+                 fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = outdir / f"{op}_{re.sub(r'[^A-Za-z0-9]+', '_', series).strip('_')}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def run(ops: list[str] | None, quick: bool, outdir: Path, backends: list[str] | None = None,
