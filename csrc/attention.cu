@@ -6,8 +6,10 @@
 // dense (L, D) matrix at offset (b*H + h) * L * D. kv_lens (B,) int32 is always given (Lk when the
 // caller had none).
 //
-//   attention_fwd_flash<D, 4>       variant attention_forward/2_flash (4 rows per thread)
-//   attention_fwd_flash<D, 8>       variant attention_forward/3_flash_r8 (8 rows per thread)
+//   attention_fwd_flash<D, 4, false> variant attention_forward/2_flash (4 rows per thread)
+//   attention_fwd_flash<D, 8, false> variant attention_forward/3_flash_r8 (8 rows per thread)
+//   attention_fwd_flash<D, 8, true>  variant attention_forward/4_flash_r8_async (+ cp.async double
+//                                   buffer of K_j/V_j: tile j+1 streams in while j computes)
 //   attention_bwd_preprocess        D_i = rowsum(dO_i * O_i), one warp per row (backward 2 and 3)
 //   attention_bwd_dkdv<D, true>     variant attention_backward/2_flash: a CTA per key block, dQ by
 //                                   float atomicAdd
@@ -33,6 +35,7 @@
 // H200's ~67 TFLOP/s; torch's memory-efficient fp32 backend reaches 35-45 (shared/ANCHORS.md).
 
 #include "common.cuh"
+#include "mma.cuh"  // cp_async_16 / cp_async_commit / cp_async_wait / smem_u32 (3_flash... 4_flash_r8_async)
 
 #define ATT_BQ 64        // query rows per tile (tfm_kernels/attention.py: BLOCK_Q)
 #define ATT_BK 64        // keys per tile (BLOCK_K)
@@ -72,6 +75,22 @@ static __device__ __forceinline__ void att_load_tile(float* __restrict__ s, cons
         float4 val = make_float4(0.f, 0.f, 0.f, 0.f);
         if (row0 + r < nrows) val = *reinterpret_cast<const float4*>(g + (row0 + r) * D + 4 * c4);
         *reinterpret_cast<float4*>(s + r * (D + 4) + 4 * c4) = val;
+    }
+}
+
+// att_load_tile by cp.async (sm_80+): the copies run in the background until cp_async_wait; rows
+// >= nrows are zero-filled by the copy itself (src-size 0).
+template <int D, int ROWS = 64>
+static __device__ __forceinline__ void att_load_tile_async(float* __restrict__ s, const float* __restrict__ g,
+                                                           int row0, int nrows) {
+    constexpr int V4_PER_ROW = D / 4;
+#pragma unroll
+    for (int it = 0; it < ROWS * D / 1024; ++it) {
+        const int idx = threadIdx.x + it * ATT_THREADS;
+        const int r = idx / V4_PER_ROW;
+        const int c4 = idx % V4_PER_ROW;
+        const bool in = row0 + r < nrows;
+        cp_async_16(smem_u32(s + r * (D + 4) + 4 * c4), in ? g + (row0 + r) * D + 4 * c4 : g, in);
     }
 }
 
@@ -204,20 +223,25 @@ static __device__ __forceinline__ float att_row_sum(float x) {
 // 4 + 4 for 64 and 4 + D/16 for 4 D/16 at R = 4: ~1.4x fewer shared-memory bytes per FMA, the
 // limit at R = 4 (4096 FMAs per 1792 floats loaded per thread and key block at D = 128, where the
 // SM delivers 32 floats per 128 FMA slots). The price: 136 KB of shared memory at D = 128, so one
-// CTA (8 warps) per SM.
+// CTA (8 warps) per SM, which then stalls whole on every K_j/V_j load; ASYNC (4_flash_r8_async)
+// double-buffers K_j/V_j with cp.async so tile j+1 streams in while tile j computes (200 KB at
+// D = 128). The one barrier at the top of iteration j both publishes tile j and retires iteration
+// j-1's reads of the other stage, which the prefetch then overwrites.
 // Scores live in the log2 domain (scale_log2 = scale * log2(e)) so each exp is one exp2f; m_i is in
 // that domain and lse = ln2 * (m_i + log2 l_i).
-template <int D, int R>
+template <int D, int R, bool ASYNC>
 __global__ void __launch_bounds__(ATT_THREADS, (R == 4 ? 2 : 1))
 attention_fwd_flash(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                     const int* __restrict__ kv_lens, float* __restrict__ o, float* __restrict__ lse,
                     int H, int Lq, int Lk, int nq, int causal, float scale_log2) {
     using C = AttCols<D>;
     constexpr int BQ = 16 * R;                        // query rows per CTA
+    constexpr int STAGES = ASYNC ? 2 : 1;             // K_j/V_j buffers (ASYNC: j+1 loads during j)
+    constexpr int KP = ATT_BK * (D + 4) > BQ * ATT_PS ? ATT_BK * (D + 4) : BQ * ATT_PS;
     extern __shared__ float4 att_smem[];
     float* Qs = reinterpret_cast<float*>(att_smem);  // Q_i  [BQ][D+4]
-    float* Vs = Qs + BQ * (D + 4);                    // V_j  [64][D+4]
-    float* KPs = Vs + ATT_BK * (D + 4);               // K_j  [64][D+4], then P_ij [BQ][68]
+    float* Vs0 = Qs + BQ * (D + 4);                   // V_j  [64][D+4] x STAGES
+    float* KPs0 = Vs0 + STAGES * ATT_BK * (D + 4);    // K_j  [64][D+4], then P_ij [BQ][68]; x STAGES
 
     const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
     const int bh = blockIdx.x / nq;
@@ -246,15 +270,33 @@ attention_fwd_flash(const float* __restrict__ q, const float* __restrict__ k, co
     }
 
     const int num_kb = tfm_cdiv(n_end, ATT_BK);
+    if (ASYNC && num_kb > 0) {
+        att_load_tile_async<D>(KPs0, kh, 0, n_end);
+        att_load_tile_async<D>(Vs0, vh, 0, n_end);
+        cp_async_commit();
+    }
     for (int kb = 0; kb < num_kb; ++kb) {
         const int k0 = kb * ATT_BK;
-        __syncthreads();  // the previous P_ij (in KPs) and V_j are no longer read
-        att_load_tile<D>(KPs, kh, k0, n_end);
-        att_load_tile<D>(Vs, vh, k0, n_end);
-        __syncthreads();
+        float* KPs = KPs0 + (kb % STAGES) * KP;
+        float* Vs = Vs0 + (kb % STAGES) * ATT_BK * (D + 4);
+        if (ASYNC) {
+            cp_async_wait<0>();  // this thread's copies of K_j, V_j have landed
+            __syncthreads();     // everyone's have, and iteration j-1 no longer reads the other stage
+            if (kb + 1 < num_kb) {  // K_{j+1}, V_{j+1} stream in while this block computes
+                const int nxt = (kb + 1) % STAGES;
+                att_load_tile_async<D>(KPs0 + nxt * KP, kh, k0 + ATT_BK, n_end);
+                att_load_tile_async<D>(Vs0 + nxt * ATT_BK * (D + 4), vh, k0 + ATT_BK, n_end);
+                cp_async_commit();
+            }
+        } else {
+            __syncthreads();  // the previous P_ij (in KPs) and V_j are no longer read
+            att_load_tile<D>(KPs, kh, k0, n_end);
+            att_load_tile<D>(Vs, vh, k0, n_end);
+            __syncthreads();
+        }
 
         float s[R][4];  // S_ij for rows q0 + R ty + i, keys k0 + tx + 16j
-        att_abt<D, 8, R>(s, Qs, KPs, ty, tx);
+        att_abt<D, (R == 8 ? 4 : 8), R>(s, Qs, KPs, ty, tx);
         float m_new[R];
 #pragma unroll
         for (int i = 0; i < R; ++i) {
@@ -307,14 +349,18 @@ attention_fwd_flash(const float* __restrict__ q, const float* __restrict__ k, co
         }
     }
 }
-TFM_EXPORT(attention_fwd_flash<32, 4>)
-TFM_EXPORT(attention_fwd_flash<64, 4>)
-TFM_EXPORT(attention_fwd_flash<96, 4>)
-TFM_EXPORT(attention_fwd_flash<128, 4>)
-TFM_EXPORT(attention_fwd_flash<32, 8>)
-TFM_EXPORT(attention_fwd_flash<64, 8>)
-TFM_EXPORT(attention_fwd_flash<96, 8>)
-TFM_EXPORT(attention_fwd_flash<128, 8>)
+TFM_EXPORT(attention_fwd_flash<32, 4, false>)
+TFM_EXPORT(attention_fwd_flash<64, 4, false>)
+TFM_EXPORT(attention_fwd_flash<96, 4, false>)
+TFM_EXPORT(attention_fwd_flash<128, 4, false>)
+TFM_EXPORT(attention_fwd_flash<32, 8, false>)
+TFM_EXPORT(attention_fwd_flash<64, 8, false>)
+TFM_EXPORT(attention_fwd_flash<96, 8, false>)
+TFM_EXPORT(attention_fwd_flash<128, 8, false>)
+TFM_EXPORT(attention_fwd_flash<32, 8, true>)
+TFM_EXPORT(attention_fwd_flash<64, 8, true>)
+TFM_EXPORT(attention_fwd_flash<96, 8, true>)
+TFM_EXPORT(attention_fwd_flash<128, 8, true>)
 
 // ------------------------------------------------------------------------------------------------
 // Backward preprocessing: D_i = rowsum(dO_i * O_i) (= rowsum(P_i * dP_i)), one warp per row of the

@@ -293,9 +293,13 @@ def _kernel_targs(name):
     return [a.strip() for a in name.split("<")[1].rstrip(">").split(",")]
 
 
-def emu_fwd_flash(grid_x, D, R, q, k, v, kv_lens, o, lse, H, Lq, Lk, nq, causal, scale_log2):
-    """attention_fwd_flash<D, R>, one CTA at a time; arrays as the launcher passes them."""
+def emu_fwd_flash(grid_x, D, R, asynchronous, q, k, v, kv_lens, o, lse, H, Lq, Lk, nq, causal, scale_log2):
+    """attention_fwd_flash<D, R, asynchronous>, one CTA at a time; arrays as the launcher passes them.
+    A cp.async copy is done at its issue point: the same data, as long as the barriers keep readers
+    and copies apart (what compute-sanitizer racecheck checks on the GPU)."""
     BQ = 16 * R
+    stages = 2 if asynchronous else 1
+    KP = max(64 * (D + 4), BQ * _PS)
     BH = grid_x // nq
     qf, kf, vf = (x.reshape(BH, -1) for x in (q, k, v))
     of, lsef = o.reshape(BH, -1), lse.reshape(BH, -1)
@@ -305,18 +309,31 @@ def emu_fwd_flash(grid_x, D, R, q, k, v, kv_lens, o, lse, H, Lq, Lk, nq, causal,
         q0, b = qb * BQ, bh // H
         kv_len = min(kv_lens[b], Lk)
         n_end = min(kv_len, min(q0 + BQ, Lq)) if causal else kv_len
-        sm = np.full(att._flash_smem_fwd(D, R) // 4, np.nan)
-        Qs, Vs, KPs = 0, BQ * (D + 4), (BQ + 64) * (D + 4)
+        sm = np.full(att._flash_smem_fwd(D, R, stages) // 4, np.nan)
+        Qs, Vs0 = 0, BQ * (D + 4)
+        KPs0 = Vs0 + stages * 64 * (D + 4)
         _emu_load_tile(sm, Qs, D, qf[bh], q0, Lq, rows=BQ)
         m = np.full((256, R), -np.inf)
         l = np.zeros((256, R))
         acc = np.zeros((256, R, D // 16))
         IR = np.arange(R)
         row = q0 + R * _TY[:, None] + IR                               # (256, R)
-        for kb in range(-(-n_end // 64)):
+        num_kb = -(-n_end // 64)
+        if asynchronous and num_kb > 0:
+            _emu_load_tile(sm, KPs0, D, kf[bh], 0, n_end)
+            _emu_load_tile(sm, Vs0, D, vf[bh], 0, n_end)
+        for kb in range(num_kb):
             k0 = kb * 64
-            _emu_load_tile(sm, KPs, D, kf[bh], k0, n_end)
-            _emu_load_tile(sm, Vs, D, vf[bh], k0, n_end)
+            KPs, Vs = KPs0 + (kb % stages) * KP, Vs0 + (kb % stages) * 64 * (D + 4)
+            if asynchronous:
+                if kb + 1 < num_kb:
+                    nxt = (kb + 1) % stages
+                    assert nxt != kb % stages
+                    _emu_load_tile(sm, KPs0 + nxt * KP, D, kf[bh], k0 + 64, n_end)
+                    _emu_load_tile(sm, Vs0 + nxt * 64 * (D + 4), D, vf[bh], k0 + 64, n_end)
+            else:
+                _emu_load_tile(sm, KPs, D, kf[bh], k0, n_end)
+                _emu_load_tile(sm, Vs, D, vf[bh], k0, n_end)
             s = _emu_abt(sm, Qs, KPs, D, R)
             col = k0 + _TX[:, None] + 16 * _I4                         # (256, 4)
             vis = (col[:, None, :] < n_end) & (~causal | (col[:, None, :] <= row[:, :, None]))
@@ -492,13 +509,15 @@ class EmulatedBackend:
             assert bx == 256
             is_fwd = name.startswith("attention_fwd")
             R = int(targs[1]) if is_fwd else 4
-            assert launch.smem == (att._flash_smem_fwd(D, R) if is_fwd else att._flash_smem_bwd(D))
+            asynchronous = is_fwd and targs[2] == "true"
+            assert launch.smem == (att._flash_smem_fwd(D, R, 2 if asynchronous else 1) if is_fwd
+                                   else att._flash_smem_bwd(D))
             assert launch.smem <= 227 * 1024, "more than an H100/H200 CTA may have"
             assert args[0].shape[-1] == D
             if is_fwd:
                 assert gx == args[9] * args[0].shape[0] * args[0].shape[1]            # nq * B * H
                 assert args[9] == -(-args[7] // (16 * R))                             # nq = cdiv(Lq, BQ)
-                emu_fwd_flash(gx, D, R, *args)
+                emu_fwd_flash(gx, D, R, asynchronous, *args)
             elif name.startswith("attention_bwd_dkdv"):
                 assert gx == args[-1] * args[0].shape[0] * args[0].shape[1]           # nk * B * H
                 emu_bwd_dkdv(gx, D, name.endswith("true>"), *args)
@@ -602,8 +621,9 @@ def test_emulated_variants_match_numpy_ref(B, H, Lq, Lk, D, causal, kv_lens, rng
             assert not np.isnan(g).any(), f"{v_.key} {name}: elements never written"
             err = float(np.max(np.abs(g - r)))
             assert err <= 2e-6 * t, f"{v_.key} {name}: max err {err:.3e} > 2e-6 x term scale {t:.3e}"
-    assert {"attention_fwd_flash<%d, 4>" % D, "attention_fwd_flash<%d, 8>" % D, "attention_bwd_preprocess",
-            "attention_bwd_dq<%d>" % D, "attention_naive_mask", "attention_naive_lse"} <= set(emulated.launches)
+    assert {att._flash_kernel_fwd(D, 4, False), att._flash_kernel_fwd(D, 8, False),
+            att._flash_kernel_fwd(D, 8, True), "attention_bwd_preprocess", "attention_bwd_dq<%d>" % D,
+            "attention_naive_mask", "attention_naive_lse"} <= set(emulated.launches)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ fp16 tensor-core variants of ``attention_tc.py`` use 10 and up):
                             softmax in registers, one pass, writes o and lse; nothing Lq x Lk stored
               3_flash_r8    as 2 with 128-row query blocks, 8 rows per thread (fewer shared loads
                             per FMA, one CTA per SM); opt-in (variant=3)
+              4_flash_r8_async
+                            as 3, K_j/V_j double-buffered by cp.async; opt-in (variant=4)
     backward  1_naive       the same composition for P, dV = P^T dO, dP = dO V^T, dS by this
                             project's softmax_backward, dQ = scale dS K, dK = scale dS^T Q
               2_flash       fp32 FlashAttention-2 backward: one CTA per key block, P recomputed from
@@ -300,11 +302,11 @@ def _flash_supports(dtype, head_dim, **_):
     return None
 
 
-def _flash_smem_fwd(D, rows=4):
-    # Q_i (16 * rows query rows) and V_j (64 keys) tiles with row stride D + 4 floats, and K_j,
+def _flash_smem_fwd(D, rows=4, stages=1):
+    # Q_i (16 * rows query rows) and, per stage, V_j (64 keys) with row stride D + 4 floats and K_j,
     # whose buffer the P tile (16 * rows x 68) reuses.
     bq = 16 * rows
-    return 4 * (bq * (D + 4) + BLOCK_K * (D + 4) + max(BLOCK_K * (D + 4), bq * (BLOCK_K + 4)))
+    return 4 * (bq * (D + 4) + stages * (BLOCK_K * (D + 4) + max(BLOCK_K * (D + 4), bq * (BLOCK_K + 4))))
 
 
 def _flash_smem_bwd(D):
@@ -312,18 +314,26 @@ def _flash_smem_bwd(D):
     return 4 * (4 * BLOCK_Q * (D + 4) + BLOCK_K * (BLOCK_Q + 4) + 2 * BLOCK_Q)
 
 
-def _flash_forward(be, q, k, v, kv_lens, causal, scale, o, lse, rows=4):
+def _flash_kernel_fwd(D, rows, asynchronous):
+    return f"attention_fwd_flash<{D}, {rows}, {'true' if asynchronous else 'false'}>"
+
+
+def _flash_forward(be, q, k, v, kv_lens, causal, scale, o, lse, rows=4, asynchronous=False):
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     nq = -(-Lq // (16 * rows))
-    be.launch(Launch(SOURCE, f"attention_fwd_flash<{D}, {rows}>", (nq * B * H, 1, 1), (THREADS, 1, 1),
+    be.launch(Launch(SOURCE, _flash_kernel_fwd(D, rows, asynchronous), (nq * B * H, 1, 1), (THREADS, 1, 1),
                      (q, k, v, kv_lens, o, lse, np.int32(H), np.int32(Lq), np.int32(Lk),
                       np.int32(nq), np.int32(causal), np.float32(scale * LOG2E)),
-                     _flash_smem_fwd(D, rows)))
+                     _flash_smem_fwd(D, rows, 2 if asynchronous else 1)))
 
 
 def _flash_forward_r8(be, *args):
     _flash_forward(be, *args, rows=8)
+
+
+def _flash_forward_r8_async(be, *args):
+    _flash_forward(be, *args, rows=8, asynchronous=True)
 
 
 def _bwd_preprocess(be, do, o):
@@ -444,8 +454,9 @@ def _naive_supports(dtype, seqlen_q, seqlen_k, batch, heads, **_):
     return None
 
 
-_FLASH_KERNELS_FWD = tuple((SOURCE, f"attention_fwd_flash<{d}, 4>") for d in FLASH_HEAD_DIMS)
-_FLASH_KERNELS_FWD_R8 = tuple((SOURCE, f"attention_fwd_flash<{d}, 8>") for d in FLASH_HEAD_DIMS)
+_FLASH_KERNELS_FWD = tuple((SOURCE, _flash_kernel_fwd(d, 4, False)) for d in FLASH_HEAD_DIMS)
+_FLASH_KERNELS_FWD_R8 = tuple((SOURCE, _flash_kernel_fwd(d, 8, False)) for d in FLASH_HEAD_DIMS)
+_FLASH_KERNELS_FWD_R8_ASYNC = tuple((SOURCE, _flash_kernel_fwd(d, 8, True)) for d in FLASH_HEAD_DIMS)
 _FLASH_KERNELS_BWD = (((SOURCE, "attention_bwd_preprocess"),)
                       + tuple((SOURCE, f"attention_bwd_dkdv<{d}, true>") for d in FLASH_HEAD_DIMS))
 _FLASH_KERNELS_BWD_DET = (((SOURCE, "attention_bwd_preprocess"),)
@@ -470,6 +481,12 @@ register(Variant(
     "per FMA (2_flash's limit), one CTA per SM (opt-in until measured faster: variant=3)",
     _flash_forward_r8, dtypes=("float32",), supports=_flash_supports, kernels=_FLASH_KERNELS_FWD_R8,
     hot=True, extra={"opt_in": True}))
+register(Variant(
+    "attention_forward", 4, "flash_r8_async",
+    "as 3_flash_r8, with K_j/V_j double-buffered by cp.async: tile j+1 streams in while tile j "
+    "computes, so the one CTA per SM no longer stalls on each load (opt-in until measured: variant=4)",
+    _flash_forward_r8_async, dtypes=("float32",), supports=_flash_supports,
+    kernels=_FLASH_KERNELS_FWD_R8_ASYNC, hot=True, extra={"opt_in": True}))
 register(Variant(
     "attention_backward", 1, "naive",
     "matmul + softmax recompute P, dV = P^T dO, dP = dO V^T, softmax_backward for dS, "
