@@ -9,8 +9,8 @@ shared/ANCHORS.md.
 Every registered attention variant is timed (the fp32 ones of attention.py and the fp16 tensor-core
 ones of attention_tc.py; a variant that does not take a case's dtype or shape is reported n/a, e.g.
 naive once B*H*N^2 passes int32). Forward+backward cases are op ``attention_backward``: one call is
-the forward variant of the same family (the highest-numbered forward variant at or below the
-backward's number that takes the dtype: 1 -> 1, 2 and 3 -> 2, 11 and 12 -> 10) then the backward.
+a forward (naive for the naive backward, otherwise the default forward for the dtype and shape, as
+a training step would run) then the backward variant being timed.
 
 Peers: ``torch.nn.functional.scaled_dot_product_attention`` under ``torch.nn.attention.sdpa_kernel``
 with each of its four backends, on the same device buffers (zero-copy through DLPack). The runner
@@ -120,14 +120,12 @@ def _verdict(outs, refs, bases, reduction):
 # --------------------------------------------------------------------------------------------------
 # Cases
 
-def _forward_variant_for(backward_number: int, dtype: str):
-    from .._registry import variants
+def _forward_variant_for(backward_number: int, dtype: str, **info):
+    """The forward paired with a backward variant in a forward+backward case: naive with naive,
+    otherwise the default forward for the dtype and shape (what a user's training step runs)."""
+    from .._registry import choose
 
-    fwd = [v for v in variants("attention_forward")
-           if v.number <= backward_number and dtype in v.dtypes and not v.broken]
-    if not fwd:
-        raise ValueError(f"variant: no forward variant at or below {backward_number} takes {dtype}")
-    return fwd[-1].key
+    return choose("attention_forward", 1 if backward_number == 1 else None, dtype=dtype, **info).key
 
 
 def _sdpa_probe(torch, backend: str, dtype: str, D: int, causal: bool, grad: bool) -> str | None:
@@ -193,8 +191,10 @@ def _case(dtype: str, mode: str, D: int, causal: bool, N: int, torch, sdpa: str,
             return attention_forward(inp["q"], inp["k"], inp["v"], causal, backend=backend, variant=variant,
                                      out=(inp["o"], inp["lse"]))
         number = int(variant.split("_")[0])
-        o, lse = attention_forward(inp["q"], inp["k"], inp["v"], causal, backend=backend,
-                                   variant=_forward_variant_for(number, dtype), out=(inp["o"], inp["lse"]))
+        fwd = _forward_variant_for(number, dtype, batch=B, heads=H, seqlen_q=N, seqlen_k=N, head_dim=D,
+                                   causal=causal)
+        o, lse = attention_forward(inp["q"], inp["k"], inp["v"], causal, backend=backend, variant=fwd,
+                                   out=(inp["o"], inp["lse"]))
         grads = attention_backward(inp["do"], inp["q"], inp["k"], inp["v"], o, lse, causal, backend=backend,
                                    variant=variant, out=inp["grads"])
         return (o, lse) + tuple(grads)
