@@ -383,11 +383,31 @@ BACKWARD = [
      "the minimum bytes (>= 85% of copy); rows up to 16384"),
 ]
 
+# Measured on an NVIDIA H200 (GPU run 1, 2026-11-29, `tfm-kernels bench --quick`, ext backend, CUDA
+# events, median; copy ceiling measured in the same run: 4161 GB/s). Effective bandwidth = the
+# minimum bytes (costs.py) / time; "torch" = torch.softmax / torch._softmax_backward_data, same run.
+_RUN1 = "H200 run 1, tfm-kernels bench --quick: "
+MEASURED = {
+    ("softmax", 1): _RUN1 + "8192x8192 fp32 175 GB/s (4% of copy, 0.09x torch)",
+    ("softmax", 2): _RUN1 + "8192x8192 fp32 2667 GB/s (64%, 1.38x torch); 65536x1024 2493 GB/s (60%)",
+    ("softmax", 3): _RUN1 + "8192x8192 fp32 1982 GB/s (48%); 65536x1024 3583 GB/s (86%)",
+    ("softmax", 4): _RUN1 + "8192x8192 fp32 3781 GB/s (91%, 1.95x torch); 1024x65536 2697 GB/s (65%, 1.36x torch)",
+    ("softmax", 5): _RUN1 + "8192x8192 fp32 4010 GB/s (96% of copy, 2.07x torch); 65536x1024 4054 GB/s (97%, "
+                            "1.03x torch); 8192x8192 fp16 2126 GB/s (51%, 2.05x torch)",
+    ("softmax_backward", 1): _RUN1 + "8192x8192 fp32 247 GB/s (6%, 0.12x torch)",
+    ("softmax_backward", 2): _RUN1 + "8192x8192 fp32 2526 GB/s (61%, 1.18x torch); 65536x1024 3869 GB/s (93%)",
+    ("softmax_backward", 3): _RUN1 + "8192x8192 fp32 2543 GB/s (61%, 1.19x torch)",
+    ("softmax_backward", 4): _RUN1 + "8192x8192 fp32 3264 GB/s (78%, 1.53x torch); 1024x65536 2556 GB/s (61%, "
+                                     "1.43x torch)",
+    ("softmax_backward", 5): _RUN1 + "8192x8192 fp32 4284 GB/s (103% of copy, 2.01x torch); 8192x8192 fp16 "
+                                     "2955 GB/s (71%, 1.43x torch)",
+}
+
 for _op, _ladder, _e in (("softmax", FORWARD, FWD_REGS_E), ("softmax_backward", BACKWARD, BWD_REGS_E)):
     for _n, _name, _fn, _kernels, _hot, _desc in _ladder:
         register(Variant(op=_op, number=_n, name=_name, description=_desc, fn=_fn, dtypes=DTYPES,
                          supports=_regs_supports(_e) if _name == "regs" else None, kernels=_kernels,
-                         hot=_hot, arch=80))
+                         hot=_hot, arch=80, measured=MEASURED.get((_op, _n))))
 
 if __doc__:  # None under python -OO
     __doc__ += "".join(f"\n  softmax/{n}_{name:<10} {d}" for n, name, _f, _k, _h, d in FORWARD)
