@@ -19,23 +19,25 @@
 //                                   the two small kernels of the naive variants (the rest of naive
 //                                   is this project's matmul and softmax)
 //
-// Tiling shared by the flash kernels. A CTA is 256 threads = 16 x 16: ty = tid / 16 owns 4
-// consecutive rows (4ty .. 4ty+3) of every 64-row tile it computes, tx = tid % 16 owns the score
-// columns tx, tx+16, tx+32, tx+48 of a 64 x 64 score tile, and D/16 columns of a 64 x D output
-// tile (float4 groups at 64g + 4tx, plus a float2 at 64*(D/64) + 2tx when D % 64 == 32). The 16
+// Tiling shared by the flash kernels. A CTA is 256 threads = 16 x 16: ty = tid / 16 owns R = 4
+// consecutive rows (4ty .. 4ty+3; R = 8 in forward 3 and 4) of every 16R-row tile it computes,
+// tx = tid % 16 owns the score columns tx, tx+16, tx+32, tx+48 of a 16R x 64 score tile, and D/16
+// columns of a 16R x D output tile (float4 groups at 64g + 4tx, plus a float2 at 64*(D/64) + 2tx when D % 64 == 32). The 16
 // threads of one row are 16 consecutive lanes of one warp, so row max and row sum are 4 xor-shuffles.
 // Tiles live in shared memory with row stride D + 4 floats: D/4 + 1 16-byte words, which is 1 mod 8,
 // so the 8 rows read by one quarter-warp's 16-byte loads fall in 8 different bank groups (stride D
 // would put all 8 in the same banks, an 8-way conflict at D = 128).
 //
-// Per 64 x 64 score tile and D = 128, a thread does 16 x 128 = 2048 FMAs from 2 x 4 x 32 16-byte
-// shared loads (8 FMAs per load), and the P V product another 4 x 8 x 64 = 2048 FMAs from 16 x 4 +
-// 64 x 2 loads (10.7 per load): enough reuse to keep the FP32 pipes, not shared memory, the limit.
+// Per 64 x 64 score tile and D = 128, an R = 4 thread does 16 x 128 = 2048 FMAs from 2 x 4 x 32
+// 16-byte shared loads, and the P V product another 4 x 8 x 64 = 2048 FMAs from 16 x 4 + 64 x 2
+// loads: 1792 floats for 4096 FMAs. An SM serves 32 floats of shared memory per clock (128 B) and
+// 128 FMAs, so at 2.3 FMAs per float shared memory is the limit: ~38 TFLOP/s at most, 34.6
+// measured on the H200 (GPU run 1). R = 8 does 3.2 FMAs per float (see the forward kernel).
 // fp32 attention runs on CUDA cores (no tensor cores in fp32 without TF32), so the ceiling is the
 // H200's ~67 TFLOP/s; torch's memory-efficient fp32 backend reaches 35-45 (shared/ANCHORS.md).
 
 #include "common.cuh"
-#include "mma.cuh"  // cp_async_16 / cp_async_commit / cp_async_wait / smem_u32 (3_flash... 4_flash_r8_async)
+#include "mma.cuh"  // cp_async_16 / cp_async_commit / cp_async_wait / smem_u32 (4_flash_r8_async)
 
 #define ATT_BQ 64        // query rows per tile (tfm_kernels/attention.py: BLOCK_Q)
 #define ATT_BK 64        // keys per tile (BLOCK_K)
