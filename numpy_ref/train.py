@@ -335,6 +335,12 @@ def load_checkpoint(path, config: TransformerConfig | None = None, dtype=None) -
     if len(vocab) != stored.vocab_size:
         raise CheckpointError(f"{path}: vocabulary of {len(vocab)} tokens for a model of vocab_size "
                               f"{stored.vocab_size}")
+    if vocab != data_mod.Vocab():
+        # The tokenizer's rules (characters, words, special ids) are this module's: a checkpoint
+        # with another token list would map ids to the wrong words.
+        diff = [i for i, (a, b) in enumerate(zip(vocab.tokens, data_mod.Vocab().tokens)) if a != b]
+        raise CheckpointError(f"{path}: its vocabulary is not this task's (first difference at id "
+                              f"{diff[0] if diff else len(vocab)})")
     params = {k[len("param/"):]: v for k, v in entries.items() if k.startswith("param/")}
     model = Transformer(stored, seed=0, dtype=dtype or meta.get("dtype", "float32"))
     try:

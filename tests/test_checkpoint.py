@@ -173,6 +173,15 @@ def test_tampered_entries(trained, tmp_path):
     with pytest.raises(CheckpointError, match="vocabulary of 43 tokens for a model of vocab_size 44"):
         load_checkpoint(bad)
 
+    def swapped_vocab(e):
+        meta = json.loads(str(e["__meta__"][()]))
+        meta["vocab"][20], meta["vocab"][21] = meta["vocab"][21], meta["vocab"][20]
+        e["__meta__"] = np.array(json.dumps(meta))
+
+    _rewrite(path, bad, swapped_vocab)
+    with pytest.raises(CheckpointError, match="not this task's \\(first difference at id 20\\)"):
+        load_checkpoint(bad)
+
     def pickled(e):
         e["param/linear.bias"] = np.array([{"evil": 1}], dtype=object)
 
