@@ -144,12 +144,16 @@ def test_valid_call_without_device_says_why():
 # ---------------------------------------------------------------------------------------------
 
 def test_ladders_registered():
-    for op, ladder in (("softmax", FWD), ("softmax_backward", BWD)):
-        assert [v.number for v in ladder] == [1, 2, 3, 4, 5], op
+    for op, ladder, numbers in (("softmax", FWD, [1, 2, 3, 4, 5, 6]), ("softmax_backward", BWD, [1, 2, 3, 4, 5])):
+        assert [v.number for v in ladder] == numbers, op
         for v in ladder:
             assert v.description and v.dtypes == ("float32", "float16"), v.qualname
             assert v.kernels, v.qualname
-        assert [v.number for v in ladder if v.hot] == [4, 5], op
+        assert [v.number for v in ladder if v.hot] == numbers[3:], op
+    # Added after the only GPU run: opt-in (never the default) and saying why.
+    v6 = _registry.get("softmax", 6)
+    assert v6.extra.get("opt_in") and "never run on a GPU" in v6.extra.get("unverified", "")
+    assert all(not v.extra.get("opt_in") for v in FWD[:5] + BWD)
 
 
 def test_every_kernel_is_exported_and_launched():
