@@ -23,7 +23,7 @@ The variant contract:
   arrays, viewed as (rows, cols);
   ``supports(*, dtype, rows, cols)`` -> None or the reason the variant cannot take the shape.
 Each fn plans its launch from the shape and the pointers' alignment: the 16-byte vector paths
-(4 floats / 8 halves per access) are used only where they are legal (see ``_vec``), else the same
+(4 floats / 8 halves per access) are used only where they are legal (``_stream_vec``, ``_regs_vec``), else the same
 kernel's scalar instantiation.
 
 The ladders (numbers are the order to read csrc/softmax.cu in; the default is the highest-numbered
