@@ -231,8 +231,10 @@ static __device__ __forceinline__ float att_row_sum(float x) {
 // j-1's reads of the other stage, which the prefetch then overwrites.
 // Scores live in the log2 domain (scale_log2 = scale * log2(e)) so each exp is one exp2f; m_i is in
 // that domain and lse = ln2 * (m_i + log2 l_i).
+// Two CTAs per SM (128 registers) for R = 4, and for R = 8 at D = 32; R = 8 at D = 64 would spill
+// 132 bytes at 128 registers (ptxas), so one.
 template <int D, int R, bool ASYNC>
-__global__ void __launch_bounds__(ATT_THREADS, (R == 4 ? 2 : 1))
+__global__ void __launch_bounds__(ATT_THREADS, (R == 4 || D <= 32 ? 2 : 1))
 attention_fwd_flash(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                     const int* __restrict__ kv_lens, float* __restrict__ o, float* __restrict__ lse,
                     int H, int Lq, int Lk, int nq, int causal, float scale_log2) {
