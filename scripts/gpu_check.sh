@@ -130,7 +130,9 @@ if not commit:  # a copy of the tree without .git: name the sources by their con
                     + glob.glob(os.path.join(ROOT, "tfm_kernels", "**", "*.py"), recursive=True)):
         h.update(open(p, "rb").read())
     commit = f"unknown (no .git; sources sha1 {h.hexdigest()[:10]})"
-dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit[0] != "u" else None
+dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if git("rev-parse", "HEAD") else None
+if dirty is None and os.environ.get("TFM_DIRTY"):  # no .git here: the caller says
+    dirty = os.environ["TFM_DIRTY"].lower() not in ("0", "false", "no", "")
 smi = ""
 try:
     smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
@@ -178,7 +180,9 @@ for tool in ("memcheck", "racecheck"):
         san[tool] = "not run" + (" (no GPU)" if GPU_OK != "1" else " (compute-sanitizer missing)")
         continue
     text = open(p, errors="replace").read()
-    m = re.search(r"ERROR SUMMARY: (\d+) error", text)
+    # memcheck ends with "ERROR SUMMARY: N errors"; racecheck with
+    # "RACECHECK SUMMARY: N hazards displayed (E errors, W warnings)"
+    m = re.search(r"ERROR SUMMARY: (\d+) error", text) or re.search(r"RACECHECK SUMMARY: \d+ hazards? displayed \((\d+) error", text)
     h = re.search(r"RACECHECK SUMMARY: (\d+) hazard", text)
     st = next((s for s in steps if s["step"] == tool), {})
     errs = int(m.group(1)) if m else None
@@ -244,13 +248,17 @@ if summary["bench"]:
     L.append(f"Measured device-to-device copy: {summary['bench_copy_gbs']:.0f} GB/s.")
     L += ["", "| op | case | who | backend | time (us) | throughput | % ceiling | vs peer | status |",
           "|---|---|---|---|---:|---:|---:|---:|---|"]
-    for m in summary["bench"]:
+    shown = [m for m in summary["bench"] if not str(m.get("status", "")).startswith("n/a")]
+    for m in shown:
         t = f"{m['median_ms'] * 1e3:.1f}" if m.get("median_ms") else ""
         tp = f"{m['throughput']:.1f} {m['unit']}" if m.get("throughput") else ""
         pc = f"{m['pct_ceiling']:.0f}%" if m.get("pct_ceiling") else ""
         vp = f"{m['vs_peer']:.2f}x" if m.get("vs_peer") else ""
-        L.append(f"| {m['op']} | {m['label']} | {m['who']} | {m.get('backend') or ''} | {t} | {tp} | {pc} | {vp} | "
-                 f"{str(m['status'])[:60].replace('|', '/')} |")
+        cells = [m["op"], m["label"], m["who"], m.get("backend") or "", t, tp, pc, vp, str(m["status"])[:60]]
+        L.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    if len(shown) < len(summary["bench"]):
+        L += ["", f"{len(summary['bench']) - len(shown)} pairs that do not apply (dtype, shape, peer-only cases) "
+                  "are left out here; bench.json lists them."]
 else:
     L.append("did not run (no GPU, or see bench.txt)")
 with open(os.path.join(OUT, "summary.md"), "w") as f:

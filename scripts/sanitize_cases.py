@@ -4,9 +4,10 @@
     compute-sanitizer --tool memcheck  --error-exitcode 99 python3 scripts/sanitize_cases.py
     compute-sanitizer --tool racecheck --error-exitcode 99 python3 scripts/sanitize_cases.py
 
-Runs the first quick case of every op's ``check_cases`` (tfm_kernels/check.py: small, awkward
-shapes chosen by each op's engineer) on every variant and both backends, plus the plumbing
-self-test kernels (csrc/ext/plumbing_test.cu). CuPy's memory pool is switched off first: the pool
+Runs every variant, on both backends, once: on the first of its op's quick ``check_cases``
+(tfm_kernels/check.py: small, awkward shapes chosen by each op's engineer) that the variant can
+take, so an fp16-only variant runs on the first fp16 case; plus the plumbing self-test kernels
+(csrc/ext/plumbing_test.cu). CuPy's memory pool is switched off first: the pool
 hands out slices of large blocks, and memcheck only sees an out-of-bounds access when it leaves a
 real cudaMalloc allocation. The sanitizer's report is the verdict; this script also exits 1 when a
 result is wrong, so a kernel that is clean but incorrect still shows.

@@ -331,3 +331,33 @@ def test_check_runner_protocol(monkeypatch):
             assert rows[(k, "ext")].status == "pass", rows[(k, "ext")]
     table = check.format_table(list(rows.values()))
     assert "FAIL" in table and "Failures:" in table
+
+
+def test_check_runner_limit_runs_each_variant_on_its_first_applicable_case(monkeypatch):
+    import types
+
+    from tfm_kernels import _registry, check
+
+    keys = [v.key for v in _registry.variants("softmax")]
+    ref = np.ones((2, 3))
+    seen = []
+
+    def make_run(case_no):
+        def run(backend, variant):
+            if variant == keys[0] and case_no == 0:  # like an fp16-only variant on an fp32 case
+                raise TypeError(f"variant: softmax/{variant} takes float16 inputs, not float32")
+            seen.append((case_no, variant, backend))
+            return ref
+        return run
+
+    fake = types.ModuleType("fake_ops")
+    fake.check_cases = lambda rng, quick: [
+        check.Case("softmax", f"case {i}", make_run(i), ref, check.fp32_rule()) for i in range(3)]
+    monkeypatch.setattr(check, "op_modules", lambda: [fake])
+    monkeypatch.setattr(_backend, "available", lambda: ["ext"])
+    monkeypatch.setattr(_backend, "get", lambda name=None: types.SimpleNamespace(cc=90, name=name))
+    rows = {r.variant: r for r in check.run_checks(["softmax"], limit=1)}
+    runnable = [k for k in keys if _registry.get("softmax", k).arch <= 90]
+    assert sorted(v for _, v, _ in seen) == sorted(runnable)  # each variant exactly once
+    assert (1, keys[0], "ext") in seen  # the "fp16-only" variant ran on the first case it takes
+    assert rows[keys[0]].passed == 1 and rows[keys[0]].not_applicable == 1

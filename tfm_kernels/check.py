@@ -173,7 +173,9 @@ def run_checks(ops: list[str] | None = None, backends: list[str] | None = None,
                log: Callable[[str], None] | None = None, limit: int | None = None,
                budget: float | None = None) -> list[Row]:
     """Run every case of every selected op on every variant and backend; see the module docstring.
-    ``limit``: at most this many cases per op (scripts/sanitize_cases.py uses 1). ``budget``: seconds;
+    ``limit``: run each (op, variant, backend) on at most this many cases it can take, the first
+    ones that apply (scripts/sanitize_cases.py uses 1: every variant runs once, an fp16-only
+    variant on the first fp16 case). ``budget``: seconds;
     each op module gets an equal share of what is left, and cases past its share are counted in
     ``Row.skipped_budget`` instead of run (scripts/gpu_check.sh must finish in minutes)."""
     from . import _backend
@@ -186,7 +188,6 @@ def run_checks(ops: list[str] | None = None, backends: list[str] | None = None,
             f"{k}: {v[1]}" for k, v in _backend.status().items() if not v[0]) or "none selected")
     cc = _backend.get(backends[0]).cc
     rows: dict[tuple[str, str, str], Row] = {}
-    taken: dict[str, int] = {}
     start = time.perf_counter()
     mods = [m for m in op_modules() if hasattr(m, "check_cases")]
 
@@ -206,16 +207,14 @@ def run_checks(ops: list[str] | None = None, backends: list[str] | None = None,
                     for be in backends:
                         rows.setdefault((case.op, v.key, be), Row(case.op, v.key, be, broken=v.broken)).skipped_budget += 1
                 continue
-            if limit is not None:
-                if taken.get(case.op, 0) >= limit:
-                    continue
-                taken[case.op] = taken.get(case.op, 0) + 1
             refs = None
             for v in registry_variants(case.op):
                 if variants and not ({v.key, v.name, str(v.number)} & set(variants)):
                     continue
                 for be in backends:
                     row = rows.setdefault((case.op, v.key, be), Row(case.op, v.key, be, broken=v.broken))
+                    if limit is not None and row.passed + row.failed >= limit:
+                        continue
                     if cc < v.arch:
                         row.not_applicable += 1
                         continue

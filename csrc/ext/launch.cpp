@@ -45,6 +45,10 @@ Table& table() {
 }
 
 [[noreturn]] void raise_cuda(const std::string& what, cudaError_t err) {
+    // A failed runtime call also leaves its error as the thread's "last error"; consume it here, or
+    // the next, valid launch would find it in its own cudaGetLastError and report it (seen on the
+    // H200: a refused cudaFuncSetAttribute surfaced again at the following launch).
+    cudaGetLastError();
     throw std::runtime_error(what + ": " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
 }
 

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import statistics
 import subprocess
@@ -239,6 +240,8 @@ def environment() -> dict[str, Any]:
                                      cwd=Path(__file__).resolve().parents[2], timeout=10).stdout.strip() or None
     except Exception:
         d["commit"] = None
+    # A copy of the tree without .git (the GPU machine) gets the commit from the caller.
+    d["commit"] = d["commit"] or os.environ.get("TFM_COMMIT")
     d["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return d
 
@@ -254,16 +257,23 @@ def markdown(measurements: list[Measurement], env: dict[str, Any], ceiling_gbs: 
              "",
              "| op | case | who | backend | time (us) | throughput | % ceiling | vs peer | status |",
              "|---|---|---|---|---:|---:|---:|---:|---|"]
+    hidden = 0
     for m in measurements:
         if m.kind == "ceiling":
+            continue
+        if m.status.startswith("n/a"):  # kept in bench.json; in the table they drown the real rows
+            hidden += 1
             continue
         t = f"{m.median_ms * 1e3:.1f}" if m.median_ms is not None else ""
         tp = f"{m.throughput:.1f} {m.unit}" if m.throughput is not None else ""
         pc = f"{m.pct_ceiling:.0f}%" if m.pct_ceiling is not None else ""
         vp = f"{m.vs_peer:.2f}x" if m.vs_peer is not None else ""
         status = m.status if len(m.status) < 80 else m.status[:77] + "..."
-        lines.append(f"| {m.op} | {m.label} | {m.who} | {m.backend or ''} | {t} | {tp} | {pc} | {vp} | "
-                     f"{status.replace('|', '/')} |")
+        cells = [m.op, m.label, m.who, m.backend or "", t, tp, pc, vp, status]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    if hidden:
+        lines += ["", f"{hidden} variant/case pairs that do not apply (dtype, shape, peer-only cases) are "
+                      "left out of this table; bench.json lists them."]
     return "\n".join(lines) + "\n"
 
 
