@@ -361,3 +361,24 @@ def test_check_runner_limit_runs_each_variant_on_its_first_applicable_case(monke
     assert sorted(v for _, v, _ in seen) == sorted(runnable)  # each variant exactly once
     assert (1, keys[0], "ext") in seen  # the "fp16-only" variant ran on the first case it takes
     assert rows[keys[0]].passed == 1 and rows[keys[0]].not_applicable == 1
+
+
+def test_check_runner_survives_a_failing_check_cases(monkeypatch):
+    import types
+
+    from tfm_kernels import check
+
+    def broken(rng, quick):
+        yield check.Case("softmax", "fine", lambda b, v: np.ones(2), np.ones(2), check.fp32_rule())
+        raise RuntimeError("cudaErrorMemoryAllocation: simulated while making inputs")
+
+    bad = types.ModuleType("bad_ops")
+    bad.check_cases = broken
+    monkeypatch.setattr(check, "op_modules", lambda: [bad])
+    monkeypatch.setattr(_backend, "available", lambda: ["ext"])
+    monkeypatch.setattr(_backend, "get", lambda name=None: types.SimpleNamespace(cc=90, name=name))
+    rows = check.run_checks(["softmax"])
+    failing = [r for r in rows if r.status == "FAIL"]
+    assert len(failing) == 1 and failing[0].variant == "check_cases"
+    assert "simulated" in failing[0].failures[0]
+    assert any(r.op == "softmax" and r.passed for r in rows)

@@ -168,6 +168,23 @@ def _verdicts(case: Case, outs: tuple, refs: tuple) -> list[Verdict]:
     return [rule(_host(o), r) for rule, o, r in zip(rules, outs, refs)]
 
 
+def _guarded(cases: Iterable, module: str, rows: dict) -> Iterable:
+    """The cases of one module; if building them raises (a bug in check_cases, a CUDA error while
+    making inputs), a failing row records it and the other modules still run."""
+    it = iter(cases)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except Exception as e:
+            row = rows.setdefault((module, "check_cases", "-"), Row(module, "check_cases", "-"))
+            row.failed += 1
+            row.failures.append(f"check_cases raised {type(e).__name__}: {e}")
+            return
+        yield item
+
+
 def run_checks(ops: list[str] | None = None, backends: list[str] | None = None,
                variants: list[str] | None = None, quick: bool = False, seed: int = 0,
                log: Callable[[str], None] | None = None, limit: int | None = None,
@@ -198,7 +215,7 @@ def run_checks(ops: list[str] | None = None, backends: list[str] | None = None,
         if budget is not None:
             now = time.perf_counter()
             deadline = now + max(0.0, budget - (now - start)) / (len(mods) - k)
-        for raw in gen(rng, quick):
+        for raw in _guarded(gen(rng, quick), mod.__name__, rows):
             case = Case(*raw)
             if not _matches(case.op, ops):
                 continue

@@ -387,7 +387,15 @@ def run(ops: list[str] | None, quick: bool, outdir: Path, backends: list[str] | 
         if budget is not None:
             now = time.perf_counter()
             deadline = now + max(0.0, budget - (now - start)) / (len(mods) - k)
-        for case in mod.cases(quick):
+        try:
+            module_cases = list(mod.cases(quick))  # building a case list allocates nothing yet
+        except Exception as e:
+            log(f"{mod.__name__}.cases() raised {type(e).__name__}: {e}")
+            measurements.append(Measurement(op=mod.__name__, label="cases()", series="-", x=0, x_label="-",
+                                            unit="-", who="-", kind="variant", backend=None,
+                                            status=f"error: cases() raised {type(e).__name__}: {e}"))
+            continue
+        for case in module_cases:
             if ops and not any(case.op == o or case.op.startswith(o + "_") for o in ops):
                 continue
             if deadline is not None and time.perf_counter() > deadline:
@@ -397,7 +405,13 @@ def run(ops: list[str] | None, quick: bool, outdir: Path, backends: list[str] | 
                   if not v.broken and cc >= v.arch
                   and (not variants or {v.key, v.name, str(v.number)} & set(variants))]
             log(f"{case.op} {case.label}")
-            measurements += bench_case(case, vs, backends, repeats, l2, ceiling, log)
+            try:
+                measurements += bench_case(case, vs, backends, repeats, l2, ceiling, log)
+            except Exception as e:  # e.g. out of memory making inputs: record it, go on
+                log(f"  {case.op} {case.label}: {type(e).__name__}: {e}")
+                measurements.append(Measurement(op=case.op, label=case.label, series=case.series, x=case.x,
+                                                x_label=case.x_label, unit=case.unit, who="-", kind="variant",
+                                                backend=None, status=f"error: {type(e).__name__}: {e}"))
             save()
     save()
     result["plots"] = [str(p) for p in plot(measurements, outdir, env)]
