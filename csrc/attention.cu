@@ -11,10 +11,12 @@
 //   attention_fwd_flash<D, 8, true>  variant attention_forward/4_flash_r8_async (+ cp.async double
 //                                   buffer of K_j/V_j: tile j+1 streams in while j computes)
 //   attention_bwd_preprocess        D_i = rowsum(dO_i * O_i), one warp per row (backward 2 and 3)
-//   attention_bwd_dkdv<D, true>     variant attention_backward/2_flash: a CTA per key block, dQ by
-//                                   float atomicAdd
-//   attention_bwd_dkdv<D, false>    + attention_bwd_dq<D>: attention_backward/3_flash_det, dQ by a
+//   attention_bwd_dkdv<D, true, 4>  variant attention_backward/2_flash: a CTA per 64-key block, dQ
+//                                   by float atomicAdd
+//   attention_bwd_dkdv<D, false, 4> + attention_bwd_dq<D>: attention_backward/3_flash_det, dQ by a
 //                                   CTA per query block walking the key blocks in order
+//   attention_bwd_dkdv<D, true, 8>  variant attention_backward/4_flash_r8 (D <= 64): 128-key blocks,
+//                                   8 keys per thread
 //   attention_naive_mask, attention_naive_lse
 //                                   the two small kernels of the naive variants (the rest of naive
 //                                   is this project's matmul and softmax)
@@ -129,13 +131,13 @@ static __device__ __forceinline__ void att_abt(float (&s)[R][4], const float* __
 // D + 4). P is the 16R x 64 shared tile T (stride ATT_PS), read as T[r][c] (TRANS = false: O = P V,
 // dV = P^T dO with T = P^T, dK = dS^T Q with T = dS^T) or as T[c][r] (TRANS = true, R = 4: dQ = dS K
 // with T = dS^T).
-template <int D, bool TRANS, int R = 4>
+template <int D, bool TRANS, int R = 4, int NC = ATT_BK>
 static __device__ __forceinline__ void att_pv(float (&acc)[R][D / 16], const float* __restrict__ T,
                                               const float* __restrict__ V, int ty, int tx) {
     using C = AttCols<D>;
     static_assert(!TRANS || R == 4, "the transposed read takes 4 rows as one float4");
 #pragma unroll 2
-    for (int c = 0; c < ATT_BK; c += 4) {
+    for (int c = 0; c < NC; c += 4) {  // NC rows of V (and columns of T; rows of T when TRANS)
         float p[R][4];  // p[i][cc] = P(R ty + i, c + cc)
 #pragma unroll
         for (int x = 0; x < (TRANS ? 4 : R); ++x) {
@@ -413,27 +415,28 @@ static __device__ __forceinline__ void att_load_rows(float* __restrict__ lse_s, 
 //   dQ_i  += scale * dS_ij K_j               (DQ_ATOMIC: float atomicAdd into dq, zeroed first)
 // Shared memory: K_j, V_j, Q_i, dO_i (64 x (D+4) each), the P^T / dS^T tile (64 x 68), lse_i and
 // D_i: 153 KB at D = 128 (one CTA per SM, so up to 255 registers), 88 KB at D = 64 (two).
-template <int D, bool DQ_ATOMIC>
-__global__ void __launch_bounds__(ATT_THREADS, (D <= 64 ? 2 : 1))
+template <int D, bool DQ_ATOMIC, int R>
+__global__ void __launch_bounds__(ATT_THREADS, (D <= 64 && R == 4 ? 2 : 1))
 attention_bwd_dkdv(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                    const float* __restrict__ dout, const float* __restrict__ lse,
                    const float* __restrict__ d_rows, const int* __restrict__ kv_lens,
                    float* __restrict__ dk, float* __restrict__ dv, float* __restrict__ dq,
                    int H, int Lq, int Lk, int causal, float scale, int nk) {
     using C = AttCols<D>;
+    constexpr int BK = 16 * R;                        // keys per CTA: R per thread
     extern __shared__ float4 att_smem[];
-    float* Ks = reinterpret_cast<float*>(att_smem);  // K_j  [64][D+4]
-    float* Vs = Ks + ATT_BK * (D + 4);                // V_j  [64][D+4]
-    float* Qs = Vs + ATT_BK * (D + 4);                // Q_i  [64][D+4]
+    float* Ks = reinterpret_cast<float*>(att_smem);  // K_j  [BK][D+4]
+    float* Vs = Ks + BK * (D + 4);                    // V_j  [BK][D+4]
+    float* Qs = Vs + BK * (D + 4);                    // Q_i  [64][D+4]
     float* dOs = Qs + ATT_BQ * (D + 4);               // dO_i [64][D+4]
-    float* Ts = dOs + ATT_BQ * (D + 4);               // P_ij^T, then dS_ij^T [64 keys][68]
-    float* lse_s = Ts + ATT_BK * ATT_PS;              // lse_i (log2 domain) [64]
+    float* Ts = dOs + ATT_BQ * (D + 4);               // P_ij^T, then dS_ij^T [BK keys][68]
+    float* lse_s = Ts + BK * ATT_PS;                  // lse_i (log2 domain) [64]
     float* d_s = lse_s + ATT_BQ;                      // D_i [64]
 
     const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
     const int bh = blockIdx.x / nk;
     const int kb = blockIdx.x % nk;
-    const int k0 = kb * ATT_BK;
+    const int k0 = kb * BK;
     const int b = bh / H;
     // This head's matrices (one 64-bit pointer each, no separate offsets: registers are tight).
     const float* qh = q + (int64_t)bh * Lq * D;
@@ -445,15 +448,15 @@ attention_bwd_dkdv(const float* __restrict__ q, const float* __restrict__ k, con
     const int kv_len = min(kv_lens[b], Lk);
     const float scale_log2 = scale * att_log2e();
 
-    float dK[4][C::N], dV[4][C::N];
+    float dK[R][C::N], dV[R][C::N];
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < R; ++i)
 #pragma unroll
         for (int n = 0; n < C::N; ++n) dK[i][n] = dV[i][n] = 0.f;
 
     if (k0 < kv_len) {  // a key block wholly past kv_len is seen by no query: its grads are 0
-        att_load_tile<D>(Ks, k + koff, k0, kv_len);
-        att_load_tile<D>(Vs, v + koff, k0, kv_len);
+        att_load_tile<D, BK>(Ks, k + koff, k0, kv_len);
+        att_load_tile<D, BK>(Vs, v + koff, k0, kv_len);
         // Under causal, queries before k0 see none of these keys.
         const int qb_start = causal ? k0 / ATT_BQ : 0;
         const int nqb = tfm_cdiv(Lq, ATT_BQ);
@@ -465,45 +468,45 @@ attention_bwd_dkdv(const float* __restrict__ q, const float* __restrict__ k, con
             att_load_rows(lse_s, d_s, lseh, dh, q0, Lq);
             __syncthreads();
 
-            float pt[4][4];  // [key 4ty + i][query tx + 16j]: S^T, then P^T
-            att_abt<D>(pt, Ks, Qs, ty, tx);
+            float pt[R][4];  // [key R ty + i][query tx + 16j]: S^T, then P^T
+            att_abt<D, (R == 8 ? 4 : 8), R>(pt, Ks, Qs, ty, tx);
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int key = k0 + 4 * ty + i;
+            for (int i = 0; i < R; ++i) {
+                const int key = k0 + R * ty + i;
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     const int r = tx + 16 * j;
                     const bool visible = key < kv_len && (!causal || key <= q0 + r);
-                    Ts[(4 * ty + i) * ATT_PS + r] = visible ? exp2f(fmaf(pt[i][j], scale_log2, -lse_s[r])) : 0.f;
+                    Ts[(R * ty + i) * ATT_PS + r] = visible ? exp2f(fmaf(pt[i][j], scale_log2, -lse_s[r])) : 0.f;
                 }
             }
             __syncthreads();
-            att_pv<D, false>(dV, Ts, dOs, ty, tx);  // dV_j += P^T dO_i
+            att_pv<D, false, R>(dV, Ts, dOs, ty, tx);  // dV_j += P^T dO_i
             // dP^T after dV, so it is not live across the dV product, and P^T is read back from T
             // (each thread its own 16 entries, still unchanged) rather than kept in registers across
             // the dP^T product: 16 fewer live registers at the peak, where the 128-register cap of
             // two CTAs per SM (D <= 64) otherwise spills.
-            float dst[4][4];  // dP^T, then dS^T
-            att_abt<D>(dst, Vs, dOs, ty, tx);
+            float dst[R][4];  // dP^T, then dS^T
+            att_abt<D, (R == 8 ? 4 : 8), R>(dst, Vs, dOs, ty, tx);
 #pragma unroll
-            for (int i = 0; i < 4; ++i)
+            for (int i = 0; i < R; ++i)
 #pragma unroll
                 for (int j = 0; j < 4; ++j)
-                    dst[i][j] = Ts[(4 * ty + i) * ATT_PS + tx + 16 * j] * (dst[i][j] - d_s[tx + 16 * j]);
+                    dst[i][j] = Ts[(R * ty + i) * ATT_PS + tx + 16 * j] * (dst[i][j] - d_s[tx + 16 * j]);
             __syncthreads();  // P^T is no longer read: T becomes dS^T
 #pragma unroll
-            for (int i = 0; i < 4; ++i)
+            for (int i = 0; i < R; ++i)
 #pragma unroll
-                for (int j = 0; j < 4; ++j) Ts[(4 * ty + i) * ATT_PS + tx + 16 * j] = dst[i][j];
+                for (int j = 0; j < 4; ++j) Ts[(R * ty + i) * ATT_PS + tx + 16 * j] = dst[i][j];
             __syncthreads();
-            att_pv<D, false>(dK, Ts, Qs, ty, tx);  // dK_j += dS^T Q_i
+            att_pv<D, false, R>(dK, Ts, Qs, ty, tx);  // dK_j += dS^T Q_i
             if (DQ_ATOMIC) {
                 float dQ[4][C::N];  // rows q0 + 4ty + i
 #pragma unroll
                 for (int i = 0; i < 4; ++i)
 #pragma unroll
                     for (int n = 0; n < C::N; ++n) dQ[i][n] = 0.f;
-                att_pv<D, true>(dQ, Ts, Ks, ty, tx);  // dS K_j
+                att_pv<D, true, 4, BK>(dQ, Ts, Ks, ty, tx);  // dS K_j, over the BK keys
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
                     const int row = q0 + 4 * ty + i;
@@ -513,22 +516,24 @@ attention_bwd_dkdv(const float* __restrict__ q, const float* __restrict__ k, con
         }
     }
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int key = k0 + 4 * ty + i;
+    for (int i = 0; i < R; ++i) {
+        const int key = k0 + R * ty + i;
         if (key < Lk) {
             att_store_row<D>(dk + koff + (int64_t)key * D, dK[i], scale, tx);
             att_store_row<D>(dv + koff + (int64_t)key * D, dV[i], 1.f, tx);
         }
     }
 }
-TFM_EXPORT(attention_bwd_dkdv<32, true>)
-TFM_EXPORT(attention_bwd_dkdv<64, true>)
-TFM_EXPORT(attention_bwd_dkdv<96, true>)
-TFM_EXPORT(attention_bwd_dkdv<128, true>)
-TFM_EXPORT(attention_bwd_dkdv<32, false>)
-TFM_EXPORT(attention_bwd_dkdv<64, false>)
-TFM_EXPORT(attention_bwd_dkdv<96, false>)
-TFM_EXPORT(attention_bwd_dkdv<128, false>)
+TFM_EXPORT(attention_bwd_dkdv<32, true, 4>)
+TFM_EXPORT(attention_bwd_dkdv<64, true, 4>)
+TFM_EXPORT(attention_bwd_dkdv<96, true, 4>)
+TFM_EXPORT(attention_bwd_dkdv<128, true, 4>)
+TFM_EXPORT(attention_bwd_dkdv<32, false, 4>)
+TFM_EXPORT(attention_bwd_dkdv<64, false, 4>)
+TFM_EXPORT(attention_bwd_dkdv<96, false, 4>)
+TFM_EXPORT(attention_bwd_dkdv<128, false, 4>)
+TFM_EXPORT(attention_bwd_dkdv<32, true, 8>)
+TFM_EXPORT(attention_bwd_dkdv<64, true, 8>)
 
 // Deterministic dQ: one CTA per (query block i, b*H + h), the forward's loop structure. Q_i, dO_i,
 // lse_i, D_i stay in shared memory while the CTA walks key blocks j = 0, 1, ... in order:

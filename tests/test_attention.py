@@ -261,9 +261,9 @@ def _emu_abt(sm, off_a, off_b, D, R=4):
     return np.einsum("tid,tjd->tij", a, b)
 
 
-def _emu_pv(acc, sm, off_t, off_v, D, trans, R=4):
-    """att_pv<D, trans, R>: acc[t, i, n] += sum_c P(R ty + i, c) V[c][col(n)]."""
-    c = np.arange(64)
+def _emu_pv(acc, sm, off_t, off_v, D, trans, R=4, nc=64):
+    """att_pv<D, trans, R, nc>: acc[t, i, n] += sum_{c < nc} P(R ty + i, c) V[c][col(n)]."""
+    c = np.arange(nc)
     rows = R * _TY[:, None] + np.arange(R)
     if trans:
         p = sm[off_t + c[None, None, :] * _PS + rows[..., None]]
@@ -371,48 +371,51 @@ def emu_bwd_preprocess(grid_x, block_x, dout, o, d_rows, rows, D):
     d_rows[:rows] = np.sum(dout.reshape(rows, D) * o.reshape(rows, D), axis=-1)
 
 
-def emu_bwd_dkdv(grid_x, D, atomic, q, k, v, dout, lse, d_rows, kv_lens, dk, dv, dq, H, Lq, Lk, causal,
+def emu_bwd_dkdv(grid_x, D, atomic, R, q, k, v, dout, lse, d_rows, kv_lens, dk, dv, dq, H, Lq, Lk, causal,
                  scale, nk):
-    """attention_bwd_dkdv<D, atomic>."""
+    """attention_bwd_dkdv<D, atomic, R>: R keys per thread, 16R keys per CTA."""
+    BK = 16 * R
     BH = grid_x // nk
     nq = -(-Lq // 64)
     qf, kf, vf, dof, dqf = (x.reshape(BH, -1) for x in (q, k, v, dout, dq))
     dkf, dvf = dk.reshape(BH, -1), dv.reshape(BH, -1)
     lsef, dr = lse.reshape(BH, Lq), d_rows.reshape(BH, Lq)
     scale_log2 = scale * math.log2(math.e)
-    Ks, Vs, Qs, dOs = 0, 64 * (D + 4), 128 * (D + 4), 192 * (D + 4)
-    Ts = 256 * (D + 4)
-    lse_s, d_s = Ts + 64 * _PS, Ts + 64 * _PS + 64
-    trow = 4 * _TY[:, None] + _I4                                      # thread's rows (256, 4)
+    Ks, Vs, Qs = 0, BK * (D + 4), 2 * BK * (D + 4)
+    dOs = Qs + 64 * (D + 4)
+    Ts = dOs + 64 * (D + 4)
+    lse_s, d_s = Ts + BK * _PS, Ts + BK * _PS + 64
+    trow = R * _TY[:, None] + np.arange(R)                             # thread's keys (256, R)
     tcol = _TX[:, None] + 16 * _I4                                     # thread's score columns
-    t_idx = trow[:, :, None] * _PS + tcol[:, None, :]                  # (256, 4, 4) into T
+    t_idx = trow[:, :, None] * _PS + tcol[:, None, :]                  # (256, R, 4) into T
+    qrow = 4 * _TY[:, None] + _I4                                      # dQ rows (256, 4)
     for bid in range(grid_x):
         bh, kb = bid // nk, bid % nk
-        k0, b = kb * 64, bh // H
+        k0, b = kb * BK, bh // H
         kv_len = min(kv_lens[b], Lk)
-        sm = np.full(att._flash_smem_bwd(D) // 4, np.nan)
-        dK = np.zeros((256, 4, D // 16))
-        dV = np.zeros((256, 4, D // 16))
+        sm = np.full(att._flash_smem_bwd(D, R) // 4, np.nan)
+        dK = np.zeros((256, R, D // 16))
+        dV = np.zeros((256, R, D // 16))
         key = k0 + trow
         if k0 < kv_len:
-            _emu_load_tile(sm, Ks, D, kf[bh], k0, kv_len)
-            _emu_load_tile(sm, Vs, D, vf[bh], k0, kv_len)
+            _emu_load_tile(sm, Ks, D, kf[bh], k0, kv_len, rows=BK)
+            _emu_load_tile(sm, Vs, D, vf[bh], k0, kv_len, rows=BK)
             for qb in range(k0 // 64 if causal else 0, nq):
                 q0 = qb * 64
                 _emu_load_tile(sm, Qs, D, qf[bh], q0, Lq)
                 _emu_load_tile(sm, dOs, D, dof[bh], q0, Lq)
                 _emu_load_rows(sm, lse_s, d_s, lsef[bh], dr[bh], q0, Lq)
-                pt = _emu_abt(sm, Ks, Qs, D)
+                pt = _emu_abt(sm, Ks, Qs, D, R)
                 vis = (key[:, :, None] < kv_len) & (~causal | (key[:, :, None] <= q0 + tcol[:, None, :]))
                 with np.errstate(over="ignore", invalid="ignore"):
                     sm[Ts + t_idx] = np.where(vis, np.exp2(pt * scale_log2 - sm[lse_s + tcol][:, None, :]), 0.0)
-                dV = _emu_pv(dV, sm, Ts, dOs, D, False)
-                dst = sm[Ts + t_idx] * (_emu_abt(sm, Vs, dOs, D) - sm[d_s + tcol][:, None, :])
+                dV = _emu_pv(dV, sm, Ts, dOs, D, False, R)
+                dst = sm[Ts + t_idx] * (_emu_abt(sm, Vs, dOs, D, R) - sm[d_s + tcol][:, None, :])
                 sm[Ts + t_idx] = dst
-                dK = _emu_pv(dK, sm, Ts, Qs, D, False)
+                dK = _emu_pv(dK, sm, Ts, Qs, D, False, R)
                 if atomic:
-                    dQ = _emu_pv(np.zeros((256, 4, D // 16)), sm, Ts, Ks, D, True)
-                    rows = q0 + trow
+                    dQ = _emu_pv(np.zeros((256, 4, D // 16)), sm, Ts, Ks, D, True, nc=BK)
+                    rows = q0 + qrow
                     cols = _emu_cols(D)
                     for i in range(4):
                         t = rows[:, i] < Lq
@@ -508,19 +511,21 @@ class EmulatedBackend:
             D = int(targs[0])
             assert bx == 256
             is_fwd = name.startswith("attention_fwd")
-            R = int(targs[1]) if is_fwd else 4
+            is_dkdv = name.startswith("attention_bwd_dkdv")
+            R = int(targs[1]) if is_fwd else int(targs[2]) if is_dkdv else 4
             asynchronous = is_fwd and targs[2] == "true"
             assert launch.smem == (att._flash_smem_fwd(D, R, 2 if asynchronous else 1) if is_fwd
-                                   else att._flash_smem_bwd(D))
+                                   else att._flash_smem_bwd(D, R))
             assert launch.smem <= 227 * 1024, "more than an H100/H200 CTA may have"
             assert args[0].shape[-1] == D
             if is_fwd:
                 assert gx == args[9] * args[0].shape[0] * args[0].shape[1]            # nq * B * H
                 assert args[9] == -(-args[7] // (16 * R))                             # nq = cdiv(Lq, BQ)
                 emu_fwd_flash(gx, D, R, asynchronous, *args)
-            elif name.startswith("attention_bwd_dkdv"):
+            elif is_dkdv:
                 assert gx == args[-1] * args[0].shape[0] * args[0].shape[1]           # nk * B * H
-                emu_bwd_dkdv(gx, D, name.endswith("true>"), *args)
+                assert args[-1] == -(-args[12] // (16 * R))                          # nk = cdiv(Lk, BK)
+                emu_bwd_dkdv(gx, D, targs[1] == "true", R, *args)
             else:
                 assert gx == args[-1] * args[0].shape[0] * args[0].shape[1]           # nq * B * H
                 emu_bwd_dq(gx, D, *args)
@@ -604,15 +609,17 @@ def test_emulated_variants_match_numpy_ref(B, H, Lq, Lk, D, causal, kv_lens, rng
                                    atol=2e-6 * max(scale_ref, 1e-30), err_msg=what)
 
     for v_ in tfm_kernels.variants("attention_forward"):
-        if v_.number >= 10:
+        if v_.number >= 10 or v_.reason_unsupported(dtype="float32", batch=B, heads=H, seqlen_q=Lq,
+                                                    seqlen_k=Lk, head_dim=D, causal=causal):
             continue
         o, lse = np.full(q.shape, np.nan), np.full(q.shape[:3], np.nan)
         v_.fn(emulated, q, k, v, kvl32, causal, scale, o, lse)
         close(o, o_ref, f"{v_.key} o")
         assert np.array_equal(np.isneginf(lse), np.isneginf(lse_ref)), v_.key
         close(lse, lse_ref, f"{v_.key} lse")
+    info = dict(dtype="float32", batch=B, heads=H, seqlen_q=Lq, seqlen_k=Lk, head_dim=D, causal=causal)
     for v_ in tfm_kernels.variants("attention_backward"):
-        if v_.number >= 10:
+        if v_.number >= 10 or v_.reason_unsupported(**info):
             continue
         grads = [np.full(x.shape, np.nan) for x in (q, k, v)]
         v_.fn(emulated, do, q, k, v, o_ref, lse_ref, kvl32, causal, scale, *grads)
@@ -623,7 +630,10 @@ def test_emulated_variants_match_numpy_ref(B, H, Lq, Lk, D, causal, kv_lens, rng
             assert err <= 2e-6 * t, f"{v_.key} {name}: max err {err:.3e} > 2e-6 x term scale {t:.3e}"
     assert {att._flash_kernel_fwd(D, 4, False), att._flash_kernel_fwd(D, 8, False),
             att._flash_kernel_fwd(D, 8, True), "attention_bwd_preprocess", "attention_bwd_dq<%d>" % D,
+            att._flash_kernel_dkdv(D, True), att._flash_kernel_dkdv(D, False),
             "attention_naive_mask", "attention_naive_lse"} <= set(emulated.launches)
+    if D in att.FLASH_R8_BWD_HEAD_DIMS:
+        assert att._flash_kernel_dkdv(D, True, 8) in emulated.launches
 
 
 # --------------------------------------------------------------------------------------------------

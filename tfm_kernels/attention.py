@@ -27,6 +27,7 @@ fp16 tensor-core variants of ``attention_tc.py`` use 10 and up):
                             project's softmax_backward, dQ = scale dS K, dK = scale dS^T Q
               2_flash       fp32 FlashAttention-2 backward: one CTA per key block, P recomputed from
                             lse, dK_j/dV_j in registers, dQ by float atomicAdd (order varies by run)
+              4_flash_r8    as 2 with 128-key blocks, 8 keys per thread (head dims 32, 64); opt-in
               3_flash_det   as 2, but dQ by a second kernel per query block that walks the key
                             blocks in order: bitwise reproducible, no float atomics, ~1.3x the
                             work; opt-in (variant=3)
@@ -309,9 +310,15 @@ def _flash_smem_fwd(D, rows=4, stages=1):
     return 4 * (bq * (D + 4) + stages * (BLOCK_K * (D + 4) + max(BLOCK_K * (D + 4), bq * (BLOCK_K + 4))))
 
 
-def _flash_smem_bwd(D):
-    # K_j, V_j, Q_i, dO_i tiles, the P^T / dS^T tile (64 x 68), lse_i and D_i (64 each).
-    return 4 * (4 * BLOCK_Q * (D + 4) + BLOCK_K * (BLOCK_Q + 4) + 2 * BLOCK_Q)
+def _flash_smem_bwd(D, rows=4):
+    # K_j, V_j (16 * rows keys), Q_i, dO_i (64 queries) tiles, the P^T / dS^T tile (keys x 68),
+    # lse_i and D_i (64 each). The dQ kernel (rows = 4) has the same layout with Q/K swapped.
+    bk = 16 * rows
+    return 4 * (2 * bk * (D + 4) + 2 * BLOCK_Q * (D + 4) + bk * (BLOCK_Q + 4) + 2 * BLOCK_Q)
+
+
+def _flash_kernel_dkdv(D, atomic, rows=4):
+    return f"attention_bwd_dkdv<{D}, {'true' if atomic else 'false'}, {rows}>"
 
 
 def _flash_kernel_fwd(D, rows, asynchronous):
@@ -350,15 +357,15 @@ def _bwd_preprocess(be, do, o):
 
 
 def _flash_backward(be, do, q, k, v, o, lse, kv_lens, causal, scale, dq, dk, dv,
-                    deterministic=False):
+                    deterministic=False, rows=4):
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     d_rows = _bwd_preprocess(be, do, o)
-    nk = -(-Lk // BLOCK_K)
+    nk = -(-Lk // (16 * rows))
     nq = -(-Lq // BLOCK_Q)
     common = (np.int32(H), np.int32(Lq), np.int32(Lk), np.int32(causal), np.float32(scale))
     if deterministic:
-        be.launch(Launch(SOURCE, f"attention_bwd_dkdv<{D}, false>", (nk * B * H, 1, 1),
+        be.launch(Launch(SOURCE, _flash_kernel_dkdv(D, False), (nk * B * H, 1, 1),
                          (THREADS, 1, 1),
                          (q, k, v, do, lse, d_rows, kv_lens, dk, dv, dq, *common, np.int32(nk)),
                          _flash_smem_bwd(D)))
@@ -368,14 +375,29 @@ def _flash_backward(be, do, q, k, v, o, lse, kv_lens, causal, scale, dq, dk, dv,
     else:
         # dq accumulates by atomicAdd from every key block's CTA, so it starts at zero.
         dq.fill(0)
-        be.launch(Launch(SOURCE, f"attention_bwd_dkdv<{D}, true>", (nk * B * H, 1, 1),
+        be.launch(Launch(SOURCE, _flash_kernel_dkdv(D, True, rows), (nk * B * H, 1, 1),
                          (THREADS, 1, 1),
                          (q, k, v, do, lse, d_rows, kv_lens, dk, dv, dq, *common, np.int32(nk)),
-                         _flash_smem_bwd(D)))
+                         _flash_smem_bwd(D, rows)))
 
 
 def _flash_backward_det(be, *args):
     _flash_backward(be, *args, deterministic=True)
+
+
+def _flash_backward_r8(be, *args):
+    _flash_backward(be, *args, rows=8)
+
+
+FLASH_R8_BWD_HEAD_DIMS = (32, 64)
+
+
+def _flash_r8_bwd_supports(dtype, head_dim, **_):
+    if head_dim not in FLASH_R8_BWD_HEAD_DIMS:
+        return (f"head_dim {head_dim} is not one of {FLASH_R8_BWD_HEAD_DIMS}: at 8 keys per thread "
+                f"dK and dV alone take 2 x 8 x head_dim/16 registers, and 128-key K_j/V_j tiles "
+                f"take 232 KB of shared memory at head_dim 128")
+    return None
 
 
 # Naive: composed from this project's matmul and softmax; S and P (B*H, Lq, Lk) materialized.
@@ -458,10 +480,12 @@ _FLASH_KERNELS_FWD = tuple((SOURCE, _flash_kernel_fwd(d, 4, False)) for d in FLA
 _FLASH_KERNELS_FWD_R8 = tuple((SOURCE, _flash_kernel_fwd(d, 8, False)) for d in FLASH_HEAD_DIMS)
 _FLASH_KERNELS_FWD_R8_ASYNC = tuple((SOURCE, _flash_kernel_fwd(d, 8, True)) for d in FLASH_HEAD_DIMS)
 _FLASH_KERNELS_BWD = (((SOURCE, "attention_bwd_preprocess"),)
-                      + tuple((SOURCE, f"attention_bwd_dkdv<{d}, true>") for d in FLASH_HEAD_DIMS))
+                      + tuple((SOURCE, _flash_kernel_dkdv(d, True)) for d in FLASH_HEAD_DIMS))
 _FLASH_KERNELS_BWD_DET = (((SOURCE, "attention_bwd_preprocess"),)
-                          + tuple((SOURCE, f"attention_bwd_dkdv<{d}, false>") for d in FLASH_HEAD_DIMS)
+                          + tuple((SOURCE, _flash_kernel_dkdv(d, False)) for d in FLASH_HEAD_DIMS)
                           + tuple((SOURCE, f"attention_bwd_dq<{d}>") for d in FLASH_HEAD_DIMS))
+_FLASH_KERNELS_BWD_R8 = (((SOURCE, "attention_bwd_preprocess"),)
+                         + tuple((SOURCE, _flash_kernel_dkdv(d, True, 8)) for d in FLASH_R8_BWD_HEAD_DIMS))
 _NAIVE_KERNELS = ((SOURCE, "attention_naive_mask"), (SOURCE, "attention_naive_lse"))
 _RUN1 = "H200, tfm-kernels bench --quick (GPU run 1): "
 
@@ -510,6 +534,12 @@ register(Variant(
     _flash_backward_det, dtypes=("float32",), supports=_flash_supports,
     kernels=_FLASH_KERNELS_BWD_DET, hot=True, extra={"opt_in": True},
     measured=_RUN1 + "23.4 TFLOP/s fwd+bwd D=64 N=1024 B=16 H=16 causal (0.79x SDPA efficient)"))
+register(Variant(
+    "attention_backward", 4, "flash_r8",
+    "as 2_flash with 128-key blocks and 8 keys per thread (head dims 32, 64): ~1.25x fewer shared "
+    "loads per FMA, one CTA per SM (opt-in until measured faster: variant=4)",
+    _flash_backward_r8, dtypes=("float32",), supports=_flash_r8_bwd_supports,
+    kernels=_FLASH_KERNELS_BWD_R8, hot=True, extra={"opt_in": True}))
 
 
 # --------------------------------------------------------------------------------------------------
