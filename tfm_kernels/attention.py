@@ -27,10 +27,11 @@ fp16 tensor-core variants of ``attention_tc.py`` use 10 and up):
                             project's softmax_backward, dQ = scale dS K, dK = scale dS^T Q
               2_flash       fp32 FlashAttention-2 backward: one CTA per key block, P recomputed from
                             lse, dK_j/dV_j in registers, dQ by float atomicAdd (order varies by run)
-              4_flash_r8    as 2 with 128-key blocks, 8 keys per thread (head dims 32, 64); opt-in
               3_flash_det   as 2, but dQ by a second kernel per query block that walks the key
                             blocks in order: bitwise reproducible, no float atomics, ~1.3x the
                             work; opt-in (variant=3)
+              4_flash_r8    as 2 with 128-key blocks, 8 keys per thread (head dims 32, 64);
+                            opt-in (variant=4)
 
 The variant protocol (what a registered ``fn`` receives; every variant of both ops, including
 the tensor-core ones, follows it). The op validates everything first, so a variant trusts its
