@@ -59,6 +59,11 @@ class Variant:
     arch: the lowest compute capability (major*10+minor) it runs on; 90 means sm_90a features.
     measured: the speedup or figure it was measured to give, with the GPU and command, or None.
     broken: None, or the reason it is known to give wrong results (never chosen by default).
+    extra: free-form flags. ``extra["opt_in"]``: changes the precision contract (TF32) or is an
+        experiment, so never the default. ``extra["unverified"]``: why this variant has not yet
+        been seen passing on a GPU (written on a machine without one; compiled, emulated and
+        tested on the CPU only); it is never the default until a GPU run (``scripts/gpu_check.sh``)
+        shows it passing on both backends, and `tfm-kernels check` on a GPU is how to see it.
     """
 
     op: str
@@ -135,7 +140,8 @@ def choose(op: str, variant: str | int | None, *, dtype: str, cc: int | None = N
     Asked for by name: that variant, or ValueError naming the argument when it cannot take these
     arguments (wrong dtype, unsupported shape, needs a newer GPU). Asked for nothing (None): the
     highest-numbered variant that supports the arguments, is not marked broken and is not opt-in
-    (``extra={"opt_in": True}``, e.g. TF32, which changes the precision contract). ``cc`` is the
+    (``extra={"opt_in": True}``, e.g. TF32, which changes the precision contract) and has been seen
+    passing on a GPU (no ``extra["unverified"]``). ``cc`` is the
     device's compute capability (major*10+minor), when known.
     """
     if variant is not None:
@@ -151,7 +157,7 @@ def choose(op: str, variant: str | int | None, *, dtype: str, cc: int | None = N
         return v
     reasons = []
     for v in reversed(variants(op)):
-        if v.broken or v.extra.get("opt_in"):
+        if v.broken or v.extra.get("opt_in") or v.extra.get("unverified"):
             continue
         if dtype not in v.dtypes or (cc is not None and cc < v.arch):
             continue

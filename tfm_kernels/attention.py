@@ -503,18 +503,20 @@ register(Variant(
     _flash_forward, dtypes=("float32",), supports=_flash_supports, kernels=_FLASH_KERNELS_FWD,
     hot=True, measured=_RUN1 + "34.6 TFLOP/s fwd D=128 N=2048 B=8 H=16 (0.76x SDPA efficient 45.4, "
     "1.21x SDPA math)"))
+_NEVER_RUN = ("never run on a GPU: added after GPU run 1 (H200, 2026-11-29); compiled, ptxas-checked "
+              "and emulated thread by thread on the CPU only")
 register(Variant(
     "attention_forward", 3, "flash_r8",
     "as 2_flash with 128-row query blocks and 8 rows per thread: ~1.4x fewer shared-memory loads "
     "per FMA (2_flash's limit), one CTA per SM (opt-in until measured faster: variant=3)",
     _flash_forward_r8, dtypes=("float32",), supports=_flash_supports, kernels=_FLASH_KERNELS_FWD_R8,
-    hot=True, extra={"opt_in": True}))
+    hot=True, extra={"opt_in": True, "unverified": _NEVER_RUN}))
 register(Variant(
     "attention_forward", 4, "flash_r8_async",
     "as 3_flash_r8, with K_j/V_j double-buffered by cp.async: tile j+1 streams in while tile j "
     "computes, so the one CTA per SM no longer stalls on each load (opt-in until measured: variant=4)",
     _flash_forward_r8_async, dtypes=("float32",), supports=_flash_supports,
-    kernels=_FLASH_KERNELS_FWD_R8_ASYNC, hot=True, extra={"opt_in": True}))
+    kernels=_FLASH_KERNELS_FWD_R8_ASYNC, hot=True, extra={"opt_in": True, "unverified": _NEVER_RUN}))
 register(Variant(
     "attention_backward", 1, "naive",
     "matmul + softmax recompute P, dV = P^T dO, dP = dO V^T, softmax_backward for dS, "
@@ -540,7 +542,7 @@ register(Variant(
     "as 2_flash with 128-key blocks and 8 keys per thread (head dims 32, 64): ~1.25x fewer shared "
     "loads per FMA, one CTA per SM (opt-in until measured faster: variant=4)",
     _flash_backward_r8, dtypes=("float32",), supports=_flash_r8_bwd_supports,
-    kernels=_FLASH_KERNELS_BWD_R8, hot=True, extra={"opt_in": True}))
+    kernels=_FLASH_KERNELS_BWD_R8, hot=True, extra={"opt_in": True, "unverified": _NEVER_RUN}))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -261,6 +261,11 @@ def _wgmma_supports(*, M, N, K, batch=1, trans_a=False, trans_b=False, align=256
     return _encoder_missing()
 
 
+# GPU run 1 stopped both wgmma variants at a host-side TypeError (cuda-bindings' cuuint32_t), before
+# any launch; the fix came after that run, so neither has executed on a GPU yet.
+_WGMMA_UNVERIFIED = ("never run on a GPU: GPU run 1 (H200, 2026-11-29) stopped at a host-side TypeError "
+                     "before launching (fixed since); compiled, SASS-checked and emulated on the CPU only")
+
 _WGMMA_KERNELS = tuple((SOURCE_SM90, wgmma_kernel_name(ta, tb, od)) for ta in (False, True)
                        for tb in (False, True) for od in ("float32", "float16"))
 
@@ -270,7 +275,7 @@ register(Variant(
                 "4-stage mbarrier pipeline, 1 producer + 2 consumer warpgroups (setmaxnreg 40/232), "
                 "128x256x64 tiles in grouped order, one CTA per tile; sm_90a",
     fn=_wgmma_fn(persistent=False), dtypes=("float16",), supports=_wgmma_supports,
-    kernels=_WGMMA_KERNELS, hot=True, arch=90,
+    kernels=_WGMMA_KERNELS, hot=True, arch=90, extra={"unverified": _WGMMA_UNVERIFIED},
 ))
 
 register(Variant(
@@ -278,5 +283,5 @@ register(Variant(
     description="+ persistent CTAs: one per SM, each looping over its tiles with the stage ring "
                 "still turning, so the next tile's TMA loads overlap this tile's epilogue",
     fn=_wgmma_fn(persistent=True), dtypes=("float16",), supports=_wgmma_supports,
-    kernels=_WGMMA_KERNELS, hot=True, arch=90,
+    kernels=_WGMMA_KERNELS, hot=True, arch=90, extra={"unverified": _WGMMA_UNVERIFIED},
 ))
