@@ -2,9 +2,11 @@
 the fastest peer measured in the same run, their ratio, and the ceiling.
 
     python scripts/results_table.py benchmarks/results/h200/bench.json [--summary summary.json]
+    python scripts/results_table.py --variants          # the registry: every variant and its status
 
-Prints Markdown. The README's results section is this script's output, pasted between the
-`<!-- results:begin -->` / `<!-- results:end -->` markers by `--readme README.md`, never typed.
+Prints Markdown. The README's results and variants sections are this script's output, written
+between the `<!-- results:begin/end -->` and `<!-- variants:begin/end -->` markers by
+`--readme README.md`, never typed.
 """
 
 from __future__ import annotations
@@ -74,24 +76,57 @@ def header(summary: dict | None, bench: dict) -> str:
     return line + (". Opt-in variants (TF32) are left out of \"best\"; see the op's page.\n\n")
 
 
+def variants_table() -> str:
+    """Every registered variant: dtypes, whether the default may pick it, what it changes."""
+    import tfm_kernels
+
+    rows = ["| op | variant | dtypes | status | what it changes |", "|---|---|---|---|---|"]
+    for op in tfm_kernels.ops():
+        for v in tfm_kernels.variants(op):
+            if v.broken:
+                status = f"broken: {v.broken}"
+            elif v.extra.get("unverified"):
+                status = "not yet run on a GPU" + (", opt-in" if v.extra.get("opt_in") else "")
+            elif v.extra.get("opt_in"):
+                status = "opt-in"
+            else:
+                status = "default-eligible"
+            desc = v.description.replace("|", "/")
+            rows.append(f"| {op} | `{v.key}` | {', '.join(v.dtypes)} | {status} | {desc} |")
+    return "\n".join(rows)
+
+
+def _replace_block(src: str, name: str, text: str) -> str:
+    new, n = re.subn(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)",
+                     lambda m: m.group(1) + text + "\n" + m.group(2), src, flags=re.S)
+    if n != 1:
+        raise SystemExit(f"no <!-- {name}:begin/end --> markers")
+    return new
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("bench_json")
+    ap.add_argument("bench_json", nargs="?")
+    ap.add_argument("--variants", action="store_true", help="print (or write) the registry table")
     ap.add_argument("--summary", help="gpu_check summary.json (GPU, driver, commit, date)")
     ap.add_argument("--readme", help="replace the results block of this README in place")
     a = ap.parse_args()
-    bench = json.load(open(a.bench_json))
-    summary = json.load(open(a.summary)) if a.summary else None
-    text = header(summary, bench) + table(bench)
+    blocks = {}
+    if a.bench_json:
+        bench = json.load(open(a.bench_json))
+        summary = json.load(open(a.summary)) if a.summary else None
+        blocks["results"] = header(summary, bench) + table(bench)
+    if a.variants:
+        blocks["variants"] = variants_table()
+    if not blocks:
+        ap.error("give a bench JSON, --variants, or both")
     if a.readme:
         src = open(a.readme).read()
-        new, n = re.subn(r"(<!-- results:begin -->\n).*?(<!-- results:end -->)",
-                         lambda m: m.group(1) + text + "\n" + m.group(2), src, flags=re.S)
-        if n != 1:
-            raise SystemExit(f"{a.readme}: no results markers")
-        open(a.readme, "w").write(new)
+        for name, text in blocks.items():
+            src = _replace_block(src, name, text)
+        open(a.readme, "w").write(src)
     else:
-        print(text)
+        print("\n\n".join(blocks.values()))
 
 
 if __name__ == "__main__":
