@@ -63,10 +63,10 @@ def table(bench: dict) -> str:
     return "\n".join(rows)
 
 
-def header(summary: dict | None, bench: dict) -> str:
+def header(summary: dict | None, bench: dict, commit: str | None = None) -> str:
     if not summary:
         return ""
-    s = summary
+    s = dict(summary, commit=commit or summary.get("commit"))
     parts = [f"{s.get('gpu')}", f"driver {s.get('driver_version')}", f"CUDA runtime {s.get('cuda_runtime')}",
              f"CuPy {s.get('cupy')}", f"torch {s.get('torch')}", f"commit {s.get('commit')}", f"{s.get('date')}"]
     copy = bench.get("copy_gbs")
@@ -109,13 +109,14 @@ def main() -> None:
     ap.add_argument("bench_json", nargs="?")
     ap.add_argument("--variants", action="store_true", help="print (or write) the registry table")
     ap.add_argument("--summary", help="gpu_check summary.json (GPU, driver, commit, date)")
+    ap.add_argument("--commit", help="what the tree was, where the summary could not tell (no .git there)")
     ap.add_argument("--readme", help="replace the results block of this README in place")
     a = ap.parse_args()
     blocks = {}
     if a.bench_json:
         bench = json.load(open(a.bench_json))
         summary = json.load(open(a.summary)) if a.summary else None
-        blocks["results"] = header(summary, bench) + table(bench)
+        blocks["results"] = header(summary, bench, a.commit) + table(bench)
     if a.variants:
         blocks["variants"] = variants_table()
     if not blocks:

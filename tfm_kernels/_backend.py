@@ -24,7 +24,8 @@ value"); the driver copies it into the parameter slot at the kernel's own (64-by
 Sources whose first lines say ``// tfm-arch: sm_90a`` use Hopper-only instructions (wgmma,
 setmaxnreg). NVRTC compiles them with ``-arch=sm_90a`` in our options; CuPy appends its own
 ``-arch=sm_<device cc>`` after ours, and NVRTC keeps the arch-specific target when both name the
-same SM (checked in tests/test_build.py with exactly CuPy's option list). nvcc builds those
+same SM (tests/test_build.py checks it with exactly CuPy's option list; it held with NVRTC 13.0 on
+the H200 in GPU run 1 and with 13.5 here). nvcc builds those
 sources for ``sm_90a`` only (setup.py).
 
 CuPy also adds ``-ftz=true`` to every NVRTC compile (cupy/cuda/compiler.py); setup.py passes

@@ -113,9 +113,8 @@ def as_array(x: Any, name: str, *, dtypes: Iterable[str] = ("float32",),
                         f"__cuda_array_interface__ or __dlpack__ on a CUDA device), got {_describe(x)}"
                         + (" on the host (move it with cupy.asarray first)"
                            if isinstance(x, np.ndarray) else ""))
-    cupy_mod = None
     try:  # a CuPy array is recognised without touching the device
-        import cupy as cupy_mod  # noqa: F811
+        import cupy as cupy_mod
     except Exception:  # CuPy missing: only the protocols below can apply
         cupy_mod = None
 
