@@ -13,6 +13,26 @@ import numpy as np
 POISON = float("nan")
 
 
+class FakeDeviceArray:
+    """Metadata of a CUDA array (``__cuda_array_interface__``) with no memory behind it: enough for
+    the wrappers' checks, which run before the device is touched, so validation is tested without a
+    GPU. Each instance gets a distinct, 256-byte-aligned address range; ``offset`` shifts the start
+    (a misaligned view), ``ptr`` fixes it."""
+
+    _next = 1 << 32
+
+    def __init__(self, shape, dtype="float32", strides=None, ptr=None, offset=0):
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        if ptr is None:  # distinct, 256-byte aligned, non-overlapping addresses
+            ptr = FakeDeviceArray._next
+            FakeDeviceArray._next += (int(np.prod(self.shape)) * self.dtype.itemsize + 255) // 256 * 256 + 256
+        self.__cuda_array_interface__ = {
+            "shape": self.shape, "typestr": self.dtype.str, "strides": strides,
+            "data": (ptr + offset, False), "version": 3,
+        }
+
+
 def to_numpy(x) -> np.ndarray:
     if hasattr(x, "get"):
         return x.get()

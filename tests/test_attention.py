@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 import numpy_ref
-from helpers import assert_close_fp32, to_numpy
+from helpers import FakeDeviceArray, assert_close_fp32, to_numpy
 
 import tfm_kernels
 from tfm_kernels import attention as att
@@ -36,18 +36,7 @@ from tfm_kernels import attention as att
 # --------------------------------------------------------------------------------------------------
 # Fake CUDA arrays for the validation tests: metadata only, no device.
 
-
-class FakeCuda:
-    """An object with __cuda_array_interface__ (what Numba/PyTorch CUDA arrays expose): the op reads
-    its shape, dtype and strides without touching a device."""
-
-    def __init__(self, shape, dtype="float32", strides=None, ptr=0x7F0000000000):
-        self.shape = tuple(shape)
-        self.dtype = np.dtype(dtype)
-        self.__cuda_array_interface__ = {
-            "shape": self.shape, "typestr": self.dtype.str, "data": (ptr, False),
-            "strides": strides, "version": 3,
-        }
+FakeCuda = FakeDeviceArray
 
 
 def fake_qkv(B=2, H=3, Lq=17, Lk=33, D=64, dtype="float32"):

@@ -22,7 +22,7 @@ import pytest
 
 import numpy_ref
 import tfm_kernels
-from helpers import POISON, assert_close_fp32, errors
+from helpers import POISON, FakeDeviceArray, assert_close_fp32, errors
 from tfm_kernels import _backend, _registry
 
 # The module (the package attribute `tfm_kernels.matmul` is the function).
@@ -32,22 +32,6 @@ mm_mod = importlib.import_module("tfm_kernels.matmul")
 # ---------------------------------------------------------------------------------------------
 # Validation, no GPU
 # ---------------------------------------------------------------------------------------------
-
-class FakeDeviceArray:
-    """Metadata of a CUDA array (the `__cuda_array_interface__` protocol), with no memory behind
-    it: enough for the wrapper's checks, which run before the device is touched."""
-
-    _next = 1 << 32
-
-    def __init__(self, shape, dtype="float32", strides=None, ptr=None):
-        if ptr is None:  # distinct, 256-byte aligned, non-overlapping addresses
-            ptr = FakeDeviceArray._next
-            FakeDeviceArray._next += (int(np.prod(shape)) * np.dtype(dtype).itemsize + 255) // 256 * 256 + 256
-        self.__cuda_array_interface__ = {
-            "shape": tuple(shape), "typestr": np.dtype(dtype).str, "strides": strides,
-            "data": (ptr, False), "version": 3,
-        }
-
 
 F = FakeDeviceArray
 

@@ -37,6 +37,7 @@ import pytest
 import _emulate_matmul_tc as emu
 import numpy_ref
 import tfm_kernels
+import helpers
 from helpers import POISON, assert_close_lowprec
 from tfm_kernels import _backend, _registry
 from tfm_kernels import matmul_tc as tc
@@ -67,18 +68,7 @@ def test_registered():
         assert _backend.source_arch(open(_backend.csrc_dir() / v.kernels[0][0]).read()) == "sm_90a"
 
 
-class FakeDeviceArray:
-    """Metadata of a CUDA array (`__cuda_array_interface__`), no memory: the wrapper's checks (and
-    a named variant's `supports`) run on it before any device is touched."""
-
-    _next = 1 << 32
-
-    def __init__(self, shape, dtype="float16", offset=0):
-        ptr = FakeDeviceArray._next + offset
-        FakeDeviceArray._next += (int(np.prod(shape)) * 2 + 255) // 256 * 256 + 256
-        self.__cuda_array_interface__ = {"shape": tuple(shape), "typestr": np.dtype(dtype).str,
-                                         "strides": None, "data": (ptr, False), "version": 3}
-
+FakeDeviceArray = functools.partial(helpers.FakeDeviceArray, dtype="float16")
 
 @pytest.mark.parametrize("ta, tb", LAYOUTS, ids=LAYOUT_IDS)
 def test_wgmma_refuses_what_tma_cannot_read(ta, tb):

@@ -21,6 +21,8 @@ no CUDA device is usable and why.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -163,6 +165,65 @@ def as_array(x: Any, name: str, *, dtypes: Iterable[str] = ("float32",),
 
     raise TypeError(f"{name}: expected a CUDA array (CuPy array, or an object with "
                     f"__cuda_array_interface__ or __dlpack__ on a CUDA device), got {_describe(x)}")
+
+
+@dataclass(frozen=True)
+class ArrayMeta:
+    """What the op wrappers need to know about a CUDA array before any launch."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    contiguous: bool
+    ptr: int | None  # byte address, when the metadata carries it
+    nbytes: int
+
+
+# Dtypes a metadata-only read accepts when the caller checks the dtype itself (``dtypes=None``).
+_ANY_DTYPE = ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
+              "uint8", "uint16", "uint32", "uint64", "bool")
+
+
+def meta(x: Any, name: str, *, dtypes: Iterable[str] | None = None,
+         ndim: int | tuple[int, ...] | None = None) -> ArrayMeta:
+    """Shape, dtype, contiguity and address of a CUDA array, read from its metadata alone (CuPy's
+    attributes or ``__cuda_array_interface__``) so that validation, and its tests, need no device.
+    With ``dtypes``, checked as ``as_array`` checks (dtype, ``ndim``, contiguity). Anything else goes
+    through ``as_array``: host arrays raise TypeError naming ``name``; CUDA DLPack objects are
+    wrapped, which does need the device."""
+    try:
+        import cupy
+    except Exception:  # CuPy missing: only the interface protocols can apply
+        cupy = None
+    if cupy is not None and isinstance(x, cupy.ndarray):
+        m = ArrayMeta(tuple(x.shape), x.dtype.name, bool(x.flags.c_contiguous), int(x.data.ptr),
+                      int(x.nbytes))
+    else:
+        cai = None
+        if not isinstance(x, np.ndarray) and hasattr(x, "__cuda_array_interface__"):
+            try:
+                cai = x.__cuda_array_interface__
+            except Exception:
+                cai = None  # as_array below says why
+        if cai is None:
+            arr = as_array(x, name, dtypes=_ANY_DTYPE if dtypes is None else dtypes, ndim=ndim)
+            return meta(arr, name, dtypes=dtypes, ndim=ndim)
+        dt = np.dtype(cai["typestr"])
+        shape = tuple(int(n) for n in cai["shape"])
+        strides = cai.get("strides")
+        strides = None if strides is None else tuple(int(s) for s in strides)
+        ptr = int(cai["data"][0]) if cai.get("data") else None
+        m = ArrayMeta(shape, dt.name, _c_contiguous(shape, strides, dt.itemsize), ptr,
+                      math.prod(shape) * dt.itemsize)
+    if dtypes is not None:
+        _check_meta(name, m.dtype, m.shape, m.contiguous, dtypes, ndim)
+    return m
+
+
+def overlap(a: ArrayMeta, b: ArrayMeta) -> bool:
+    """Whether two arrays' byte ranges intersect (an output may not alias an input)."""
+    if a.ptr is None or b.ptr is None or a.nbytes == 0 or b.nbytes == 0:
+        return False
+    return a.ptr < b.ptr + b.nbytes and b.ptr < a.ptr + a.nbytes
 
 
 def out_array(out: Any, name: str, shape: tuple[int, ...], dtype):

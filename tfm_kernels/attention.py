@@ -89,25 +89,10 @@ THREADS = 256      # 16 x 16 threads: ty owns 4 rows, tx owns 4 score columns / 
 
 def _meta(x, name):
     """(dtype name, shape, c_contiguous, data pointer or None) of a CUDA array, read without
-    touching the device. Host arrays and other objects get as_array's TypeError."""
-    try:
-        import cupy
-    except Exception:  # noqa: BLE001 - CuPy absent: only the interface protocol applies
-        cupy = None
-    if cupy is not None and isinstance(x, cupy.ndarray):
-        return x.dtype.name, tuple(x.shape), bool(x.flags.c_contiguous), x.data.ptr
-    cai = getattr(x, "__cuda_array_interface__", None) if not isinstance(x, np.ndarray) else None
-    if cai is not None:
-        dt = np.dtype(cai["typestr"])
-        shape = tuple(int(n) for n in cai["shape"])
-        strides = cai.get("strides")
-        contiguous = _validate._c_contiguous(shape, None if strides is None else tuple(strides),
-                                             dt.itemsize)
-        return dt.name, shape, contiguous, int(cai["data"][0])
-    # Anything else (host arrays, DLPack-only objects): as_array raises the right TypeError, or
-    # accepts a CUDA DLPack object (which needs the device to read its metadata).
-    arr = _validate.as_array(x, name, dtypes=FLOAT_DTYPES + ("float64",))
-    return arr.dtype.name, tuple(arr.shape), bool(arr.flags.c_contiguous), arr.data.ptr
+    touching the device; dtype and layout are checked by the caller. Host arrays and other objects
+    get as_array's TypeError."""
+    m = _validate.meta(x, name)
+    return m.dtype, m.shape, m.contiguous, m.ptr
 
 
 def _check_tensor(x, name, ndim, dtypes):

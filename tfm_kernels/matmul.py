@@ -34,7 +34,6 @@ The variant contract for op ``matmul`` (kept by matmul_tc.py too):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,44 +52,11 @@ INT32_MAX = _validate.INT32_MAX
 # Validation: metadata only, so every error is raised (and testable) without a GPU
 # ---------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _Meta:
-    shape: tuple[int, ...]
-    dtype: str
-    contiguous: bool
-    ptr: int | None      # byte address, when the metadata carries it
-    nbytes: int
+_Meta = _validate.ArrayMeta
 
 
 def _meta(x, name: str, dtypes, ndim) -> _Meta:
-    """Shape/dtype/contiguity/address of a CUDA array read from its metadata (CuPy attributes or
-    ``__cuda_array_interface__``), checked per argument; anything else goes through
-    ``_validate.as_array``, which refuses host arrays with a TypeError naming ``name``."""
-    try:
-        import cupy
-    except Exception:  # CuPy missing: only the interface protocols can apply
-        cupy = None
-    if cupy is not None and isinstance(x, cupy.ndarray):
-        m = _Meta(tuple(x.shape), x.dtype.name, bool(x.flags.c_contiguous), int(x.data.ptr), int(x.nbytes))
-    else:
-        cai = None
-        if not isinstance(x, np.ndarray) and hasattr(x, "__cuda_array_interface__"):
-            try:
-                cai = x.__cuda_array_interface__
-            except Exception:
-                cai = None  # as_array below reports why
-        if cai is None:
-            arr = _validate.as_array(x, name, dtypes=dtypes, ndim=ndim)  # raises for host arrays
-            return _meta(arr, name, dtypes, ndim)
-        dt = np.dtype(cai["typestr"])
-        shape = tuple(int(n) for n in cai["shape"])
-        strides = cai.get("strides")
-        strides = None if strides is None else tuple(int(s) for s in strides)
-        contiguous = _validate._c_contiguous(shape, strides, dt.itemsize)
-        ptr = int(cai["data"][0]) if cai.get("data") else None
-        m = _Meta(shape, dt.name, contiguous, ptr, math.prod(shape) * dt.itemsize)
-    _validate._check_meta(name, m.dtype, m.shape, m.contiguous, dtypes, ndim)
-    return m
+    return _validate.meta(x, name, dtypes=dtypes, ndim=ndim)
 
 
 def _flag(x, name: str) -> bool:
@@ -128,10 +94,7 @@ def _align(*ptrs) -> int:
     return a
 
 
-def _overlap(x: _Meta, y: _Meta) -> bool:
-    if x.ptr is None or y.ptr is None:
-        return False
-    return x.ptr < y.ptr + y.nbytes and y.ptr < x.ptr + x.nbytes
+_overlap = _validate.overlap
 
 
 def check_problem(a: _Meta, b: _Meta, out: _Meta | None, trans_a: bool, trans_b: bool) -> Problem:

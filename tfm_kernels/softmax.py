@@ -34,7 +34,6 @@ is opt-in until a GPU has measured it):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -59,52 +58,17 @@ STREAM_TPR = (32, 256, 512)              # instantiated threads-per-row of the s
 # Validation: metadata only, so every error is raised (and testable) without a GPU
 # ---------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _Meta:
-    shape: tuple[int, ...]
-    dtype: str
-    ptr: int | None
-    nbytes: int
+_Meta = _validate.ArrayMeta
+_overlap = _validate.overlap
 
 
 def _meta(x, name: str) -> _Meta:
-    """Shape, dtype and address of a CUDA array read from its metadata (CuPy attributes or
-    ``__cuda_array_interface__``), with dtype/contiguity checked; anything else goes through
-    ``_validate.as_array``, which refuses host arrays with a TypeError naming ``name``."""
-    try:
-        import cupy
-    except Exception:  # CuPy missing: only the interface protocols can apply
-        cupy = None
-    if cupy is not None and isinstance(x, cupy.ndarray):
-        shape, dt, contiguous = tuple(x.shape), x.dtype.name, bool(x.flags.c_contiguous)
-        ptr, nbytes = int(x.data.ptr), int(x.nbytes)
-    else:
-        cai = None
-        if not isinstance(x, np.ndarray) and hasattr(x, "__cuda_array_interface__"):
-            try:
-                cai = x.__cuda_array_interface__
-            except Exception:
-                cai = None  # as_array below says why
-        if cai is None:
-            return _meta(_validate.as_array(x, name, dtypes=DTYPES), name)
-        d = np.dtype(cai["typestr"])
-        shape = tuple(int(n) for n in cai["shape"])
-        strides = cai.get("strides")
-        strides = None if strides is None else tuple(int(s) for s in strides)
-        dt, contiguous = d.name, _validate._c_contiguous(shape, strides, d.itemsize)
-        ptr = int(cai["data"][0]) if cai.get("data") else None
-        nbytes = math.prod(shape) * d.itemsize
-    _validate._check_meta(name, dt, shape, contiguous, DTYPES, None)
-    if len(shape) == 0:
+    """``x``'s metadata, dtype and contiguity checked (no device needed); at least 1-D."""
+    m = _validate.meta(x, name, dtypes=DTYPES)
+    if len(m.shape) == 0:
         raise ValueError(f"{name}: expected at least 1 dimension (softmax is over the last axis), "
                          f"got a 0-d array")
-    return _Meta(shape, dt, ptr, nbytes)
-
-
-def _overlap(a: _Meta, b: _Meta) -> bool:
-    if a.ptr is None or b.ptr is None or a.nbytes == 0 or b.nbytes == 0:
-        return False
-    return a.ptr < b.ptr + b.nbytes and b.ptr < a.ptr + a.nbytes
+    return m
 
 
 def _check_out(out: _Meta, ref: _Meta, ref_name: str, inputs: dict[str, _Meta]) -> None:
