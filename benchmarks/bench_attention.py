@@ -90,11 +90,8 @@ if __name__ != "__main__":  # under pytest (the table command needs only the sta
                ("float16", "fwd", 128, False, 8192), ("float16", "fwd_bwd", 128, True, 8192)]
 
     def _require(backend=None):
-        st = _backend.status()
-        if not st["device"][0]:
-            pytest.skip(f"no usable CUDA device: {st['device'][1]}")
-        if backend is not None and not st[backend][0]:
-            pytest.skip(f"backend {backend!r} unavailable: {st[backend][1]}")
+        if why := _backend.unavailable(backend):
+            pytest.skip(why)
 
     def _case(cfg, sdpa, primary):
         from tfm_kernels.bench import attention as ba

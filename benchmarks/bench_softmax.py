@@ -32,11 +32,8 @@ BACKENDS = ("ext", "cupy")
 
 
 def _require(backend: str | None = None):
-    st = _backend.status()
-    if not st["device"][0]:
-        pytest.skip(f"no usable CUDA device: {st['device'][1]}")
-    if backend is not None and not st[backend][0]:
-        pytest.skip(f"backend {backend!r} unavailable: {st[backend][1]}")
+    if why := _backend.unavailable(backend):
+        pytest.skip(why)
     import cupy
 
     return cupy

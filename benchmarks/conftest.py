@@ -3,7 +3,7 @@
 Files are ``benchmarks/bench_<op>.py`` (collected by the hook below; the project's pytest config only
 collects ``tests/test_*.py``), one per op, written by the op's engineer. They take:
 
-* ``backend``: "ext" / "cupy", skipping with the reason when no CUDA device is usable (as in tests/);
+* ``backend`` (the repository's conftest.py): "ext" / "cupy", skipping with the reason when no CUDA device is usable;
 * ``gpu_benchmark``: ``gpu_benchmark(fn, inputs, work=..., unit="GB/s")`` times ``fn(inputs[i])``
   with pytest-benchmark's pedantic mode, rotating through ``inputs`` (a list of argument tuples:
   make enough of them to exceed L2, see ``rotation_count``) and synchronizing the stream after each
@@ -24,20 +24,6 @@ def pytest_collect_file(file_path, parent):
     if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
-
-
-@pytest.fixture(params=["ext", "cupy"])
-def backend(request):
-    from tfm_kernels import _backend
-
-    st = _backend.status()
-    ok, why = st["device"]
-    if not ok:
-        pytest.skip(f"no usable CUDA device: {why}")
-    ok, why = st[request.param]
-    if not ok:
-        pytest.skip(f"backend {request.param!r} unavailable: {why}")
-    return request.param
 
 
 def rotation_count(footprint_bytes: int, l2_bytes: int = 60 * 2**20, factor: int = 3, cap: int = 24) -> int:

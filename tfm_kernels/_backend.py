@@ -203,6 +203,20 @@ _SCALARS = {
 _BYVALUE_ALIGN = 64  # CUtensorMap is declared alignas(64)
 
 
+
+def unavailable(backend: str | None = None) -> str | None:
+    """Why kernels cannot run here, on ``backend`` or (None) on any backend; None when they can.
+    The one skip reason every GPU test and benchmark prints."""
+    st = status()
+    ok, why = st["device"]
+    if not ok:
+        return f"no usable CUDA device: {why}"
+    if backend is not None:
+        ok, why = st[backend]
+        if not ok:
+            return f"backend {backend!r} unavailable: {why}"
+    return None
+
 def _check_launch(launch: Launch) -> None:
     where = f"launch {launch.source}:{launch.kernel}"
     for what, dims in (("grid", launch.grid), ("block", launch.block)):
