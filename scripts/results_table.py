@@ -80,7 +80,7 @@ def variants_table() -> str:
     """Every registered variant: dtypes, whether the default may pick it, what it changes."""
     import tfm_kernels
 
-    rows = ["| op | variant | dtypes | status | what it changes |", "|---|---|---|---|---|"]
+    rows = ["| op | variant | dtypes | status | what it changes | measured |", "|---|---|---|---|---|---|"]
     for op in tfm_kernels.ops():
         for v in tfm_kernels.variants(op):
             if v.broken:
@@ -92,7 +92,8 @@ def variants_table() -> str:
             else:
                 status = "default-eligible"
             desc = v.description.replace("|", "/")
-            rows.append(f"| {op} | `{v.key}` | {', '.join(v.dtypes)} | {status} | {desc} |")
+            measured = (v.measured or "").replace("|", "/")
+            rows.append(f"| {op} | `{v.key}` | {', '.join(v.dtypes)} | {status} | {desc} | {measured} |")
     return "\n".join(rows)
 
 

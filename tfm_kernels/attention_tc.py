@@ -284,7 +284,8 @@ register(Variant(
     "by cp.async, online softmax on the fp32 accumulator fragments, P reused in registers as the "
     "A operand of P V; masks only on edge tiles",
     _forward, dtypes=("float16",), supports=_supports,
-    kernels=tuple((SOURCE, fwd_kernel(d)) for d in HEAD_DIMS), hot=True))
+    kernels=tuple((SOURCE, fwd_kernel(d)) for d in HEAD_DIMS), hot=True,
+    measured="H200 (GPU run 1): fwd D=128 N=4096 B4 H16: 237 TFLOP/s; 0.67x SDPA flash (355)"))
 register(Variant(
     "attention_forward", 13, "tc_m128",
     "as 10_tc with 128-row query tiles (2 m16 tiles per warp) at every head dim: at D = 96/128 Q_i "

@@ -268,9 +268,26 @@ def _register_fp32(number, name, plan, hot, description, **kw):
         **kw))
 
 
+# What GPU run 1 measured (H200, `tfm-kernels bench --quick`, 4096^3 NN, cuBLAS 51.2 TFLOP/s in the
+# same run; benchmarks/results/h200_2026-11-29_run1). 7 and 8 were re-shaped after that run.
+_RUN1 = "H200 GPU run 1, 4096^3 fp32 NN: "
+MEASURED = {
+    1: "H200 GPU run 1: 0.5 TFLOP/s at 1024^3 (1% of cuBLAS; not timed at 4096^3)",
+    2: _RUN1 + "6.0 TFLOP/s (12% of cuBLAS 51.2)",
+    3: _RUN1 + "6.7 TFLOP/s (13%)",
+    4: _RUN1 + "14.0 TFLOP/s (27%)",
+    5: _RUN1 + "21.1 TFLOP/s (41%)",
+    6: _RUN1 + "29.5 TFLOP/s (58%)",
+    7: _RUN1 + "22.6 TFLOP/s (44%) for the earlier 128-thread shape; the current 256-thread shape "
+              "has not run on a GPU (predicted ~32)",
+    8: _RUN1 + "41.7 TFLOP/s (81%; 42.2 = 83% at 8192^3) for the earlier shape; the current one has "
+              "passed CPU emulation only (predicted >= 46)",
+    9: _RUN1 + "82.7 TFLOP/s TF32 (1.61x cuBLAS fp32; cuBLAS TF32 is ~359)",
+}
+
 for _n, _name, _plan, _hot, _desc in LADDER:
-    _register_fp32(_n, _name, _plan, _hot, _desc)
-_register_fp32(*TF32, extra={"opt_in": True, "rtol": 1e-3})
+    _register_fp32(_n, _name, _plan, _hot, _desc, measured=MEASURED[_n])
+_register_fp32(*TF32, measured=MEASURED[9], extra={"opt_in": True, "rtol": 1e-3})
 
 
 # ---------------------------------------------------------------------------------------------
