@@ -129,9 +129,12 @@ def test_torch_cpu_tensor_is_type_error():
 
 
 def test_check_int32_indexing():
-    assert _validate.check_int32_indexing("x", 2**15, 2**16 - 1) == 2**15 * (2**16 - 1)
-    with pytest.raises(ValueError, match=r"^x: 32768 x 65536 = 2147483648 elements overflows"):
-        _validate.check_int32_indexing("x", 2**15, 2**16)
+    assert _validate.INDEX_MAX == 2**31 - 1 - 2**16  # headroom for loop bounds stepping past the end
+    assert _validate.check_int32_indexing("x", 2**15, 2**16 - 3) == 2**15 * (2**16 - 3)
+    with pytest.raises(ValueError, match=r"^x: 32768 x 65534 = 2147418112 elements overflows"):
+        _validate.check_int32_indexing("x", 2**15, 2**16 - 2)
+    with pytest.raises(ValueError, match=r"^x: 1 x 2147483547 = .* overflows"):  # one long dimension
+        _validate.check_int32_indexing("x", 1, 2**31 - 101)
 
 
 # --- argument packing and launch checks (pure Python) ---------------------------------------------

@@ -67,10 +67,10 @@ def _raises(exc, match, *args, **kw):
     (F((2, 46341 * 2)), F((46341 * 2, 46341)), {}, ValueError, r"^b: .* overflows 32-bit"),
     (F((65536, 1)), F((1, 65536)), {}, ValueError, r"^out: 65536 x 65536 = .* overflows 32-bit"),
     (F((65536, 2, 2)), F((65536, 2, 2)), {}, ValueError, r"^a: batch size 65536 exceeds 65535"),
-    # one dimension within a tile of 2**31: the kernels' int32 loop bounds would wrap
-    (F((1, 2**31 - 100)), F((2**31 - 100, 1)), {}, ValueError, r"^b: K = 2147483548 exceeds"),
-    (F((1, 1)), F((1, 2**31 - 10)), {}, ValueError, r"^b: N = 2147483638 exceeds"),
-    (F((2**31 - 10, 1)), F((1, 1)), {}, ValueError, r"^a: M = 2147483638 exceeds"),
+    # one dimension within a tile of 2**31 (M = N = 1): the kernels' int32 loop bounds would wrap
+    (F((1, 2**31 - 100)), F((2**31 - 100, 1)), {}, ValueError, r"^a: 1 x 2147483548 = .* overflows 32-bit"),
+    (F((1, 1)), F((1, 2**31 - 10)), {}, ValueError, r"^b: 1 x 2147483638 = .* overflows 32-bit"),
+    (F((2**31 - 10, 1)), F((1, 1)), {}, ValueError, r"^a: 2147483638 x 1 = .* overflows 32-bit"),
     # out
     (F((4, 5)), F((5, 3)), {"out": F((4, 4))}, ValueError, r"^out: expected shape \(4, 3\), got \(4, 4\)"),
     (F((2, 4, 5)), F((2, 5, 3)), {"out": F((4, 3))}, ValueError, r"^out: expected shape \(2, 4, 3\)"),

@@ -30,6 +30,12 @@ import numpy as np
 # Kernels compute element offsets in int32 (half the registers of int64 index math, and what the
 # hardware's IMAD does in one instruction); 2**31 - 1 elements is the largest tensor they address.
 INT32_MAX = 2**31 - 1
+# Loop bounds step past the end before they stop (c += blockDim * VEC, k0 += BK, col + 3): up to
+# 1024 threads x 16 elements = 16384, or one 256-wide tile. Keeping every element count 2**16 below
+# INT32_MAX keeps those int32 steps from wrapping. Found by an audit: M = N = 1, K ~ 2**31 passed a
+# plain 2**31 - 1 check and would have wrapped the k-tile count of the cp.async matmul.
+INDEX_HEADROOM = 2**16
+INDEX_MAX = INT32_MAX - INDEX_HEADROOM
 
 # DLPack device types (dlpack.h: kDLCUDA = 2, kDLCUDAManaged = 13).
 _DLPACK_CUDA = (2, 13)
@@ -238,15 +244,17 @@ def out_array(out: Any, name: str, shape: tuple[int, ...], dtype):
 
 def check_int32_indexing(name: str, *sizes: int) -> int:
     """The element count ``prod(sizes)`` (e.g. ``check_int32_indexing("x", rows, cols)``), or
-    ValueError when it exceeds what int32 offsets address (2**31 - 1)."""
+    ValueError when it exceeds what int32 offsets address with headroom for loop bounds
+    (``INDEX_MAX`` = 2**31 - 1 - 2**16). Any single dimension is bounded by it too."""
     count = 1
     for n in sizes:
         n = int(n)
         if n < 0:
             raise ValueError(f"{name}: negative size {n}")
         count *= n
-    if count > INT32_MAX:
+    if count > INDEX_MAX:
         dims = " x ".join(str(int(n)) for n in sizes)
         raise ValueError(f"{name}: {dims} = {count} elements overflows 32-bit indexing "
-                         f"(at most {INT32_MAX} elements); split the work into smaller calls")
+                         f"(at most {INDEX_MAX} elements: 2**31 - 1 less {INDEX_HEADROOM} of headroom "
+                         f"for loop bounds); split the work into smaller calls")
     return count

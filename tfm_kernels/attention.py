@@ -453,7 +453,7 @@ MATMUL_BATCH_MAX = 65535  # tfm_kernels.matmul walks its batch with gridDim.z
 
 def _naive_supports(dtype, seqlen_q, seqlen_k, batch, heads, **_):
     n = batch * heads * seqlen_q * seqlen_k
-    if n > _validate.INT32_MAX:
+    if n > _validate.INDEX_MAX:
         return (f"the score matrix B*H*Lq*Lk = {n} elements overflows 32-bit indexing; use a "
                 f"flash variant")
     if batch * heads > MATMUL_BATCH_MAX:
