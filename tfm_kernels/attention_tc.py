@@ -10,14 +10,16 @@ are ``tfm_kernels/attention.py``'s (each ``fn`` here receives validated, contigu
                           online softmax on the accumulator fragments, P reused as the A operand
               13_tc_m128  as 10 with 128-row query tiles at every head dim (D = 96/128: Q_i from
                           smem per k-step, 32-key tiles); 1.14x 10 at D = 128 on an H200: the default
-    backward  11_tc       CTA per 64-key block: dK_j, dV_j in registers, P and dS recomputed from lse
-                          on tensor cores; dQ by fp32 atomics into a scratch accumulator, then one
-                          conversion pass (scale, fp16)
-              12_tc_det   as 11, dQ by a second kernel per query tile (forward-shaped, no atomics):
-                          bitwise reproducible, ~1.4x the backward's FLOPs, yet 1.25x faster than
-                          11 on an H200 (the atomics cost more): the default
+    backward  11_tc       CTA (8 warps) per 128-key block: dK_j, dV_j in registers, P and dS
+                          recomputed from lse on tensor cores; dQ by fp32 atomics into a scratch
+                          accumulator, then one conversion pass (scale, fp16). GPU run 1 measured the
+                          earlier 4-warp, 64-key version; the 128-key one has not run on a GPU yet
+              12_tc_det   4 warps per 64-key block for dK_j, dV_j, dQ by a second kernel per query
+                          tile (forward-shaped, no atomics): bitwise reproducible, ~1.4x the
+                          backward's FLOPs, yet 1.25x faster than 11 (64-key) on an H200 (the
+                          atomics cost more): the default
 
-Tile shapes per head dim (chosen so ``ptxas -v`` shows no spills at 128 threads; see
+Tile shapes per head dim (chosen so ``ptxas -v`` shows no spills at 128 or 256 threads; see
 docs/attention_tc.md for the register and shared-memory figures):
 """
 
