@@ -9,7 +9,8 @@ No GPU needed:
   formulas, masks and online softmax transliterated) reproduces numpy_ref at awkward shapes, with
   the shared-memory padding NaN-filled so a stray read shows;
 * NVRTC compiles every instantiation; the PTX holds mma.sync m16n8k16 with f32 accumulators,
-  ldmatrix (plain and .trans) and cp.async.
+  ldmatrix (plain and .trans) and cp.async; the nvcc-built SASS holds HMMA and LDSM (HGMMA for
+  forward 14), read with cuobjdump.
 GPU (the `backend` fixture: "ext" and "cupy"): forward 10 and backward 11 and 12 against numpy_ref
 in float64 from the same fp16 inputs, over L in {1, 17, 64, 97, 200, 1025}, Lq != Lk, causal on and
 off, kv_lens including 0 and 1, head dims 32/64/96/128 and a large B*H; o, lse, dq, dk, dv checked
@@ -179,6 +180,29 @@ def test_nvrtc_ptx_wgmma():
         pv = [ln for ln in body.splitlines() if f"wgmma.mma_async.sync.aligned.m64n{d}k16" in ln]
         assert pv, name
         assert "fence.proxy.async.shared::cta" in body and "wgmma.wait_group" in body, name
+
+
+def test_sass_tensor_cores():
+    """In the nvcc-built extension's SASS (cuobjdump, which the test extra installs): every mma
+    kernel of forward 10 and backward 11/12 runs HMMA.16816.F32 fed by LDSM (ldmatrix) and LDSM.MT
+    (.trans), and forward 14's kernels run HGMMA on the warpgroup tensor cores. A kernel that
+    compiled its tensor-core path away (a template slip, an #if on the wrong arch) fails here
+    without a GPU."""
+    from test_matmul_tc import _ext_sass  # skips without cuobjdump or the extension
+
+    sass = _ext_sass()
+    mma = {n: s for n, s in sass.items() if n.startswith(("_Z11attn_fwd_tc", "_Z11attn_bwd_tc",
+                                                              "_Z14attn_bwd_dq_tc"))}
+    names = {n for v in FWD + BWD for src, n in v.kernels if src == tc.SOURCE}
+    expected = len([n for n in names if "dot" not in n and "convert" not in n])
+    assert len(mma) >= expected, f"{len(mma)} mma kernels in the SASS, {expected} registered"
+    for name, body in mma.items():
+        assert "HMMA.16816.F32" in body, f"{name}: no HMMA.16816.F32"
+        assert "LDSM.16.M88.4" in body and "LDSM.16.MT88.4" in body, f"{name}: no LDSM / LDSM.MT"
+    wg = {n: s for n, s in sass.items() if n.startswith("_Z14attn_fwd_wgmma")}
+    assert len(wg) == len(tc.WGMMA_HEAD_DIMS), sorted(wg)
+    for name, body in wg.items():
+        assert "HGMMA.64x128x16.F32" in body, f"{name}: no HGMMA.64x128x16.F32 (the S = Q K^T product)"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ No GPU needed:
 * NVRTC compiles the kernels and the PTX of each holds the instructions it is meant to
   (mma.sync.aligned.m16n8k16 with ldmatrix[.trans] where the layout needs it; wgmma m64n256k16
   with the layout's transpose bits, TMA loads, mbarrier waits, setmaxnreg).
-Where cuobjdump and the built extension exist (the GPU machine): the SASS of every matmul_mma
-kernel contains HMMA and LDSM, of every matmul_wgmma kernel HGMMA and UTMALDG.
+Where cuobjdump and the built extension exist (CI too: the test extra installs cuobjdump): the SASS
+of every matmul_mma kernel contains HMMA and LDSM, of every matmul_wgmma kernel HGMMA and UTMALDG.
 GPU: every variant x both backends x all four layouts x (fp16 out, fp32 out) over awkward shapes
 (and batched, and misaligned views) against numpy_ref.matmul in float64, outputs poisoned with NaN.
 Tolerance (helpers.assert_close_lowprec): error <= 2 x the error of NumPy computing the same product
@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import functools
 import re
-import shutil
-import subprocess
 import threading
 
 import numpy as np
@@ -39,7 +37,7 @@ import numpy_ref
 import tfm_kernels
 import helpers
 from helpers import POISON, assert_close_lowprec
-from tfm_kernels import _backend, _registry
+from tfm_kernels import _backend, _registry, _sass
 from tfm_kernels import matmul_tc as tc
 
 FP16 = [v for v in tfm_kernels.variants("matmul") if "float16" in v.dtypes]
@@ -309,28 +307,15 @@ def test_nvrtc_ptx_wgmma():
 
 
 def _ext_sass() -> dict[str, str]:
-    """{mangled kernel name: SASS} from cuobjdump on the built extension; skips where either is
-    missing (this machine has no cuobjdump; the GPU machine has both)."""
-    exe = shutil.which("cuobjdump")
-    if exe is None:
-        pytest.skip("cuobjdump not on PATH")
+    """{mangled kernel name: SASS} of the built extension (tfm_kernels/_sass.py: cuobjdump from the
+    toolkit or the `test` extra's wheels); skips where either is missing."""
+    if _sass.cuobjdump() is None:
+        pytest.skip("cuobjdump/nvdisasm not found (the test extra installs them)")
     if not _backend.status()["ext"][0]:
         pytest.skip(f"extension not built: {_backend.status()['ext'][1]}")
     from tfm_kernels import _ext
 
-    return _dump_sass(exe, _ext.__file__)
-
-
-@functools.lru_cache(maxsize=None)
-def _dump_sass(exe: str, path: str) -> dict[str, str]:
-    """Disassemble once per session (about 15 s for the whole extension)."""
-    out = subprocess.run([exe, "--dump-sass", path], capture_output=True, text=True,
-                         timeout=600, check=True).stdout
-    funcs: dict[str, str] = {}
-    for chunk in re.split(r"\n\s*Function : ", out)[1:]:
-        name, _, body = chunk.partition("\n")
-        funcs[name.strip()] = funcs.get(name.strip(), "") + body
-    return funcs
+    return _sass.dump_sass(_ext.__file__)
 
 
 def test_sass_hmma():

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Does a source change alter the machine code? Compiles csrc/ sources at a base revision and in the
+working tree with the extension build's exact nvcc command, disassembles both, and compares every
+kernel's SASS.
+
+    python scripts/sass_diff.py                      # every csrc/*.cu, working tree vs HEAD
+    python scripts/sass_diff.py --base 4a9683c csrc/softmax.cu csrc/attention_tc.cu
+
+Why: a kernel seen passing on a GPU can be refactored on a machine without one (a helper pulled
+out, a repeated block made a function) and still count as verified when its SASS is unchanged.
+Per kernel it prints
+    identical   the same bytes (instructions and scheduling control words)
+    same-insts  the same instruction stream, other control words (stall counts, barriers)
+    differs     with the instruction counts and the first lines of a diff
+    added / removed
+and exits 1 when any kernel differs, is added or removed (0 when all are identical or same-insts).
+
+The nvcc command is the one recorded at the top of build/ptxas/<source>.txt by the last extension
+build (`make ext`), so both sides compile with the flags the extension uses; the base side gets the
+same command with its own csrc/ (extracted with `git archive`) as source and include folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import difflib
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tfm_kernels import _sass  # noqa: E402
+
+
+def recorded_command(src: Path) -> list[str]:
+    """The nvcc command of the last extension build of this source (build/ptxas/<stem>.txt)."""
+    rel = src.relative_to(ROOT / "csrc")
+    report = ROOT / "build" / "ptxas" / (str(rel).replace("/", "__").replace(".cu", "") + ".txt")
+    if not report.is_file():
+        sys.exit(f"{report} is missing: build the extension first (make ext)")
+    first = report.read_text().splitlines()[0]
+    if not first.startswith("# "):
+        sys.exit(f"{report}: no recorded command on its first line")
+    return shlex.split(first[2:])
+
+
+def cubin(cmd: list[str], src: Path, csrc: Path, out: Path) -> Path:
+    """Recompile `src` to a cubin with the recorded command: -c/-o replaced, -I pointed at `csrc`,
+    the host-side -Xcompiler flags and -Xptxas -v dropped (they do not change device code)."""
+    args = [cmd[0]]
+    rest = cmd[1:]
+    i = 0
+    while i < len(rest):
+        a = rest[i]
+        if a in ("-o", "-Xcompiler", "-Xptxas"):
+            i += 2
+            continue
+        if a == "-c" or a.endswith(".cu") or a.startswith("-I"):
+            i += 1
+            continue
+        args.append(a)
+        i += 1
+    # One cubin holds one architecture: keep the first real sm_XX target of the gencode list.
+    gencodes = [a for a in args if a.startswith("-gencode")]
+    sm = next(g for g in gencodes if "code=sm_" in g)
+    args = [a for a in args if not a.startswith("-gencode")] + [sm]
+    args += ["-cubin", f"-I{csrc}", str(src), "-o", str(out)]
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"nvcc failed on {src}:\n{done.stderr[-4000:]}")
+    return out
+
+
+def report(rel: Path, base: str, old: dict[str, str], new: dict[str, str], context: int) -> int:
+    """Print one source's comparison; the number of kernels that differ, were added or removed."""
+    bad = 0
+    counts = {"identical": 0, "same-insts": 0}
+    print(f"== {rel} ({base} -> working tree): {len(old)} -> {len(new)} kernels")
+    for name in sorted(set(old) | set(new)):
+        if name not in new:
+            print(f"  removed     {name}")
+            bad += 1
+        elif name not in old:
+            print(f"  added       {name} ({len(_sass.normalize(new[name]))} instructions)")
+            bad += 1
+        elif old[name] == new[name]:
+            counts["identical"] += 1
+        elif _sass.normalize(old[name]) == _sass.normalize(new[name]):
+            counts["same-insts"] += 1
+            print(f"  same-insts  {name}")
+        else:
+            a, b = _sass.normalize(old[name]), _sass.normalize(new[name])
+            bad += 1
+            print(f"  differs     {name}: {len(a)} -> {len(b)} instructions")
+            for line in list(difflib.unified_diff(a, b, lineterm="", n=1))[2:2 + context]:
+                print(f"      {line}")
+    print(f"  {counts['identical']} identical, {counts['same-insts']} same-insts")
+    return bad
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("sources", nargs="*", help="csrc/*.cu files (default: all)")
+    ap.add_argument("--base", default="HEAD", help="git revision to compare against (default HEAD)")
+    ap.add_argument("--context", type=int, default=12, help="diff lines shown per differing kernel")
+    args = ap.parse_args()
+    if _sass.cuobjdump() is None:
+        sys.exit("cuobjdump/nvdisasm not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+    sources = [ROOT / s for s in args.sources] or sorted((ROOT / "csrc").glob("*.cu"))
+    bad = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "base"
+        base.mkdir()
+        tar = subprocess.run(["git", "-C", str(ROOT), "archive", args.base, "csrc"],
+                             capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(base)], input=tar, check=True)
+        jobs = []  # (source, old cubin or None, new cubin): compiled in parallel, nvcc is serial
+        for i, src in enumerate(sources):
+            src = src.resolve()
+            rel = src.relative_to(ROOT)
+            cmd = recorded_command(src)
+            old_src = base / rel
+            new_job = (cmd, src, ROOT / "csrc", Path(tmp) / f"new{i}.cubin")
+            old_job = (cmd, old_src, base / "csrc", Path(tmp) / f"old{i}.cubin") if old_src.is_file() else None
+            jobs.append((rel, old_job, new_job))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            futs = [(rel, o and pool.submit(cubin, *o), pool.submit(cubin, *n)) for rel, o, n in jobs]
+            sass = [(rel, o and pool.submit(lambda f: _sass.dump_sass(str(f.result())), o),
+                     pool.submit(lambda f: _sass.dump_sass(str(f.result())), n)) for rel, o, n in futs]
+            for rel, o, n in sass:
+                bad += report(rel, args.base, o.result() if o else {}, n.result(), args.context)
+    print("SASS unchanged" if bad == 0 else f"{bad} kernel(s) changed, added or removed")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
