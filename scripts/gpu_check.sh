@@ -9,6 +9,8 @@
 #                one log per file, junit XML merged into OUTDIR/junit.xml
 #      memcheck  compute-sanitizer --tool memcheck  on scripts/sanitize_cases.py (every variant once,
 #      racecheck compute-sanitizer --tool racecheck  small awkward shapes, both backends)
+#      synccheck compute-sanitizer --tool synccheck  (barriers: a __syncthreads or named barrier that
+#                only part of a block reaches, as an edge tile's early exit could cause)
 #      check     tfm-kernels check --quick (every variant, both backends, against numpy_ref)
 #   3. bench    tfm-kernels bench --quick, alone on the GPU so the timings are clean
 #   4. summary  OUTDIR/summary.md + summary.json (GPU, driver, CUDA, commit, date, pass/fail per op and
@@ -83,6 +85,8 @@ if [ "$GPU_OK" = 1 ] && command -v compute-sanitizer > /dev/null; then
     step memcheck 140 "$LOGS/memcheck.txt" compute-sanitizer --tool memcheck --leak-check no \
         --error-exitcode 99 --print-limit 30 "$PY" scripts/sanitize_cases.py &
     step racecheck 140 "$LOGS/racecheck.txt" compute-sanitizer --tool racecheck \
+        --error-exitcode 99 --print-limit 30 "$PY" scripts/sanitize_cases.py &
+    step synccheck 140 "$LOGS/synccheck.txt" compute-sanitizer --tool synccheck \
         --error-exitcode 99 --print-limit 30 "$PY" scripts/sanitize_cases.py &
 fi
 step check 140 "$LOGS/check.txt" "$PY" -m tfm_kernels check --quick --budget 110 --json "$W/check.json" &
@@ -174,13 +178,13 @@ not_run = sorted(all_files - ran_files)
 
 # sanitizers
 san = {}
-for tool in ("memcheck", "racecheck"):
+for tool in ("memcheck", "racecheck", "synccheck"):
     p = os.path.join(W, "logs", f"{tool}.txt")
     if not os.path.exists(p):
         san[tool] = "not run" + (" (no GPU)" if GPU_OK != "1" else " (compute-sanitizer missing)")
         continue
     text = open(p, errors="replace").read()
-    # memcheck ends with "ERROR SUMMARY: N errors"; racecheck with
+    # memcheck and synccheck end with "ERROR SUMMARY: N errors"; racecheck with
     # "RACECHECK SUMMARY: N hazards displayed (E errors, W warnings)"
     m = re.search(r"ERROR SUMMARY: (\d+) error", text) or re.search(r"RACECHECK SUMMARY: \d+ hazards? displayed \((\d+) error", text)
     h = re.search(r"RACECHECK SUMMARY: (\d+) hazard", text)

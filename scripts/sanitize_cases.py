@@ -3,6 +3,7 @@
 
     compute-sanitizer --tool memcheck  --error-exitcode 99 python3 scripts/sanitize_cases.py
     compute-sanitizer --tool racecheck --error-exitcode 99 python3 scripts/sanitize_cases.py
+    compute-sanitizer --tool synccheck --error-exitcode 99 python3 scripts/sanitize_cases.py
 
 Runs every variant, on both backends, once: on the first of its op's quick ``check_cases``
 (tfm_kernels/check.py: small, awkward shapes chosen by each op's engineer) that the variant can
