@@ -81,7 +81,7 @@ def report(rel: Path, base: str, old: dict[str, str], new: dict[str, str], conte
     """Print one source's comparison; the number of kernels that differ, were added or removed."""
     bad = 0
     counts = {"identical": 0, "same-insts": 0}
-    print(f"== {rel} ({base} -> working tree): {len(old)} -> {len(new)} kernels")
+    print(f"== {rel} ({base} -> new): {len(old)} -> {len(new)} kernels")
     for name in sorted(set(old) | set(new)):
         if name not in new:
             print(f"  removed     {name}")
@@ -104,6 +104,31 @@ def report(rel: Path, base: str, old: dict[str, str], new: dict[str, str], conte
     return bad
 
 
+def compare(old_csrc: Path, new_csrc: Path, rels: list[Path], base: str = "base",
+            context: int = 12) -> int:
+    """Compile every source (a path relative to the repository root, under csrc/) from both trees
+    and print the per-kernel comparison; the number of kernels that differ, were added or removed.
+    The command of each comes from this checkout's build/ptxas report; -I points at its own tree."""
+    jobs = []  # (source, old cubin job or None, new cubin job)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, rel in enumerate(rels):
+            cmd = recorded_command(ROOT / rel)
+            inner = Path(rel).relative_to("csrc")
+            old_src, new_src = old_csrc / inner, new_csrc / inner
+            new_job = (cmd, new_src, new_csrc, Path(tmp) / f"new{i}.cubin")
+            old_job = (cmd, old_src, old_csrc, Path(tmp) / f"old{i}.cubin") if old_src.is_file() else None
+            jobs.append((rel, old_job, new_job))
+        bad = 0
+        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            # Compiles are queued first, so a dump never waits on a compile that has no thread.
+            futs = [(rel, o and pool.submit(cubin, *o), pool.submit(cubin, *n)) for rel, o, n in jobs]
+            dumps = [(rel, o and pool.submit(lambda f: _sass.dump_sass.__wrapped__(str(f.result())), o),
+                      pool.submit(lambda f: _sass.dump_sass.__wrapped__(str(f.result())), n)) for rel, o, n in futs]
+            for rel, o, n in dumps:
+                bad += report(rel, base, o.result() if o else {}, n.result(), context)
+    return bad
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sources", nargs="*", help="csrc/*.cu files (default: all)")
@@ -112,29 +137,13 @@ def main() -> int:
     args = ap.parse_args()
     if _sass.cuobjdump() is None:
         sys.exit("cuobjdump/nvdisasm not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
-    sources = [ROOT / s for s in args.sources] or sorted((ROOT / "csrc").glob("*.cu"))
-    bad = 0
+    rels = [(ROOT / s).resolve().relative_to(ROOT) for s in args.sources] or \
+        [p.relative_to(ROOT) for p in sorted((ROOT / "csrc").glob("*.cu"))]
     with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp) / "base"
-        base.mkdir()
         tar = subprocess.run(["git", "-C", str(ROOT), "archive", args.base, "csrc"],
                              capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(base)], input=tar, check=True)
-        jobs = []  # (source, old cubin or None, new cubin): compiled in parallel, nvcc is serial
-        for i, src in enumerate(sources):
-            src = src.resolve()
-            rel = src.relative_to(ROOT)
-            cmd = recorded_command(src)
-            old_src = base / rel
-            new_job = (cmd, src, ROOT / "csrc", Path(tmp) / f"new{i}.cubin")
-            old_job = (cmd, old_src, base / "csrc", Path(tmp) / f"old{i}.cubin") if old_src.is_file() else None
-            jobs.append((rel, old_job, new_job))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            futs = [(rel, o and pool.submit(cubin, *o), pool.submit(cubin, *n)) for rel, o, n in jobs]
-            sass = [(rel, o and pool.submit(lambda f: _sass.dump_sass(str(f.result())), o),
-                     pool.submit(lambda f: _sass.dump_sass(str(f.result())), n)) for rel, o, n in futs]
-            for rel, o, n in sass:
-                bad += report(rel, args.base, o.result() if o else {}, n.result(), args.context)
+        subprocess.run(["tar", "-x", "-C", tmp], input=tar, check=True)
+        bad = compare(Path(tmp) / "csrc", ROOT / "csrc", rels, args.base, args.context)
     print("SASS unchanged" if bad == 0 else f"{bad} kernel(s) changed, added or removed")
     return 1 if bad else 0
 

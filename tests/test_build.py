@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tfm_kernels import _backend
+from tfm_kernels import _backend, _sass
 from tfm_kernels import _registry
 
 nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-bindings (NVRTC) is not installed")
@@ -39,15 +39,7 @@ SOURCES = _backend.sources() + sorted(
 
 def cupy_options(source: str, cc: int = CC) -> tuple[str, ...]:
     """The complete NVRTC option list of ``RawModule(code, options=nvrtc_options(source))``."""
-    ours = _backend.nvrtc_options(source)
-    try:
-        from cupy._core.core import assemble_cupy_compiler_options
-
-        full = assemble_cupy_compiler_options(ours)
-    except Exception:  # CuPy absent: its include paths, found the way it finds them
-        inc = os.environ.get("CUDA_HOME", "/usr/local/cuda") + "/include"
-        full = ours + (f"-I{inc}",)
-    return full + ("-ftz=true", f"-arch=sm_{cc}", "--device-as-default-execution-space")
+    return _backend.cupy_nvrtc_options(source, cc)
 
 
 @dataclass
@@ -60,11 +52,8 @@ class Compiled:
 
     def spills(self) -> dict[str, tuple[int, int, int]]:
         """mangled name -> (spill store bytes, spill load bytes, registers) from ptxas -v."""
-        out = {}
-        for m in re.finditer(r"Function properties for (\S+)\s*\n.*?(\d+) bytes spill stores, (\d+) bytes spill loads"
-                             r"(?:.*?\n.*?Used (\d+) registers)?", self.log):
-            out[m.group(1)] = (int(m.group(2)), int(m.group(3)), int(m.group(4) or 0))
-        return out
+        return {k: (r["spill_stores"], r["spill_loads"], r["registers"])
+                for k, r in _sass.parse_ptxas(self.log).items()}
 
 
 def _check(res, what: str):

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import platform
 import re
 import struct
@@ -121,6 +122,23 @@ def nvrtc_options(source: str) -> tuple[str, ...]:
     if arch:
         opts.append(f"-arch={arch}")
     return tuple(opts)
+
+
+def cupy_nvrtc_options(source: str, cc: int) -> tuple[str, ...]:
+    """The complete NVRTC option list ``RawModule(code, options=nvrtc_options(source))`` ends up
+    compiling with for a device of compute capability ``cc``: ours, CuPy's include paths
+    (``cupy._core.core.assemble_cupy_compiler_options``) and what ``cupy/cuda/compiler.py`` appends.
+    Without CuPy, the toolkit's include folder found the way CuPy finds it. Used by the build tests
+    and by ``tfm-kernels sass`` to compile exactly what the CuPy backend runs, with no GPU."""
+    ours = nvrtc_options(source)
+    try:
+        from cupy._core.core import assemble_cupy_compiler_options
+
+        full = tuple(assemble_cupy_compiler_options(ours))
+    except Exception:  # CuPy absent or broken: its include paths, found the way it finds them
+        inc = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+        full = ours + (f"-I{inc}/include",)
+    return full + ("-ftz=true", f"-arch=sm_{cc}", "--device-as-default-execution-space")
 
 
 def nvrtc_code(source: str) -> str:

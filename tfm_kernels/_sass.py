@@ -1,9 +1,16 @@
 """SASS, the machine code a GPU runs, read without a GPU: find cuobjdump, disassemble a binary into
-{kernel: instructions}, and normalize it so two builds can be compared.
+{kernel: instructions}, normalize it so two builds can be compared, and summarize what a variant's
+kernels compile to (``tfm-kernels sass``).
 
-Used by the build tests (tensor-core kernels must show HMMA/HGMMA, TMA kernels UTMALDG) and by
+    tfm-kernels sass matmul                     # every variant: registers, spills, instructions, mix
+    tfm-kernels sass matmul 8                   # variant 8's kernels, opcode mix of the main loop
+    tfm-kernels sass matmul 8 --kernel "false, false" --full    # the SASS itself
+
+Used by the build tests (tensor-core kernels must show HMMA/HGMMA, TMA kernels UTMALDG), by
 scripts/sass_diff.py, which proves a source refactor left the machine code of every kernel as it was
-(the way kernels verified on a GPU are changed on a machine without one).
+(the way kernels verified on a GPU are changed on a machine without one), and by the command above,
+which compiles a variant's kernels exactly as the CuPy backend does (NVRTC, CuPy's options, cubin
+for the chosen architecture), so what it prints is the code that backend runs.
 
 cuobjdump and the nvdisasm it calls come from the CUDA toolkit or from the `nvidia-cuda-cuobjdump`
 and `nvidia-cuda-nvdisasm` wheels (the `test` extra installs them: 5 MB, and the CI machine's
@@ -12,15 +19,18 @@ toolkit ships neither).
 
 from __future__ import annotations
 
+import argparse
+import collections
 import functools
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-__all__ = ["cuobjdump", "dump_sass", "normalize"]
+__all__ = ["cuobjdump", "dump_sass", "normalize", "opcode", "loops", "nvrtc_cubin", "parse_ptxas"]
 
 
 def _wheel_bin() -> Path | None:
@@ -97,3 +107,187 @@ def normalize(sass: str) -> list[str]:
             continue
         lines.append(" ".join(line.split()))
     return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a kernel: opcodes, loops, resources
+# ---------------------------------------------------------------------------------------------
+
+_INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+_BRANCH = re.compile(r"^(?:@!?U?P\w+\s+)?BRA(?:\.\S+)?\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))")
+
+
+def instructions(sass: str) -> list[tuple[int, str]]:
+    """(address, instruction text) of every instruction, predicates kept."""
+    return [(int(m.group(1), 16), " ".join(m.group(2).split())) for m in _INSN.finditer(sass)]
+
+
+def opcode(insn: str) -> str:
+    """The opcode with its first modifier (``HMMA.16816``, ``LDS.128``, ``FFMA``): the predicate
+    and the operands dropped, and modifiers beyond the first folded (``LDG.E.128.CONSTANT`` counts
+    as ``LDG.E``) so a mix stays readable."""
+    parts = insn.split()
+    if parts and parts[0].startswith("@"):
+        parts = parts[1:]
+    if not parts:
+        return ""
+    return ".".join(parts[0].split(".")[:2])
+
+
+def loops(sass: str) -> list[tuple[int, int, list[str]]]:
+    """Every backward branch as a loop: (start address, end address, its instructions), innermost
+    loops included as their own entries, longest first. A static view: the hot loop of a kernel is
+    almost always the longest one holding its math (FFMA/HMMA/HGMMA)."""
+    insns = instructions(sass)
+    out = []
+    for addr, text in insns:
+        m = _BRANCH.match(text)
+        if m and m.group(1) is not None:
+            target = int(m.group(1), 16)
+            if target <= addr:
+                out.append((target, addr, [t for a, t in insns if target <= a <= addr]))
+    return sorted(out, key=lambda x: -len(x[2]))
+
+
+_MATH = ("FFMA", "HMMA", "HGMMA", "FMUL", "FADD", "MUFU")
+
+
+def main_loop(sass: str) -> tuple[int, int, list[str]] | None:
+    """The hot loop, statically: a loop holding tensor-core instructions (HMMA/HGMMA) first, then
+    the most math instructions, then the shorter (tighter) loop."""
+    best = None
+    for lp in loops(sass):
+        ops = [opcode(t).split(".")[0] for t in lp[2]]
+        key = (sum(o in ("HMMA", "HGMMA") for o in ops), sum(o in _MATH for o in ops), -len(lp[2]))
+        if key[1] and (best is None or key > best[0]):
+            best = (key, lp)
+    return best[1] if best else None
+
+
+_PTXAS_FN = re.compile(r"Function properties for (\S+)\s*\n[^\n]*?(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                       r"(\d+) bytes spill loads(?:\s*\n[^\n]*?Used (\d+) registers(?:, used (\d+) barriers)?"
+                       r"(?:, (\d+) bytes smem)?)?")
+
+
+def parse_ptxas(log: str) -> dict[str, dict[str, int]]:
+    """{mangled name: {registers, barriers, smem (static bytes), stack, spill_stores, spill_loads}}
+    from a ``ptxas -v`` log (nvcc's or NVRTC's)."""
+    out = {}
+    for m in _PTXAS_FN.finditer(log):
+        out[m.group(1)] = {"registers": int(m.group(5) or 0), "barriers": int(m.group(6) or 0),
+                           "smem": int(m.group(7) or 0), "stack": int(m.group(2)),
+                           "spill_stores": int(m.group(3)), "spill_loads": int(m.group(4))}
+    return out
+
+
+def nvrtc_cubin(source: str, names: list[str], cc: int = 90) -> tuple[bytes, dict[str, str], str]:
+    """Compile ``csrc/<source>`` for the name expressions ``names`` exactly as the CuPy backend does
+    on a device of compute capability ``cc`` (its NVRTC options, a cubin); no GPU needed.
+    Returns (cubin, {name expression: mangled name}, the ptxas -v log)."""
+    from cuda.bindings import nvrtc
+
+    from . import _backend
+
+    def ok(res, what):
+        if res[0] != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            raise RuntimeError(f"NVRTC {what} failed on {source}: {res[0]}")
+        return res[1] if len(res) > 1 else None
+
+    opts = [o.encode() for o in _backend.cupy_nvrtc_options(source, cc) + ("--ptxas-options=-v",)]
+    prog = ok(nvrtc.nvrtcCreateProgram(_backend.nvrtc_code(source).encode(), source.encode(), 0, [], []),
+              "create")
+    try:
+        for n in names:
+            ok(nvrtc.nvrtcAddNameExpression(prog, n.encode()), f"name expression {n}")
+        res = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        size = ok(nvrtc.nvrtcGetProgramLogSize(prog), "log size")
+        log = b" " * size
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        log = log.decode(errors="replace").rstrip("\x00 ")
+        if res[0] != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            raise RuntimeError(f"NVRTC failed on {source}:\n{log[-4000:]}")
+        size = ok(nvrtc.nvrtcGetCUBINSize(prog), "cubin size")
+        cubin = b" " * size
+        ok((nvrtc.nvrtcGetCUBIN(prog, cubin)[0],), "cubin")
+        lowered = {n: ok(nvrtc.nvrtcGetLoweredName(prog, n.encode()), f"lowered name {n}").decode()
+                   for n in names}
+        return cubin, lowered, log
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+def variant_sass(variant, cc: int = 90) -> list[dict]:
+    """One record per kernel of a registered variant: name expression, mangled name, ptxas figures,
+    the SASS, compiled as the CuPy backend compiles it."""
+    by_source: dict[str, list[str]] = collections.defaultdict(list)
+    for source, name in variant.kernels:
+        by_source[source].append(name)
+    rows = []
+    for source, names in by_source.items():
+        cubin, lowered, log = nvrtc_cubin(source, names, cc)
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(cubin)
+            f.flush()
+            sass = dump_sass.__wrapped__(f.name)
+        res = parse_ptxas(log)
+        for n in names:
+            low = lowered[n]
+            rows.append({"source": source, "kernel": n, "mangled": low, "sass": sass.get(low, ""),
+                         **res.get(low, {})})
+    return rows
+
+
+def mix_line(insns: list[str], top: int) -> str:
+    """``FFMA 512, LDS.128 64, ...``: the `top` most frequent opcodes, and any HMMA/HGMMA."""
+    c = collections.Counter(opcode(t) for t in insns)
+    shown = c.most_common(top)
+    # Tensor-core instructions are few and do most of the work: always show them.
+    shown += [(k, v) for k, v in c.items() if k.startswith(("HMMA", "HGMMA")) and (k, v) not in shown]
+    return ", ".join(f"{k} {v}" for k, v in shown)
+
+
+def add_sass_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("op", help="softmax, softmax_backward, matmul, attention_forward, attention_backward")
+    p.add_argument("variant", nargs="?", help="number or name (default: every variant of the op)")
+    p.add_argument("--kernel", default="", help="only kernels whose name expression contains this text")
+    p.add_argument("--cc", type=int, default=90, help="compute capability to compile for (default 90)")
+    p.add_argument("--top", type=int, default=10, help="opcodes shown per mix (default 10)")
+    p.add_argument("--full", action="store_true", help="print the SASS of each kernel")
+
+
+def run_sass(args: argparse.Namespace) -> int:
+    from . import _registry
+
+    if cuobjdump() is None:
+        print("cuobjdump/nvdisasm not found: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm "
+              "(the test extra) or put a CUDA toolkit's bin/ on PATH", file=sys.stderr)
+        return 2
+    try:
+        chosen = ([_registry.get(args.op, args.variant)] if args.variant is not None
+                  else _registry.variants(args.op))
+    except (KeyError, ValueError) as e:
+        print(f"tfm-kernels sass: {e}", file=sys.stderr)
+        return 2
+    print(f"# SASS of {args.op} compiled as the CuPy backend compiles it (NVRTC, sm_{args.cc}); static "
+          "counts: each instruction once, however often it runs")
+    for v in chosen:
+        if v.arch > args.cc:
+            print(f"\n{v.qualname}: needs sm_{v.arch}, skipped for sm_{args.cc}")
+            continue
+        print(f"\n{v.qualname}: {v.description}")
+        for r in variant_sass(v, args.cc):
+            if args.kernel not in r["kernel"]:
+                continue
+            insns = [t for _, t in instructions(r["sass"])]
+            spill = r.get("spill_stores", 0) + r.get("spill_loads", 0)
+            print(f"  {r['kernel']}: {r.get('registers', '?')} registers, "
+                  f"{r.get('smem', 0)} B static smem, {r.get('stack', 0)} B stack"
+                  f"{f', SPILLS {spill} B' if spill else ''}, {len(insns)} instructions")
+            print(f"    whole kernel: {mix_line(insns, args.top)}")
+            lp = main_loop(r["sass"])
+            if lp is not None:
+                print(f"    main loop (0x{lp[0]:x}-0x{lp[1]:x}, {len(lp[2])} instructions): "
+                      f"{mix_line(lp[2], args.top)}")
+            if args.full:
+                print("\n".join(f"      /*{a:04x}*/ {t}" for a, t in instructions(r["sass"])))
+    return 0

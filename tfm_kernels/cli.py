@@ -5,6 +5,7 @@
     tfm-kernels check ...        every variant of every op, both backends, against numpy_ref
     tfm-kernels bench ...        time every variant against the library a user would pick
     tfm-kernels info             device, CUDA versions, which backends loaded (or why not)
+    tfm-kernels sass OP [V]      what a variant's kernels compile to: registers, spills, opcode mix
 
 Each subcommand's module is imported only when it runs, so ``tfm-kernels train`` needs neither
 CuPy nor a GPU.
@@ -23,6 +24,7 @@ SUBCOMMANDS = {
     "check": ("tfm_kernels.check", "check every kernel variant on both backends against numpy_ref"),
     "bench": ("tfm_kernels.bench", "benchmark every kernel variant against its peer library"),
     "info": ("tfm_kernels._backend", "print the device, CUDA versions and loaded backends"),
+    "sass": ("tfm_kernels._sass", "show the SASS a variant's kernels compile to (no GPU needed)"),
 }
 
 
