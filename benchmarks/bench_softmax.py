@@ -22,21 +22,12 @@ import pytest
 
 import numpy_ref
 import tfm_kernels
-from tfm_kernels import _backend, costs
+from tfm_kernels import costs
 
 pytest.importorskip("pytest_benchmark")
 
 SHAPES = [(16384, 1024), (8192, 8192), (1024, 65536)]
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
-BACKENDS = ("ext", "cupy")
-
-
-def _require(backend: str | None = None):
-    if why := _backend.unavailable(backend):
-        pytest.skip(why)
-    import cupy
-
-    return cupy
 
 
 def _sync():
@@ -59,7 +50,8 @@ def _sample_rows(rows: int) -> np.ndarray:
 
 
 def _check_fwd(x, y, dtype):
-    cp = _require()
+    import cupy as cp
+
     idx = _sample_rows(x.shape[0])
     xs = cp.asnumpy(x[cp.asarray(idx)]).astype(np.float64)
     ys = cp.asnumpy(y[cp.asarray(idx)]).astype(np.float64)
@@ -70,7 +62,8 @@ def _check_fwd(x, y, dtype):
 
 
 def _check_bwd(dy, y, dx, dtype):
-    cp = _require()
+    import cupy as cp
+
     idx = cp.asarray(_sample_rows(y.shape[0]))
     ref = numpy_ref.softmax_backward(cp.asnumpy(dy[idx]).astype(np.float64), cp.asnumpy(y[idx]).astype(np.float64))
     got = cp.asnumpy(dx[idx]).astype(np.float64)
@@ -83,57 +76,62 @@ def _ids(shape):
     return f"{shape[0]}x{shape[1]}"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("variant", [v.key for v in tfm_kernels.variants("softmax") if v.number >= 2])
-@pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
-def test_softmax_forward(benchmark, shape, dtype, variant, backend):
-    cp = _require(backend)
-    dt = DTYPES[dtype]
-    rows, cols = shape
-    x = cp.random.standard_normal(shape, dtype=cp.float32).astype(dt)
-    y = cp.empty_like(x)
+def _checked_and_timed(benchmark, call, check, group: str, nbytes: int):
+    """Every timed configuration is first validated: an untimed first call (a variant that declines
+    the shape, ValueError "variant: ...", e.g. a row too long for registers, skips the benchmark
+    with its reason), `check` of its output against numpy_ref, then the timing."""
     try:
-        tfm_kernels.softmax(x, backend=backend, variant=variant, out=y)
+        call()
     except ValueError as e:
         if str(e).startswith("variant:"):
             pytest.skip(str(e))
         raise
-    _check_fwd(x, y, dt)
-    benchmark.group = f"softmax fwd {dtype} {_ids(shape)}"
-    _timed(benchmark, lambda: tfm_kernels.softmax(x, backend=backend, variant=variant, out=y),
-           costs.softmax_bytes(rows, cols, np.dtype(dt).name))
+    check()
+    benchmark.group = group
+    _timed(benchmark, call, nbytes)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("variant", [v.key for v in tfm_kernels.variants("softmax_backward") if v.number >= 2])
-@pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
-def test_softmax_backward(benchmark, shape, dtype, variant, backend):
-    cp = _require(backend)
+def _params(op: str):
+    """variant x dtype x shape, the softmax variants from 2 on (1 takes seconds per call here)."""
+    def mark(f):  # applied innermost first, as stacked decorators are: ids read shape-dtype-variant
+        f = pytest.mark.parametrize("shape", SHAPES, ids=_ids)(f)
+        f = pytest.mark.parametrize("dtype", list(DTYPES), ids=str)(f)
+        return pytest.mark.parametrize("variant", [v.key for v in tfm_kernels.variants(op) if v.number >= 2])(f)
+    return mark
+
+
+# `backend` (the repository's conftest.py): "ext" / "cupy", skipped with the reason when unusable;
+# `cuda_device` (benchmarks/conftest.py): the same skip for the benchmarks without a backend.
+@_params("softmax")
+def test_softmax_forward(benchmark, shape, dtype, variant, backend):
+    import cupy as cp
+
     dt = DTYPES[dtype]
-    rows, cols = shape
+    x = cp.random.standard_normal(shape, dtype=cp.float32).astype(dt)
+    y = cp.empty_like(x)
+    _checked_and_timed(benchmark, lambda: tfm_kernels.softmax(x, backend=backend, variant=variant, out=y),
+                       lambda: _check_fwd(x, y, dt), f"softmax fwd {dtype} {_ids(shape)}",
+                       costs.softmax_bytes(*shape, np.dtype(dt).name))
+
+
+@_params("softmax_backward")
+def test_softmax_backward(benchmark, shape, dtype, variant, backend):
+    import cupy as cp
+
+    dt = DTYPES[dtype]
     y = tfm_kernels.softmax(cp.random.standard_normal(shape, dtype=cp.float32).astype(dt))
     dy = cp.random.standard_normal(shape, dtype=cp.float32).astype(dt)
     dx = cp.empty_like(y)
-    try:
-        tfm_kernels.softmax_backward(dy, y, backend=backend, variant=variant, out=dx)
-    except ValueError as e:
-        if str(e).startswith("variant:"):
-            pytest.skip(str(e))
-        raise
-    _check_bwd(dy, y, dx, dt)
-    benchmark.group = f"softmax bwd {dtype} {_ids(shape)}"
-    _timed(benchmark, lambda: tfm_kernels.softmax_backward(dy, y, backend=backend, variant=variant, out=dx),
-           costs.softmax_backward_bytes(rows, cols, np.dtype(dt).name))
+    _checked_and_timed(benchmark, lambda: tfm_kernels.softmax_backward(dy, y, backend=backend, variant=variant, out=dx),
+                       lambda: _check_bwd(dy, y, dx, dt), f"softmax bwd {dtype} {_ids(shape)}",
+                       costs.softmax_backward_bytes(*shape, np.dtype(dt).name))
 
 
 @pytest.mark.parametrize("direction", ["fwd", "bwd"])
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids)
-def test_torch_softmax(benchmark, shape, dtype, direction):
+def test_torch_softmax(benchmark, shape, dtype, direction, cuda_device):
     """The peer: torch.softmax and its backward kernel (torch._softmax_backward_data)."""
-    _require()
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch has no CUDA here")
@@ -159,9 +157,9 @@ def test_torch_softmax(benchmark, shape, dtype, direction):
 
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids)
-def test_copy_ceiling(benchmark, shape, dtype):
+def test_copy_ceiling(benchmark, shape, dtype, cuda_device):
     """A device-to-device copy of x's bytes: read + write, the most a forward softmax can reach."""
-    cp = _require()
+    cp = cuda_device
     x = cp.empty(shape, dtype=DTYPES[dtype])
     y = cp.empty_like(x)
     benchmark.group = f"softmax fwd {dtype} {_ids(shape)}"

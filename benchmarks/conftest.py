@@ -4,6 +4,8 @@ Files are ``benchmarks/bench_<op>.py`` (collected by the hook below; the project
 collects ``tests/test_*.py``), one per op, written by the op's engineer. They take:
 
 * ``backend`` (the repository's conftest.py): "ext" / "cupy", skipping with the reason when no CUDA device is usable;
+* ``cuda_device``: the same skip for a benchmark with no backend parameter (a peer library, a copy);
+  returns the ``cupy`` module;
 * ``gpu_benchmark``: ``gpu_benchmark(fn, inputs, work=..., unit="GB/s")`` times ``fn(inputs[i])``
   with pytest-benchmark's pedantic mode, rotating through ``inputs`` (a list of argument tuples:
   make enough of them to exceed L2, see ``rotation_count``) and synchronizing the stream after each
@@ -30,6 +32,18 @@ def rotation_count(footprint_bytes: int, l2_bytes: int = 60 * 2**20, factor: int
     """How many independent input sets of ``footprint_bytes`` it takes to exceed ``factor`` x L2
     (H200: 60 MiB), so successive calls do not find their inputs in L2."""
     return max(1, min(cap, math.ceil(factor * l2_bytes / max(1, footprint_bytes))))
+
+
+@pytest.fixture
+def cuda_device():
+    """``cupy``, once a CUDA device is usable; otherwise skips with the reason."""
+    from tfm_kernels import _backend
+
+    if why := _backend.unavailable():
+        pytest.skip(why)
+    import cupy
+
+    return cupy
 
 
 @pytest.fixture

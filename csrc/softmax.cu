@@ -120,6 +120,76 @@ struct Groups {
     static_assert(TPR <= 32 || BLOCK == TPR, "a row group wider than a warp must be the block");
 };
 
+// The row loop of the group kernels (3-5 and backward 3-5): group g = threadIdx.x / TPR of block b
+// takes rows b * RPB + g, then every gridDim.x * RPB rows after it. The loop is uniform over the
+// block: a group past the last row is handed row rows - 1 with n = 0 elements, so it still joins
+// the shuffles and barriers of reduce.cuh. f(row, n): the row, and how many of its elements to touch.
+template <int TPR, typename F>
+static __device__ __forceinline__ void for_each_group_row(int rows, int cols, F&& f) {
+    constexpr int RPB = Groups<TPR>::RPB;
+    const int g = threadIdx.x / TPR;
+    for (int64_t rb = static_cast<int64_t>(blockIdx.x) * RPB; rb < rows; rb += static_cast<int64_t>(gridDim.x) * RPB) {
+        const int64_t row = rb + g < rows ? rb + g : rows - 1;
+        const int n = rb + g < rows ? cols : 0;
+        f(row, n);
+    }
+}
+
+// The write pass of the streaming forward kernels (3 and 4), a for_each_pack visitor: x read once
+// more, y = exp(x - ms) * inv. A visitor the kernel hands to for_each_pack itself, not a function
+// wrapping the for_each_pack call: the wrapper (same statements, one inlining level deeper) moved
+// two constant loads between registers in all 8 scalar/fp32 softmax_fwd_online instantiations
+// (scripts/sass_diff.py), and those kernels were verified on an H200 as they are.
+template <typename T>
+struct WritePass {
+    const T* xr;
+    T* yr;
+    float ms, inv;
+    template <int W>
+    __device__ __forceinline__ void operator()(int i, IntC<W>) const {
+        float a[W];
+        load_pack<T, W>(xr + i, a);
+#pragma unroll
+        for (int k = 0; k < W; ++k) a[k] = expf(a[k] - ms) * inv;
+        store_pack<T, W>(yr + i, a);
+    }
+};
+
+// Register slot j of thread t in the *_regs kernels: elements [i, i + VEC), i = (j * TPR + t) * VEC.
+// A pack wholly inside the row is one 16-byte access; one that reaches past the end (only the last
+// of a row, or all of a group with n = 0) is read element by element, `pad` past the end.
+template <typename T, int VEC>
+static __device__ __forceinline__ void load_slot(const T* __restrict__ p, int i, int n, float pad, float (&v)[VEC]) {
+    if (i + VEC <= n) {
+        load_pack<T, VEC>(p + i, v);
+    } else {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) v[k] = i + k < n ? to_float(p[i + k]) : pad;
+    }
+}
+
+template <typename T, int VEC>
+static __device__ __forceinline__ void store_slot(T* __restrict__ p, int i, int n, const float (&v)[VEC]) {
+    if (i + VEC <= n) {
+        store_pack<T, VEC>(p + i, v);
+    } else {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k)
+            if (i + k < n) set_from_float(p[i + k], v[k]);
+    }
+}
+
+// The largest of a thread's register slots (before the group reduction).
+template <int NV, int VEC>
+static __device__ __forceinline__ float regs_max(const float (&v)[NV][VEC]) {
+    float m = neg_inf();
+#pragma unroll
+    for (int j = 0; j < NV; ++j)
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) m = fmaxf(m, v[j][k]);
+    return m;
+}
+
 // ================================================================================= forward
 
 // 1: thread per row. Three sequential walks over the row; lanes of a warp are `cols` elements
@@ -171,12 +241,9 @@ TFM_EXPORT(softmax_fwd_block<__half, 256>)
 template <typename T, int VEC, int TPR>
 __global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
     softmax_fwd_3pass(const T* __restrict__ x, T* __restrict__ y, int rows, int cols) {
-    constexpr int RPB = Groups<TPR>::RPB;
     __shared__ float scratch[TPR > 32 ? TPR / 32 : 1];
-    const int g = threadIdx.x / TPR, t = threadIdx.x % TPR;
-    for (int64_t rb = static_cast<int64_t>(blockIdx.x) * RPB; rb < rows; rb += static_cast<int64_t>(gridDim.x) * RPB) {
-        const int64_t row = rb + g < rows ? rb + g : rows - 1;
-        const int n = rb + g < rows ? cols : 0;  // past the end: no elements, same reductions
+    const int t = threadIdx.x % TPR;
+    for_each_group_row<TPR>(rows, cols, [&](int64_t row, int n) {
         const T* xr = x + row * cols;
         T* yr = y + row * cols;
         const int head = VEC > 1 ? head_elems(xr, n) : 0;
@@ -203,15 +270,8 @@ __global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
         s = group_reduce<TPR>(s, SumOp(), scratch);
         const float inv = s > 0.0f ? 1.0f / s : 0.0f;
 
-        for_each_pack<VEC, TPR>(n, head, t, [&](int i, auto w) {
-            constexpr int W = decltype(w)::value;
-            float a[W];
-            load_pack<T, W>(xr + i, a);
-#pragma unroll
-            for (int k = 0; k < W; ++k) a[k] = expf(a[k] - ms) * inv;
-            store_pack<T, W>(yr + i, a);
-        });
-    }
+        for_each_pack<VEC, TPR>(n, head, t, WritePass<T>{xr, yr, ms, inv});
+    });
 }
 TFM_EXPORT(softmax_fwd_3pass<float, 4, 32>)
 TFM_EXPORT(softmax_fwd_3pass<float, 1, 32>)
@@ -223,12 +283,9 @@ TFM_EXPORT(softmax_fwd_3pass<__half, 1, 32>)
 template <typename T, int VEC, int TPR>
 __global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
     softmax_fwd_online(const T* __restrict__ x, T* __restrict__ y, int rows, int cols) {
-    constexpr int RPB = Groups<TPR>::RPB;
     __shared__ float scratch[TPR > 32 ? 2 * TPR / 32 : 1];
-    const int g = threadIdx.x / TPR, t = threadIdx.x % TPR;
-    for (int64_t rb = static_cast<int64_t>(blockIdx.x) * RPB; rb < rows; rb += static_cast<int64_t>(gridDim.x) * RPB) {
-        const int64_t row = rb + g < rows ? rb + g : rows - 1;
-        const int n = rb + g < rows ? cols : 0;
+    const int t = threadIdx.x % TPR;
+    for_each_group_row<TPR>(rows, cols, [&](int64_t row, int n) {
         const T* xr = x + row * cols;
         T* yr = y + row * cols;
         const int head = VEC > 1 ? head_elems(xr, n) : 0;
@@ -254,15 +311,8 @@ __global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
         const float ms = safe_max(m);
         const float inv = d > 0.0f ? 1.0f / d : 0.0f;
 
-        for_each_pack<VEC, TPR>(n, head, t, [&](int i, auto w) {
-            constexpr int W = decltype(w)::value;
-            float a[W];
-            load_pack<T, W>(xr + i, a);
-#pragma unroll
-            for (int k = 0; k < W; ++k) a[k] = expf(a[k] - ms) * inv;
-            store_pack<T, W>(yr + i, a);
-        });
-    }
+        for_each_pack<VEC, TPR>(n, head, t, WritePass<T>{xr, yr, ms, inv});
+    });
 }
 TFM_EXPORT(softmax_fwd_online<float, 4, 32>)
 TFM_EXPORT(softmax_fwd_online<float, 4, 256>)
@@ -286,32 +336,17 @@ template <typename T, int VEC, int TPR, int E>
 __global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
     softmax_fwd_regs(const T* __restrict__ x, T* __restrict__ y, int rows, int cols) {
     static_assert(E % VEC == 0, "E must be a multiple of VEC");
-    constexpr int NV = E / VEC, RPB = Groups<TPR>::RPB;
+    constexpr int NV = E / VEC;
     __shared__ float scratch[TPR > 32 ? TPR / 32 : 1];
-    const int g = threadIdx.x / TPR, t = threadIdx.x % TPR;
-    for (int64_t rb = static_cast<int64_t>(blockIdx.x) * RPB; rb < rows; rb += static_cast<int64_t>(gridDim.x) * RPB) {
-        const int64_t row = rb + g < rows ? rb + g : rows - 1;
-        const int n = rb + g < rows ? cols : 0;
+    const int t = threadIdx.x % TPR;
+    for_each_group_row<TPR>(rows, cols, [&](int64_t row, int n) {
         const T* xr = x + row * cols;
         T* yr = y + row * cols;
 
-        float v[NV][VEC];
+        float v[NV][VEC];  // -inf past the row: exp gives 0 there
 #pragma unroll
-        for (int j = 0; j < NV; ++j) {
-            const int i = (j * TPR + t) * VEC;
-            if (i + VEC <= n) {
-                load_pack<T, VEC>(xr + i, v[j]);
-            } else {
-#pragma unroll
-                for (int k = 0; k < VEC; ++k) v[j][k] = i + k < n ? to_float(xr[i + k]) : neg_inf();
-            }
-        }
-        float m = neg_inf();
-#pragma unroll
-        for (int j = 0; j < NV; ++j)
-#pragma unroll
-            for (int k = 0; k < VEC; ++k) m = fmaxf(m, v[j][k]);
-        m = group_reduce<TPR>(m, MaxOp(), scratch);
+        for (int j = 0; j < NV; ++j) load_slot<T, VEC>(xr, (j * TPR + t) * VEC, n, neg_inf(), v[j]);
+        const float m = group_reduce<TPR>(regs_max(v), MaxOp(), scratch);
         const float ms = safe_max(m);
 
         float s = 0.0f;
@@ -327,18 +362,11 @@ __global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
 
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
-            const int i = (j * TPR + t) * VEC;
 #pragma unroll
             for (int k = 0; k < VEC; ++k) v[j][k] *= inv;
-            if (i + VEC <= n) {
-                store_pack<T, VEC>(yr + i, v[j]);
-            } else {
-#pragma unroll
-                for (int k = 0; k < VEC; ++k)
-                    if (i + k < n) set_from_float(yr[i + k], v[j][k]);
-            }
+            store_slot<T, VEC>(yr, (j * TPR + t) * VEC, n, v[j]);
         }
-    }
+    });
 }
 TFM_EXPORT(softmax_fwd_regs<float, 4, 1, 32>)
 TFM_EXPORT(softmax_fwd_regs<float, 4, 32, 32>)
@@ -378,13 +406,11 @@ template <typename T, int VEC, int TPR, int E>
 __global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
     softmax_fwd_regs_exp2(const T* __restrict__ x, T* __restrict__ y, int rows, int cols) {
     static_assert(E % VEC == 0, "E must be a multiple of VEC");
-    constexpr int NV = E / VEC, RPB = Groups<TPR>::RPB;
+    constexpr int NV = E / VEC;
     constexpr float LOG2E = 1.4426950408889634f;
     __shared__ float scratch[TPR > 32 ? TPR / 32 : 1];
-    const int g = threadIdx.x / TPR, t = threadIdx.x % TPR;
-    for (int64_t rb = static_cast<int64_t>(blockIdx.x) * RPB; rb < rows; rb += static_cast<int64_t>(gridDim.x) * RPB) {
-        const int64_t row = rb + g < rows ? rb + g : rows - 1;
-        const int n = rb + g < rows ? cols : 0;
+    const int t = threadIdx.x % TPR;
+    for_each_group_row<TPR>(rows, cols, [&](int64_t row, int n) {
         const T* xr = x + row * cols;
         T* yr = y + row * cols;
 
@@ -399,12 +425,7 @@ __global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
                 for (int k = 0; k < VEC; ++k) v[j][k] = neg_inf();
             }
         }
-        float m = neg_inf();
-#pragma unroll
-        for (int j = 0; j < NV; ++j)
-#pragma unroll
-            for (int k = 0; k < VEC; ++k) m = fmaxf(m, v[j][k]);
-        m = group_reduce<TPR>(m, MaxOp(), scratch);
+        const float m = group_reduce<TPR>(regs_max(v), MaxOp(), scratch);
         const float ms = safe_max(m);
 
         float s = 0.0f;
@@ -425,7 +446,7 @@ __global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
             for (int k = 0; k < VEC; ++k) v[j][k] *= inv;
             if (i < n) store_pack<T, VEC>(yr + i, v[j]);
         }
-    }
+    });
 }
 TFM_EXPORT(softmax_fwd_regs_exp2<float, 4, 1, 32>)
 TFM_EXPORT(softmax_fwd_regs_exp2<float, 4, 32, 32>)
@@ -495,12 +516,9 @@ TFM_EXPORT(softmax_bwd_block<__half, 256>)
 template <typename T, int VEC, int TPR>
 __global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
     softmax_bwd_2pass(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ dx, int rows, int cols) {
-    constexpr int RPB = Groups<TPR>::RPB;
     __shared__ float scratch[TPR > 32 ? TPR / 32 : 1];
-    const int g = threadIdx.x / TPR, t = threadIdx.x % TPR;
-    for (int64_t rb = static_cast<int64_t>(blockIdx.x) * RPB; rb < rows; rb += static_cast<int64_t>(gridDim.x) * RPB) {
-        const int64_t row = rb + g < rows ? rb + g : rows - 1;
-        const int n = rb + g < rows ? cols : 0;
+    const int t = threadIdx.x % TPR;
+    for_each_group_row<TPR>(rows, cols, [&](int64_t row, int n) {
         const T* gr = dy + row * cols;
         const T* yr = y + row * cols;
         T* dr = dx + row * cols;
@@ -526,7 +544,7 @@ __global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
             for (int k = 0; k < W; ++k) a[k] = b[k] * (a[k] - s);
             store_pack<T, W>(dr + i, a);
         });
-    }
+    });
 }
 TFM_EXPORT(softmax_bwd_2pass<float, 4, 32>)
 TFM_EXPORT(softmax_bwd_2pass<float, 4, 256>)
@@ -547,17 +565,17 @@ template <typename T, int VEC, int TPR, int E>
 __global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
     softmax_bwd_regs(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ dx, int rows, int cols) {
     static_assert(E % VEC == 0, "E must be a multiple of VEC");
-    constexpr int NV = E / VEC, RPB = Groups<TPR>::RPB;
+    constexpr int NV = E / VEC;
     __shared__ float scratch[TPR > 32 ? TPR / 32 : 1];
-    const int g = threadIdx.x / TPR, t = threadIdx.x % TPR;
-    for (int64_t rb = static_cast<int64_t>(blockIdx.x) * RPB; rb < rows; rb += static_cast<int64_t>(gridDim.x) * RPB) {
-        const int64_t row = rb + g < rows ? rb + g : rows - 1;
-        const int n = rb + g < rows ? cols : 0;
+    const int t = threadIdx.x % TPR;
+    for_each_group_row<TPR>(rows, cols, [&](int64_t row, int n) {
         const T* gr = dy + row * cols;
         const T* yr = y + row * cols;
         T* dr = dx + row * cols;
 
-        float a[NV][VEC], b[NV][VEC];  // a = dy, b = y; 0 past the row
+        // a = dy, b = y; 0 past the row. Both arrays of a slot under one bounds test (two load_slot
+        // calls compile to other SASS for all 24 instantiations).
+        float a[NV][VEC], b[NV][VEC];
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
             const int i = (j * TPR + t) * VEC;
@@ -581,18 +599,11 @@ __global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
 
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
-            const int i = (j * TPR + t) * VEC;
 #pragma unroll
             for (int k = 0; k < VEC; ++k) a[j][k] = b[j][k] * (a[j][k] - s);
-            if (i + VEC <= n) {
-                store_pack<T, VEC>(dr + i, a[j]);
-            } else {
-#pragma unroll
-                for (int k = 0; k < VEC; ++k)
-                    if (i + k < n) set_from_float(dr[i + k], a[j][k]);
-            }
+            store_slot<T, VEC>(dr, (j * TPR + t) * VEC, n, a[j]);
         }
-    }
+    });
 }
 TFM_EXPORT(softmax_bwd_regs<float, 4, 1, 16>)
 TFM_EXPORT(softmax_bwd_regs<float, 4, 32, 16>)

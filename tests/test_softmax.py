@@ -417,34 +417,36 @@ def _backward_inputs(rng, rows, cols, dtype, kind="normal"):
 DTYPE_IDS = {np.float32: "fp32", np.float16: "fp16"}
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=DTYPE_IDS.get)
-@pytest.mark.parametrize("variant", FWD, ids=lambda v: v.key)
-def test_forward_variant(backend, variant, dtype, rng):
+def _sweep(variant, dtype):
+    """(rows, cols, kind) of the GPU sweep: every shape of SHAPES the variant takes, each value
+    pattern; the value patterns do not depend on size, so "large" and "masked" run only where the
+    float64 reference stays small (<= 300000 elements)."""
     for rows, cols in SHAPES:
         if variant.reason_unsupported(dtype=np.dtype(dtype).name, rows=rows, cols=cols):
             continue
         for kind in ("normal", "large", "masked"):
-            if kind != "normal" and rows * cols > 300_000:
-                continue  # the value patterns do not depend on size; keep the float64 refs small
-            x = _inputs(rng, rows, cols, dtype, kind)
-            y = _run_fwd(backend, variant.key, x)
-            _check_fwd(y, x, dtype, f"{variant.qualname} {backend} {DTYPE_IDS[dtype]} {rows}x{cols} {kind}")
+            if kind == "normal" or rows * cols <= 300_000:
+                yield rows, cols, kind
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("variant", FWD, ids=lambda v: v.key)
+def test_forward_variant(backend, variant, dtype, rng):
+    for rows, cols, kind in _sweep(variant, dtype):
+        x = _inputs(rng, rows, cols, dtype, kind)
+        y = _run_fwd(backend, variant.key, x)
+        _check_fwd(y, x, dtype, f"{variant.qualname} {backend} {DTYPE_IDS[dtype]} {rows}x{cols} {kind}")
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("variant", BWD, ids=lambda v: v.key)
 def test_backward_variant(backend, variant, dtype, rng):
-    for rows, cols in SHAPES:
-        if variant.reason_unsupported(dtype=np.dtype(dtype).name, rows=rows, cols=cols):
-            continue
-        for kind in ("normal", "large", "masked"):
-            if kind != "normal" and rows * cols > 300_000:
-                continue
-            dy, y = _backward_inputs(rng, rows, cols, dtype, kind)
-            dx = _run_bwd(backend, variant.key, dy, y)
-            _check_bwd(dx, dy, y, dtype, f"{variant.qualname} {backend} {DTYPE_IDS[dtype]} {rows}x{cols} {kind}")
+    for rows, cols, kind in _sweep(variant, dtype):
+        dy, y = _backward_inputs(rng, rows, cols, dtype, kind)
+        dx = _run_bwd(backend, variant.key, dy, y)
+        _check_bwd(dx, dy, y, dtype, f"{variant.qualname} {backend} {DTYPE_IDS[dtype]} {rows}x{cols} {kind}")
 
 
 @pytest.mark.gpu

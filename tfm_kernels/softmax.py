@@ -101,20 +101,7 @@ def softmax(x, *, backend=None, variant=None, out=None):
     mo = None if out is None else _meta(out, "out")
     if mo is not None:
         _check_out(mo, mx, "x", {"x": mx})
-    rows, cols = _rows_cols(mx, "x")
-    if variant is not None:  # a bad name, dtype or shape for the asked-for variant: before the device
-        choose("softmax", variant, dtype=mx.dtype, rows=rows, cols=cols)
-    # The device from here on.
-    x = _validate.as_array(x, "x", dtypes=DTYPES)
-    out = _validate.out_array(out, "out", mx.shape, mx.dtype)
-    if rows * cols == 0:
-        return out
-    from . import _backend
-
-    be = _backend.get(backend)
-    v = choose("softmax", variant, dtype=mx.dtype, cc=be.cc, rows=rows, cols=cols)
-    v.fn(be, x.reshape(rows, cols), out.reshape(rows, cols))
-    return out
+    return _run("softmax", variant, backend, {"x": x}, out, "x", mx)
 
 
 def softmax_backward(dy, y, *, backend=None, variant=None, out=None):
@@ -130,19 +117,27 @@ def softmax_backward(dy, y, *, backend=None, variant=None, out=None):
     mo = None if out is None else _meta(out, "out")
     if mo is not None:
         _check_out(mo, my, "y", {"dy": mdy, "y": my})
-    rows, cols = _rows_cols(my, "y")
-    if variant is not None:
-        choose("softmax_backward", variant, dtype=my.dtype, rows=rows, cols=cols)
-    dy = _validate.as_array(dy, "dy", dtypes=DTYPES)
-    y = _validate.as_array(y, "y", dtypes=DTYPES)
-    out = _validate.out_array(out, "out", my.shape, my.dtype)
+    return _run("softmax_backward", variant, backend, {"dy": dy, "y": y}, out, "y", my)
+
+
+def _run(op: str, variant, backend, inputs: dict, out, name: str, m: _Meta):
+    """What softmax and softmax_backward share after their own argument checks: the shape as rows x
+    cols (from input ``name``, metadata ``m``) and the asked-for variant checked against it, before
+    the device is touched; then the arrays (in the order of ``inputs``, the variant's fn's order),
+    the empty case, the launch."""
+    rows, cols = _rows_cols(m, name)
+    if variant is not None:  # a bad name, dtype or shape for the asked-for variant: before the device
+        choose(op, variant, dtype=m.dtype, rows=rows, cols=cols)
+    # The device from here on.
+    arrays = [_validate.as_array(a, n, dtypes=DTYPES) for n, a in inputs.items()]
+    out = _validate.out_array(out, "out", m.shape, m.dtype)
     if rows * cols == 0:
         return out
     from . import _backend
 
     be = _backend.get(backend)
-    v = choose("softmax_backward", variant, dtype=my.dtype, cc=be.cc, rows=rows, cols=cols)
-    v.fn(be, dy.reshape(rows, cols), y.reshape(rows, cols), out.reshape(rows, cols))
+    v = choose(op, variant, dtype=m.dtype, cc=be.cc, rows=rows, cols=cols)
+    v.fn(be, *(a.reshape(rows, cols) for a in arrays), out.reshape(rows, cols))
     return out
 
 
@@ -210,82 +205,35 @@ def _args(*arrays, rows: int, cols: int) -> tuple:
     return tuple(arrays) + (np.int32(rows), np.int32(cols))
 
 
-# Forward launchers -----------------------------------------------------------------------------
+# Launchers: fn(be, *inputs, out) for the forward (x, out) and backward (dy, y, out) kernels alike,
+# since every softmax kernel takes (inputs..., out, rows, cols).
 
-def _fwd_naive(be, x, out):
-    rows, cols = x.shape
-    t = _CTYPE[x.dtype.name]
-    be.launch(Launch(SOURCE, f"softmax_fwd_naive<{t}>", _grid(_cdiv(rows, 128)), (128, 1, 1),
-                     _args(x, out, rows=rows, cols=cols)))
-
-
-def _fwd_block(be, x, out):
-    rows, cols = x.shape
-    t = _CTYPE[x.dtype.name]
-    be.launch(Launch(SOURCE, f"softmax_fwd_block<{t}, 256>", _grid(rows), (256, 1, 1),
-                     _args(x, out, rows=rows, cols=cols)))
-
-
-def _fwd_stream(kernel: str, tpr_of):
-    def fn(be, x, out):
-        rows, cols = x.shape
-        t = _CTYPE[x.dtype.name]
-        vec = _stream_vec(x.dtype.name, x, out)
-        tpr = tpr_of(cols)
-        block, rpb = _groups_block(tpr)
-        be.launch(Launch(SOURCE, f"{kernel}<{t}, {vec}, {tpr}>", _grid(_cdiv(rows, rpb)), (block, 1, 1),
-                         _args(x, out, rows=rows, cols=cols)))
+def _plain(kernel: str, block: int, rows_per_block: int, extra: str = ""):
+    """Variants 1 and 2: `block` threads, `rows_per_block` rows per block (1 and 2: a thread per row
+    in blocks of 128, or a block per row), instantiated only on T."""
+    def fn(be, *arrays):
+        rows, cols = arrays[-1].shape
+        t = _CTYPE[arrays[-1].dtype.name]
+        be.launch(Launch(SOURCE, f"{kernel}<{t}{extra}>", _grid(_cdiv(rows, rows_per_block)), (block, 1, 1),
+                         _args(*arrays, rows=rows, cols=cols)))
     return fn
 
 
-def _fwd_regs(kernel: str):
-    def fn(be, x, out):
-        rows, cols = x.shape
-        t = _CTYPE[x.dtype.name]
-        vec = _regs_vec(x.dtype.name, cols, x, out)
-        tpr = regs_tpr(cols, FWD_REGS_E)
+def _group(kernel: str, tpr_of=None, *, e: int | None = None):
+    """The group kernels (3-5), Groups<TPR>'s block. A streaming kernel <T, VEC, TPR> with TPR =
+    tpr_of(cols) (scalar head and tail: _stream_vec), or with `e` a row-in-registers kernel
+    <T, VEC, TPR, E> with TPR = regs_tpr(cols, e) (whole packs only: _regs_vec)."""
+    def fn(be, *arrays):
+        rows, cols = arrays[-1].shape
+        dtype = arrays[-1].dtype.name
+        vec = _stream_vec(dtype, *arrays) if e is None else _regs_vec(dtype, cols, *arrays)
+        tpr = tpr_of(cols) if e is None else regs_tpr(cols, e)
         block, rpb = _groups_block(tpr)
-        be.launch(Launch(SOURCE, f"{kernel}<{t}, {vec}, {tpr}, {FWD_REGS_E}>", _grid(_cdiv(rows, rpb)),
-                         (block, 1, 1), _args(x, out, rows=rows, cols=cols)))
+        params = f"{_CTYPE[dtype]}, {vec}, {tpr}" + ("" if e is None else f", {e}")
+        be.launch(Launch(SOURCE, f"{kernel}<{params}>", _grid(_cdiv(rows, rpb)), (block, 1, 1),
+                         _args(*arrays, rows=rows, cols=cols)))
     return fn
 
-
-# Backward launchers ----------------------------------------------------------------------------
-
-def _bwd_naive(be, dy, y, out):
-    rows, cols = y.shape
-    t = _CTYPE[y.dtype.name]
-    be.launch(Launch(SOURCE, f"softmax_bwd_naive<{t}>", _grid(_cdiv(rows, 128)), (128, 1, 1),
-                     _args(dy, y, out, rows=rows, cols=cols)))
-
-
-def _bwd_block(be, dy, y, out):
-    rows, cols = y.shape
-    t = _CTYPE[y.dtype.name]
-    be.launch(Launch(SOURCE, f"softmax_bwd_block<{t}, 256>", _grid(rows), (256, 1, 1),
-                     _args(dy, y, out, rows=rows, cols=cols)))
-
-
-def _bwd_stream(tpr_of):
-    def fn(be, dy, y, out):
-        rows, cols = y.shape
-        t = _CTYPE[y.dtype.name]
-        vec = _stream_vec(y.dtype.name, dy, y, out)
-        tpr = tpr_of(cols)
-        block, rpb = _groups_block(tpr)
-        be.launch(Launch(SOURCE, f"softmax_bwd_2pass<{t}, {vec}, {tpr}>", _grid(_cdiv(rows, rpb)),
-                         (block, 1, 1), _args(dy, y, out, rows=rows, cols=cols)))
-    return fn
-
-
-def _bwd_regs(be, dy, y, out):
-    rows, cols = y.shape
-    t = _CTYPE[y.dtype.name]
-    vec = _regs_vec(y.dtype.name, cols, dy, y, out)
-    tpr = regs_tpr(cols, BWD_REGS_E)
-    block, rpb = _groups_block(tpr)
-    be.launch(Launch(SOURCE, f"softmax_bwd_regs<{t}, {vec}, {tpr}, {BWD_REGS_E}>", _grid(_cdiv(rows, rpb)),
-                     (block, 1, 1), _args(dy, y, out, rows=rows, cols=cols)))
 
 
 # The kernels each variant may launch (the build tests compile them and read their ptxas reports).
@@ -317,24 +265,24 @@ def _regs_supports(e: int):
 
 # (number, name, fn, kernels, hot, description: what it changes and the predicted effect)
 FORWARD = [
-    (1, "naive", _fwd_naive, _names("softmax_fwd_naive", _NOVEC), False,
+    (1, "naive", _plain("softmax_fwd_naive", 128, 128), _names("softmax_fwd_naive", _NOVEC), False,
      "a thread per row, three passes (max, sum, write): 3 reads + 1 write, uncoalesced (~1-5% of copy)"),
-    (2, "block", _fwd_block, _names("softmax_fwd_block", _NOVEC, extra=", 256"), False,
+    (2, "block", _plain("softmax_fwd_block", 256, 1, ", 256"), _names("softmax_fwd_block", _NOVEC, extra=", 256"), False,
      "a 256-thread block per row, coalesced, shared-memory tree reductions; still 4 accesses/elt "
      "(~40-50% of copy: 3 of them reach HBM once rows exceed L2 reuse)"),
-    (3, "warp_vec", _fwd_stream("softmax_fwd_3pass", lambda cols: 32),
+    (3, "warp_vec", _group("softmax_fwd_3pass", lambda cols: 32),
      _names("softmax_fwd_3pass", _VECS, (32,)), False,
      "a warp per row, shuffle reductions, 16-byte loads (scalar head/tail); same 4 accesses/elt, "
      "fewer instructions, no barriers (~1.1x 2 on short rows)"),
-    (4, "online", _fwd_stream("softmax_fwd_online", stream_tpr),
+    (4, "online", _group("softmax_fwd_online", stream_tpr),
      _names("softmax_fwd_online", _VECS, STREAM_TPR), True,
      "online max+sum in one read (Milakov & Gimelshein 2018), then the write pass: 3 accesses/elt "
      "instead of 4 (~1.3x 3); 32-512 threads per row by length, the default beyond 32768"),
-    (5, "regs", _fwd_regs("softmax_fwd_regs"), _names("softmax_fwd_regs", _VECS, REGS_TPR, extra=f", {FWD_REGS_E}"),
+    (5, "regs", _group("softmax_fwd_regs", e=FWD_REGS_E), _names("softmax_fwd_regs", _VECS, REGS_TPR, extra=f", {FWD_REGS_E}"),
      True,
      "the row held in registers (32 per thread, 1-1024 threads per row): x read once, y written once, "
      "2 accesses/elt = the minimum bytes (>= 90% of copy); rows up to 32768"),
-    (6, "regs_exp2", _fwd_regs("softmax_fwd_regs_exp2"),
+    (6, "regs_exp2", _group("softmax_fwd_regs_exp2", e=FWD_REGS_E),
      _names("softmax_fwd_regs_exp2", _VECS, REGS_TPR, extra=f", {FWD_REGS_E}"), True,
      "5 with exp2f((x - m) * log2 e) and one bounds test per pack: ~13 instead of ~31 PTX instructions "
      "per element, aimed at fp16 (issue-bound at 51% of copy in run 1); opt-in, never run on a GPU"),
@@ -344,16 +292,16 @@ OPT_IN = {("softmax", 6): "added after GPU run 1 (2026-11-29); never run on a GP
                           "the host emulation only, speed unmeasured"}
 
 BACKWARD = [
-    (1, "naive", _bwd_naive, _names("softmax_bwd_naive", _NOVEC), False,
+    (1, "naive", _plain("softmax_bwd_naive", 128, 128), _names("softmax_bwd_naive", _NOVEC), False,
      "a thread per row, two passes (sum(dy*y), write): 5 accesses/elt, uncoalesced"),
-    (2, "block", _bwd_block, _names("softmax_bwd_block", _NOVEC, extra=", 256"), False,
+    (2, "block", _plain("softmax_bwd_block", 256, 1, ", 256"), _names("softmax_bwd_block", _NOVEC, extra=", 256"), False,
      "a 256-thread block per row, coalesced, shared-memory tree reduction; 5 accesses/elt"),
-    (3, "warp_vec", _bwd_stream(lambda cols: 32), _names("softmax_bwd_2pass", _VECS, (32,)), False,
+    (3, "warp_vec", _group("softmax_bwd_2pass", lambda cols: 32), _names("softmax_bwd_2pass", _VECS, (32,)), False,
      "a warp per row, shuffle reduction, 16-byte loads (scalar head/tail); 5 accesses/elt"),
-    (4, "block_vec", _bwd_stream(stream_tpr), _names("softmax_bwd_2pass", _VECS, STREAM_TPR), True,
+    (4, "block_vec", _group("softmax_bwd_2pass", stream_tpr), _names("softmax_bwd_2pass", _VECS, STREAM_TPR), True,
      "the same two passes with 32-512 threads per row by length: long rows get a block's worth of "
      "loads in flight; the default beyond 16384"),
-    (5, "regs", _bwd_regs, _names("softmax_bwd_regs", _VECS, REGS_TPR, extra=f", {BWD_REGS_E}"), True,
+    (5, "regs", _group("softmax_bwd_regs", e=BWD_REGS_E), _names("softmax_bwd_regs", _VECS, REGS_TPR, extra=f", {BWD_REGS_E}"), True,
      "y and dy held in registers (16 each per thread): read once, dx written once, 3 accesses/elt = "
      "the minimum bytes (>= 85% of copy); rows up to 16384"),
 ]
