@@ -120,15 +120,140 @@ def load_tile(rows: int, D: int, g: np.ndarray, r0: int, limit: int) -> np.ndarr
     return s.reshape(-1)
 
 
+# ------------------------------------------------------------------------------------------ csrc/attention_tc.cuh
+# The kernels' shared helpers, one function each under the .cuh's name; fragments are (n8 tiles, 32
+# lanes, 4) fp32 arrays (a tile's registers across the warp), A/B fragments (32, 4|2, 2) fp16.
+
+def tc_query_tile(tile, ntiles, causal, BM):
+    """tc_query_tile's m0 (this emulation walks one (b, h), so only the tile remap is left)."""
+    mblk = ntiles - 1 - tile if causal else tile
+    return mblk * BM
+
+
+def tc_ldsm_a(s, r0, c0, LD):
+    """A 16x16 at rows r0.., cols c0.. of a row-major [m][k] tile."""
+    return ldmatrix_x4(s, (r0 + LANES % 16) * LD + c0 + (LANES // 16) * 8)
+
+
+def tc_ldsm_a_trans(s, k0, m0, LD):
+    """A 16x16 (m x k) from a [k][m] tile (.trans)."""
+    return ldmatrix_x4(s, (k0 + LANES % 8 + (LANES // 16) * 8) * LD + m0 + ((LANES // 8) % 2) * 8, trans=True)
+
+
+def tc_ldsm_bt(s, n0, k0, LD):
+    """B of two n8 tiles from a [n][k] tile (B^T stored), plain."""
+    return ldmatrix_x4(s, (n0 + LANES % 8 + (LANES // 16) * 8) * LD + k0 + ((LANES // 8) % 2) * 8)
+
+
+def tc_ldsm_b(s, k0, n0, LD):
+    """B of two n8 tiles from a row-major [k][n] tile (.trans)."""
+    return ldmatrix_x4(s, (k0 + LANES % 8 + ((LANES // 8) % 2) * 8) * LD + n0 + (LANES // 16) * 8, trans=True)
+
+
+def mma_16816_x2(d0, d1, a, b):
+    """mma.cuh mma_16816_x2: d0 += A b[0..1], d1 += A b[2..3]."""
+    mma_16816(d0, a, b[:, 0:2])
+    mma_16816(d1, a, b[:, 2:4])
+
+
+def pack_a_from_c(c0, c1):
+    """mma.cuh pack_a_from_c: the A fragment (32, 4, 2) fp16 from the (32, 4) fp32 C fragments of two
+    adjacent n8 tiles: {c0[0,1], c0[2,3], c1[0,1], c1[2,3]}."""
+    return np.stack([pack_half2(c0[:, 0], c0[:, 1]), pack_half2(c0[:, 2], c0[:, 3]),
+                     pack_half2(c1[:, 0], c1[:, 1]), pack_half2(c1[:, 2], c1[:, 3])], axis=1)
+
+
+def tc_warp_abt(KT, NT, sA, ar, sB, LD):
+    """acc = A[ar..ar+15] B^T over 16KT columns: (NT, 32, 4)."""
+    acc = np.zeros((NT, 32, 4), np.float32)
+    for kk in range(KT):
+        a = tc_ldsm_a(sA, ar, kk * 16, LD)
+        for np_ in range(NT // 2):
+            mma_16816_x2(acc[2 * np_], acc[2 * np_ + 1], a, tc_ldsm_bt(sB, np_ * 16, kk * 16, LD))
+    return acc
+
+
+def tc_warp_pv(acc, p, sB, KS, DT, LD):
+    """acc (DT, 32, 4) += fp16(P) B, P the (2KS, 32, 4) fp32 fragments, B = sB rows 0..16KS."""
+    for kk in range(KS):
+        pa = pack_a_from_c(p[2 * kk], p[2 * kk + 1])
+        for dp in range(DT // 2):
+            mma_16816_x2(acc[2 * dp], acc[2 * dp + 1], pa, tc_ldsm_b(sB, kk * 16, dp * 16, LD))
+
+
+def tc_scale_mask(s, scale_log2, edge, row0, n0, kv_len, causal):
+    """s (NT, 32, 4) in place: times scale_log2, -inf at hidden keys (only when edge)."""
+    for nt in range(s.shape[0]):
+        for c in range(4):
+            x = s[nt, :, c] * scale_log2
+            if edge:
+                row = row0 + G + 8 * (c // 2)
+                col = n0 + nt * 8 + 2 * T + (c % 2)
+                x = np.where((col >= kv_len) | (causal & (col > row)), np.float32(-np.inf), x)
+            s[nt, :, c] = x
+
+
+def tc_online_softmax(s, acc, m_i, l_i):
+    """In place: s (NT, 32, 4) -> P, acc (DT, 32, 4) and l_i (2, 32) rescaled, m_i (2, 32) updated."""
+    NT = s.shape[0]
+    for r in range(2):
+        mx = m_i[r].copy()
+        for nt in range(NT):
+            mx = np.maximum(mx, np.maximum(s[nt, :, 2 * r], s[nt, :, 2 * r + 1]))
+        mx = quad_max(mx)
+        m_use = np.where(mx == -np.inf, np.float32(0), mx)
+        alpha = np.exp2(m_i[r] - m_use)
+        m_i[r] = mx
+        rs = np.zeros(32, np.float32)
+        for nt in range(NT):
+            p0 = np.exp2(s[nt, :, 2 * r] - m_use)
+            p1 = np.exp2(s[nt, :, 2 * r + 1] - m_use)
+            s[nt, :, 2 * r] = p0
+            s[nt, :, 2 * r + 1] = p1
+            rs += p0 + p1
+        l_i[r] = l_i[r] * alpha + rs
+        acc[:, :, 2 * r] *= alpha
+        acc[:, :, 2 * r + 1] *= alpha
+
+
+def tc_store_o_lse(o, lse, acc, m_i, l_i, row0, Lq):
+    """o = acc / l_i (fp16), lse = (m_i + log2 l_i) ln 2 on rows row0 + g, row0 + g + 8 below Lq."""
+    DT = acc.shape[0]
+    for r in range(2):
+        lsum = quad_sum(l_i[r])
+        inv = np.where(lsum > 0, 1 / np.where(lsum > 0, lsum, 1), 0).astype(np.float32)
+        rows = row0 + G + 8 * r
+        for l in range(32):
+            row = rows[l]
+            if row >= Lq:
+                continue
+            for dt in range(DT):
+                o[row, dt * 8 + 2 * T[l]: dt * 8 + 2 * T[l] + 2] = pack_half2(
+                    acc[dt, l:l + 1, 2 * r] * inv[l], acc[dt, l:l + 1, 2 * r + 1] * inv[l])[0]
+            if T[l] == 0:
+                lse[row] = (m_i[r, l] + np.log2(lsum[l])) * LN2 if lsum[l] > 0 else -np.inf
+
+
+def tc_store_empty_rows(o, lse, row0, Lq):
+    """o = 0, lse = -inf on rows row0 + g, row0 + g + 8 below Lq (a tile that sees no key)."""
+    for r in range(2):
+        rows = row0 + G + 8 * r
+        for l in range(32):
+            if rows[l] < Lq:
+                o[rows[l], 2 * T[l]::8] = 0  # every dt: cols 8dt + 2t, 8dt + 2t + 1
+                o[rows[l], 2 * T[l] + 1::8] = 0
+                if T[l] == 0:
+                    lse[rows[l]] = -np.inf
+
+
 # ------------------------------------------------------------------------------------------ forward
 
-def fwd_cta(q, k, v, o, lse, *, kv_len, causal, scale, D, BN, MW, mblk, QREG=True):
-    """attn_fwd_tc<D, BN, MW, QREG> for one (b, h) and query tile mblk (the remapped index).
+def fwd_cta(q, k, v, o, lse, *, kv_len, causal, scale, D, BN, MW, m0, QREG=True):
+    """attn_fwd_tc<D, BN, MW, QREG> for one (b, h) and the query tile from row m0.
     q (Lq, D), k, v (Lk, D) fp16; writes o (Lq, D) fp16 and lse (Lq,) fp32."""
     Lq, Lk = q.shape[0], k.shape[0]
     BM, LD, KT, NT, DT = 64 * MW, D + 8, D // 16, BN // 8, D // 8
     scale_log2 = np.float32(scale * LOG2E)
-    m0 = mblk * BM
     n_end = min(kv_len, m0 + BM) if causal else kv_len
     nblocks = -(-n_end // BN) if n_end > 0 else 0
     sQ = load_tile(BM, D, q, m0, Lq)
@@ -136,14 +261,7 @@ def fwd_cta(q, k, v, o, lse, *, kv_len, causal, scale, D, BN, MW, mblk, QREG=Tru
         wrow = warp * 16 * MW
         if nblocks == 0:
             for mi in range(MW):
-                for r in range(2):
-                    rows = m0 + wrow + mi * 16 + G + 8 * r
-                    for l in range(32):
-                        if rows[l] < Lq:
-                            o[rows[l], 2 * T[l]::8] = 0  # every dt: cols 8dt + 2t, 8dt + 2t + 1
-                            o[rows[l], 2 * T[l] + 1::8] = 0
-                            if T[l] == 0:
-                                lse[rows[l]] = -np.inf
+                tc_store_empty_rows(o, lse, m0 + wrow + mi * 16, Lq)
             continue
         qf = np.empty((MW, KT, 32, 4, 2), dtype=np.float16)
         acc = np.zeros((MW, DT, 32, 4), dtype=np.float32)
@@ -153,77 +271,30 @@ def fwd_cta(q, k, v, o, lse, *, kv_len, causal, scale, D, BN, MW, mblk, QREG=Tru
             n0 = jb * BN
             Kj = load_tile(BN, D, k, n0, kv_len)
             Vj = load_tile(BN, D, v, n0, kv_len)
-            def q_addr(mi, kk):
-                return (wrow + mi * 16 + LANES % 16) * LD + kk * 16 + (LANES // 16) * 8
-
             if QREG and jb == 0:
                 for mi in range(MW):
                     for kk in range(KT):
-                        qf[mi, kk] = ldmatrix_x4(sQ, q_addr(mi, kk))
+                        qf[mi, kk] = tc_ldsm_a(sQ, wrow + mi * 16, kk * 16, LD)
             s = np.zeros((MW, NT, 32, 4), dtype=np.float32)
             for kk in range(KT):
-                qa = [qf[mi, kk] if QREG else ldmatrix_x4(sQ, q_addr(mi, kk)) for mi in range(MW)]
+                qa = [qf[mi, kk] if QREG else tc_ldsm_a(sQ, wrow + mi * 16, kk * 16, LD) for mi in range(MW)]
                 for np_ in range(NT // 2):
-                    b = ldmatrix_x4(Kj, (np_ * 16 + LANES % 8 + (LANES // 16) * 8) * LD + kk * 16 + ((LANES // 8) % 2) * 8)
+                    b = tc_ldsm_bt(Kj, np_ * 16, kk * 16, LD)
                     for mi in range(MW):
-                        mma_16816(s[mi, 2 * np_], qa[mi], b[:, 0:2])
-                        mma_16816(s[mi, 2 * np_ + 1], qa[mi], b[:, 2:4])
+                        mma_16816_x2(s[mi, 2 * np_], s[mi, 2 * np_ + 1], qa[mi], b)
             edge = (n0 + BN > kv_len) or (causal and n0 + BN - 1 > m0 + wrow)
             for mi in range(MW):
-                for nt in range(NT):
-                    for c in range(4):
-                        x = s[mi, nt, :, c] * scale_log2
-                        if edge:
-                            row = m0 + wrow + mi * 16 + G + 8 * (c // 2)
-                            col = n0 + nt * 8 + 2 * T + (c % 2)
-                            x = np.where((col >= kv_len) | (causal & (col > row)), np.float32(-np.inf), x)
-                        s[mi, nt, :, c] = x
+                tc_scale_mask(s[mi], scale_log2, edge, m0 + wrow + mi * 16, n0, kv_len, causal)
             for mi in range(MW):
-                for r in range(2):
-                    mx = m_i[mi, r].copy()
-                    for nt in range(NT):
-                        mx = np.maximum(mx, np.maximum(s[mi, nt, :, 2 * r], s[mi, nt, :, 2 * r + 1]))
-                    mx = quad_max(mx)
-                    m_use = np.where(mx == -np.inf, np.float32(0), mx)
-                    alpha = np.exp2(m_i[mi, r] - m_use)
-                    m_i[mi, r] = mx
-                    rs = np.zeros(32, np.float32)
-                    for nt in range(NT):
-                        p0 = np.exp2(s[mi, nt, :, 2 * r] - m_use)
-                        p1 = np.exp2(s[mi, nt, :, 2 * r + 1] - m_use)
-                        s[mi, nt, :, 2 * r] = p0
-                        s[mi, nt, :, 2 * r + 1] = p1
-                        rs += p0 + p1
-                    l_i[mi, r] = l_i[mi, r] * alpha + rs
-                    acc[mi, :, :, 2 * r] *= alpha
-                    acc[mi, :, :, 2 * r + 1] *= alpha
+                tc_online_softmax(s[mi], acc[mi], m_i[mi], l_i[mi])
             for kk in range(BN // 16):
-                pa = np.empty((MW, 32, 4, 2), dtype=np.float16)
-                for mi in range(MW):
-                    pa[mi, :, 0] = pack_half2(s[mi, 2 * kk, :, 0], s[mi, 2 * kk, :, 1])
-                    pa[mi, :, 1] = pack_half2(s[mi, 2 * kk, :, 2], s[mi, 2 * kk, :, 3])
-                    pa[mi, :, 2] = pack_half2(s[mi, 2 * kk + 1, :, 0], s[mi, 2 * kk + 1, :, 1])
-                    pa[mi, :, 3] = pack_half2(s[mi, 2 * kk + 1, :, 2], s[mi, 2 * kk + 1, :, 3])
+                pa = [pack_a_from_c(s[mi, 2 * kk], s[mi, 2 * kk + 1]) for mi in range(MW)]
                 for dp in range(D // 16):
-                    b = ldmatrix_x4(Vj, (kk * 16 + LANES % 8 + ((LANES // 8) % 2) * 8) * LD + dp * 16 + (LANES // 16) * 8,
-                                    trans=True)
+                    b = tc_ldsm_b(Vj, kk * 16, dp * 16, LD)
                     for mi in range(MW):
-                        mma_16816(acc[mi, 2 * dp], pa[mi], b[:, 0:2])
-                        mma_16816(acc[mi, 2 * dp + 1], pa[mi], b[:, 2:4])
+                        mma_16816_x2(acc[mi, 2 * dp], acc[mi, 2 * dp + 1], pa[mi], b)
         for mi in range(MW):
-            for r in range(2):
-                lsum = quad_sum(l_i[mi, r])
-                inv = np.where(lsum > 0, 1 / np.where(lsum > 0, lsum, 1), 0).astype(np.float32)
-                rows = m0 + wrow + mi * 16 + G + 8 * r
-                for l in range(32):
-                    row = rows[l]
-                    if row >= Lq:
-                        continue
-                    for dt in range(DT):
-                        o[row, dt * 8 + 2 * T[l]: dt * 8 + 2 * T[l] + 2] = pack_half2(
-                            acc[mi, dt, l:l + 1, 2 * r] * inv[l], acc[mi, dt, l:l + 1, 2 * r + 1] * inv[l])[0]
-                    if T[l] == 0:
-                        lse[row] = (m_i[mi, r, l] + np.log2(lsum[l])) * LN2 if lsum[l] > 0 else -np.inf
+            tc_store_o_lse(o, lse, acc[mi], m_i[mi], l_i[mi], m0 + wrow + mi * 16, Lq)
 
 
 def fwd(q, k, v, *, kv_len, causal, scale, D, BN, MW, QREG=True):
@@ -234,21 +305,12 @@ def fwd(q, k, v, *, kv_len, causal, scale, D, BN, MW, QREG=True):
     BM = 64 * MW
     grid = -(-Lq // BM)
     for bx in range(grid):
-        mblk = grid - 1 - bx if causal else bx
-        fwd_cta(q, k, v, o, lse, kv_len=kv_len, causal=causal, scale=scale, D=D, BN=BN, MW=MW, mblk=mblk,
-                QREG=QREG)
+        fwd_cta(q, k, v, o, lse, kv_len=kv_len, causal=causal, scale=scale, D=D, BN=BN, MW=MW,
+                m0=tc_query_tile(bx, grid, causal, BM), QREG=QREG)
     return o, lse
 
 
 # ------------------------------------------------------------------------------------------ backward
-
-def _a_from_acc(x, kk):
-    """The A fragment (32, 4, 2) fp16 of columns 16kk..16kk+15 from (n8 tiles, 32, 4) fp32 C
-    fragments: {X[2kk][0,1], X[2kk][2,3], X[2kk+1][0,1], X[2kk+1][2,3]}."""
-    return np.stack([pack_half2(x[2 * kk][:, 0], x[2 * kk][:, 1]), pack_half2(x[2 * kk][:, 2], x[2 * kk][:, 3]),
-                     pack_half2(x[2 * kk + 1][:, 0], x[2 * kk + 1][:, 1]),
-                     pack_half2(x[2 * kk + 1][:, 2], x[2 * kk + 1][:, 3])], axis=1)
-
 
 def bwd_dot(do, o):
     """attn_bwd_dot_tc: D_i in fp32 (the lane-strided order of the kernel's sum does not change what
@@ -285,13 +347,7 @@ def bwd_cta(q, k, v, do, lse, Dd, dk, dv, dq_acc, *, kv_len, causal, scale, D, B
         dsT_all = []
         for warp in range(NW):
             kw = warp * 16
-            sT = np.zeros((MT, 32, 4), np.float32)
-            for kk in range(KT):
-                a = ldmatrix_x4(sK, (kw + LANES % 16) * LD + kk * 16 + (LANES // 16) * 8)
-                for np_ in range(MT // 2):
-                    b = ldmatrix_x4(Qi, (np_ * 16 + LANES % 8 + (LANES // 16) * 8) * LD + kk * 16 + ((LANES // 8) % 2) * 8)
-                    mma_16816(sT[2 * np_], a, b[:, 0:2])
-                    mma_16816(sT[2 * np_ + 1], a, b[:, 2:4])
+            sT = tc_warp_abt(KT, MT, sK, kw, Qi, LD)
             edge = (n0 + BN > kv_len) or (causal and n0 + kw + 15 > m0)
             for nt in range(MT):
                 for c in range(4):
@@ -302,28 +358,12 @@ def bwd_cta(q, k, v, do, lse, Dd, dk, dv, dq_acc, *, kv_len, causal, scale, D, B
                         key = n0 + kw + G + 8 * (c // 2)
                         p = np.where((key >= kv_len) | (causal & (key > m0 + qcol)), np.float32(0), p)
                     sT[nt, :, c] = p
-            for kk in range(BM // 16):
-                pa = _a_from_acc(sT, kk)
-                for dp in range(D // 16):
-                    b = ldmatrix_x4(dOi, (kk * 16 + LANES % 8 + ((LANES // 8) % 2) * 8) * LD + dp * 16 + (LANES // 16) * 8, trans=True)
-                    mma_16816(dV[warp, 2 * dp], pa, b[:, 0:2])
-                    mma_16816(dV[warp, 2 * dp + 1], pa, b[:, 2:4])
-            dsT = np.zeros((MT, 32, 4), np.float32)
-            for kk in range(KT):
-                a = ldmatrix_x4(sV, (kw + LANES % 16) * LD + kk * 16 + (LANES // 16) * 8)
-                for np_ in range(MT // 2):
-                    b = ldmatrix_x4(dOi, (np_ * 16 + LANES % 8 + (LANES // 16) * 8) * LD + kk * 16 + ((LANES // 8) % 2) * 8)
-                    mma_16816(dsT[2 * np_], a, b[:, 0:2])
-                    mma_16816(dsT[2 * np_ + 1], a, b[:, 2:4])
+            tc_warp_pv(dV[warp], sT, dOi, BM // 16, DT, LD)
+            dsT = tc_warp_abt(KT, MT, sV, kw, dOi, LD)
             for nt in range(MT):
                 for c in range(4):
                     dsT[nt, :, c] = sT[nt, :, c] * (dsT[nt, :, c] - Di[nt * 8 + 2 * T + (c % 2)])
-            for kk in range(BM // 16):
-                da = _a_from_acc(dsT, kk)
-                for dp in range(D // 16):
-                    b = ldmatrix_x4(Qi, (kk * 16 + LANES % 8 + ((LANES // 8) % 2) * 8) * LD + dp * 16 + (LANES // 16) * 8, trans=True)
-                    mma_16816(dK[warp, 2 * dp], da, b[:, 0:2])
-                    mma_16816(dK[warp, 2 * dp + 1], da, b[:, 2:4])
+            tc_warp_pv(dK[warp], dsT, Qi, BM // 16, DT, LD)
             dsT_all.append(dsT)
         if atomic:
             for warp in range(NW):
@@ -339,10 +379,9 @@ def bwd_cta(q, k, v, do, lse, Dd, dk, dv, dq_acc, *, kv_len, causal, scale, D, B
                     mt, dp = tile // (D // 16), tile % (D // 16)
                     acc = np.zeros((2, 32, 4), np.float32)
                     for kk in range(BN // 16):
-                        a = ldmatrix_x4(sdS, (kk * 16 + LANES % 8 + (LANES // 16) * 8) * LDS + mt * 16 + ((LANES // 8) % 2) * 8, trans=True)
-                        b = ldmatrix_x4(sK, (kk * 16 + LANES % 8 + ((LANES // 8) % 2) * 8) * LD + dp * 16 + (LANES // 16) * 8, trans=True)
-                        mma_16816(acc[0], a, b[:, 0:2])
-                        mma_16816(acc[1], a, b[:, 2:4])
+                        a = tc_ldsm_a_trans(sdS, kk * 16, mt * 16, LDS)
+                        b = tc_ldsm_b(sK, kk * 16, dp * 16, LD)
+                        mma_16816_x2(acc[0], acc[1], a, b)
                     for r in range(2):
                         rows = m0 + mt * 16 + G + 8 * r
                         for l in range(32):
@@ -365,12 +404,11 @@ def bwd_cta(q, k, v, do, lse, Dd, dk, dv, dq_acc, *, kv_len, causal, scale, D, B
                     dv[keys[l], cs] = pack_half2(dV[warp, dt, l:l + 1, 2 * r], dV[warp, dt, l:l + 1, 2 * r + 1])[0]
 
 
-def dq_cta(q, k, v, do, lse, Dd, dq, *, kv_len, causal, scale, D, BN, mblk):
-    """attn_bwd_dq_tc<D, BN> for one (b, h) and query tile mblk (remapped index)."""
+def dq_cta(q, k, v, do, lse, Dd, dq, *, kv_len, causal, scale, D, BN, m0):
+    """attn_bwd_dq_tc<D, BN> for one (b, h) and the query tile from row m0."""
     Lq, Lk = q.shape[0], k.shape[0]
     BM, LD, KT, NT, DT = 64, D + 8, D // 16, BN // 8, D // 8
     scale_log2 = np.float32(scale * LOG2E)
-    m0 = mblk * BM
     n_end = min(kv_len, m0 + BM) if causal else kv_len
     nblocks = -(-n_end // BN) if n_end > 0 else 0
     sQ = load_tile(BM, D, q, m0, Lq)
@@ -381,8 +419,8 @@ def dq_cta(q, k, v, do, lse, Dd, dq, *, kv_len, causal, scale, D, BN, mblk):
         lrow = [Lrow[wrow + G + 8 * r] for r in range(2)]
         drow = [Drow[wrow + G + 8 * r] for r in range(2)]
         acc = np.zeros((DT, 32, 4), np.float32)
-        qf = [ldmatrix_x4(sQ, (wrow + LANES % 16) * LD + kk * 16 + (LANES // 16) * 8) for kk in range(KT)]
-        dof = [ldmatrix_x4(sdO, (wrow + LANES % 16) * LD + kk * 16 + (LANES // 16) * 8) for kk in range(KT)]
+        qf = [tc_ldsm_a(sQ, wrow, kk * 16, LD) for kk in range(KT)]
+        dof = [tc_ldsm_a(sdO, wrow, kk * 16, LD) for kk in range(KT)]
         for jb in range(nblocks):
             n0 = jb * BN
             Kj = load_tile(BN, D, k, n0, kv_len)
@@ -391,13 +429,8 @@ def dq_cta(q, k, v, do, lse, Dd, dq, *, kv_len, causal, scale, D, BN, mblk):
             dp = np.zeros((NT, 32, 4), np.float32)
             for kk in range(KT):
                 for np_ in range(NT // 2):
-                    off = (np_ * 16 + LANES % 8 + (LANES // 16) * 8) * LD + kk * 16 + ((LANES // 8) % 2) * 8
-                    b = ldmatrix_x4(Kj, off)
-                    mma_16816(s[2 * np_], qf[kk], b[:, 0:2])
-                    mma_16816(s[2 * np_ + 1], qf[kk], b[:, 2:4])
-                    b = ldmatrix_x4(Vj, off)
-                    mma_16816(dp[2 * np_], dof[kk], b[:, 0:2])
-                    mma_16816(dp[2 * np_ + 1], dof[kk], b[:, 2:4])
+                    mma_16816_x2(s[2 * np_], s[2 * np_ + 1], qf[kk], tc_ldsm_bt(Kj, np_ * 16, kk * 16, LD))
+                    mma_16816_x2(dp[2 * np_], dp[2 * np_ + 1], dof[kk], tc_ldsm_bt(Vj, np_ * 16, kk * 16, LD))
             edge = (n0 + BN > kv_len) or (causal and n0 + BN - 1 > m0 + wrow)
             for nt in range(NT):
                 for c in range(4):
@@ -408,12 +441,7 @@ def dq_cta(q, k, v, do, lse, Dd, dq, *, kv_len, causal, scale, D, BN, mblk):
                         col = n0 + nt * 8 + 2 * T + (c % 2)
                         p = np.where((col >= kv_len) | (causal & (col > row)), np.float32(0), p)
                     s[nt, :, c] = p * (dp[nt, :, c] - drow[r])
-            for kk in range(BN // 16):
-                da = _a_from_acc(s, kk)
-                for dpi in range(D // 16):
-                    b = ldmatrix_x4(Kj, (kk * 16 + LANES % 8 + ((LANES // 8) % 2) * 8) * LD + dpi * 16 + (LANES // 16) * 8, trans=True)
-                    mma_16816(acc[2 * dpi], da, b[:, 0:2])
-                    mma_16816(acc[2 * dpi + 1], da, b[:, 2:4])
+            tc_warp_pv(acc, s, Kj, BN // 16, DT, LD)
         for r in range(2):
             rows = m0 + wrow + G + 8 * r
             for l in range(32):
@@ -439,7 +467,7 @@ def bwd(q, k, v, o, do, lse, *, kv_len, causal, scale, D, BM, DQ_BN, determinist
         nq = -(-Lq // 64)
         for bx in range(nq):
             dq_cta(q, k, v, do, lse, Dd, dq, kv_len=kv_len, causal=causal, scale=scale, D=D, BN=DQ_BN,
-                   mblk=nq - 1 - bx if causal else bx)
+                   m0=tc_query_tile(bx, nq, causal, 64))
     else:
         dq[:] = (dq_acc * np.float32(scale)).astype(np.float16)
     return dq, dk, dv
@@ -524,6 +552,14 @@ def wgmma_rs(acc, pa, smem, db_start, N, lbo):
     acc[:] = wg_matrix_to_acc(wg_acc_to_matrix(acc) + A @ B)
 
 
+def _frags(x):
+    """(32 lanes, 4*NT) wgmma accumulators of one warp -> an (NT, 32, 4) view (the per-n8-tile
+    fragments the kernel's float (&)[NT][4] reference names)."""
+    view = x.reshape(32, -1, 4).transpose(1, 0, 2)
+    assert np.shares_memory(view, x)
+    return view
+
+
 def fwd_wgmma(q, k, v, *, kv_len, causal, scale, D, BN=128):
     """attn_fwd_wgmma<D, BN> over every query tile of one (b, h)."""
     Lq, Lk = q.shape[0], k.shape[0]
@@ -534,8 +570,7 @@ def fwd_wgmma(q, k, v, *, kv_len, causal, scale, D, BN=128):
     lse = np.full((Lq,), np.nan, np.float32)
     ntiles = -(-Lq // BM)
     for tile in range(ntiles):
-        mblk = ntiles - 1 - tile if causal else tile
-        m0 = mblk * BM
+        m0 = tc_query_tile(tile, ntiles, causal, BM)
         n_end = min(kv_len, m0 + BM) if causal else kv_len
         nblocks = -(-n_end // BN) if n_end > 0 else 0
         smem = np.full(Q_BYTES + 2 * KV_BYTES * 2, 0xFF, np.uint8)   # 0xFFFF halves are NaN
@@ -544,10 +579,8 @@ def fwd_wgmma(q, k, v, *, kv_len, causal, scale, D, BN=128):
         for wg in range(2):
             wrow0 = wg * 64
             if nblocks == 0:
-                rows = m0 + wrow0 + np.arange(64)
-                ok = rows < Lq
-                o[rows[ok]] = 0
-                lse[rows[ok]] = -np.inf
+                for w in range(4):
+                    tc_store_empty_rows(o, lse, m0 + wrow0 + w * 16, Lq)
                 continue
             acc = np.zeros((4, 32, DT * 4), np.float32)
             m_i = np.full((4, 2, 32), -np.inf, np.float32)
@@ -563,52 +596,19 @@ def fwd_wgmma(q, k, v, *, kv_len, causal, scale, D, BN=128):
                              kb + (kk // 4) * BN * 128 + (kk % 4) * 32, BN)
                 pa = np.empty((BN // 16, 4, 32, 4, 2), np.float16)
                 for w in range(4):
+                    # The warp's accumulators as forward 10's fragments: s4[nt] = s[w, :, 4nt:4nt+4]
+                    # (views, so the helpers update s and acc in place).
+                    s4 = _frags(s[w])
                     wrow = wrow0 + w * 16
                     edge = (n0 + BN > kv_len) or (causal and n0 + BN - 1 > m0 + wrow)
-                    for nt in range(NT):
-                        for c in range(4):
-                            x = s[w, :, 4 * nt + c] * scale_log2
-                            if edge:
-                                row = m0 + wrow + G + 8 * (c // 2)
-                                col = n0 + nt * 8 + 2 * T + (c % 2)
-                                x = np.where((col >= kv_len) | (causal & (col > row)), np.float32(-np.inf), x)
-                            s[w, :, 4 * nt + c] = x
-                    for r in range(2):
-                        mx = m_i[w, r].copy()
-                        for nt in range(NT):
-                            mx = np.maximum(mx, np.maximum(s[w, :, 4 * nt + 2 * r], s[w, :, 4 * nt + 2 * r + 1]))
-                        mx = quad_max(mx)
-                        m_use = np.where(mx == -np.inf, np.float32(0), mx)
-                        alpha = np.exp2(m_i[w, r] - m_use)
-                        m_i[w, r] = mx
-                        rs = np.zeros(32, np.float32)
-                        for nt in range(NT):
-                            p0 = np.exp2(s[w, :, 4 * nt + 2 * r] - m_use)
-                            p1 = np.exp2(s[w, :, 4 * nt + 2 * r + 1] - m_use)
-                            s[w, :, 4 * nt + 2 * r], s[w, :, 4 * nt + 2 * r + 1] = p0, p1
-                            rs += p0 + p1
-                        l_i[w, r] = l_i[w, r] * alpha + rs
-                        acc[w, :, 2 * r::4] *= alpha[:, None]
-                        acc[w, :, 2 * r + 1::4] *= alpha[:, None]
+                    tc_scale_mask(s4, scale_log2, edge, m0 + wrow, n0, kv_len, causal)
+                    tc_online_softmax(s4, _frags(acc[w]), m_i[w], l_i[w])
                     for kk in range(BN // 16):
-                        for h in range(4):
-                            pa[kk, w, :, h] = pack_half2(s[w, :, 8 * kk + 2 * h], s[w, :, 8 * kk + 2 * h + 1])
+                        pa[kk, w] = pack_a_from_c(s4[2 * kk], s4[2 * kk + 1])
                 for kk in range(BN // 16):
                     wgmma_rs(acc, pa[kk], smem, vb + kk * 16 * 128, D, BN * 128)
             if nblocks == 0:
                 continue
             for w in range(4):
-                wrow = wrow0 + w * 16
-                for r in range(2):
-                    lsum = quad_sum(l_i[w, r])
-                    rows = m0 + wrow + G + 8 * r
-                    for l in range(32):
-                        if rows[l] >= Lq:
-                            continue
-                        inv = np.float32(1) / lsum[l] if lsum[l] > 0 else np.float32(0)
-                        for dt in range(DT):
-                            o[rows[l], dt * 8 + 2 * T[l]: dt * 8 + 2 * T[l] + 2] = pack_half2(
-                                acc[w, l:l + 1, 4 * dt + 2 * r] * inv, acc[w, l:l + 1, 4 * dt + 2 * r + 1] * inv)[0]
-                        if T[l] == 0:
-                            lse[rows[l]] = (m_i[w, r, l] + np.log2(lsum[l])) * LN2 if lsum[l] > 0 else -np.inf
+                tc_store_o_lse(o, lse, _frags(acc[w]), m_i[w], l_i[w], m0 + wrow0 + w * 16, Lq)
     return o, lse
