@@ -63,6 +63,30 @@ static __device__ __forceinline__ int b_index(int k, int n, int K, int N) {
     return TB ? n * K + k : k * N + n;
 }
 
+// Batched launches: blockIdx.z picks the matrix, sA/sB/sC are element strides (int64: a batch of
+// large matrices passes 2^31 elements). Templated so the kernels' __restrict__ pointers bind as is.
+template <typename PA, typename PB, typename PC>
+static __device__ __forceinline__ void select_batch(PA& A, PB& B, PC& C, long long sA, long long sB,
+                                                    long long sC) {
+    A += blockIdx.z * sA;
+    B += blockIdx.z * sB;
+    C += blockIdx.z * sC;
+}
+
+// Zero every element of a register array of any rank (accumulator tiles: float acc[TM][TN], ...).
+static __device__ __forceinline__ void zero_fill(float& x) { x = 0.0f; }
+template <typename T, int N>
+static __device__ __forceinline__ void zero_fill(T (&x)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) zero_fill(x[i]);
+}
+
+// C[m][n] = v if (m, n) lies inside the M x N matrix (edge tiles: the outside part is skipped).
+static __device__ __forceinline__ void store_guarded(float* __restrict__ C, int m, int n, int M, int N,
+                                                     float v) {
+    if (m < M && n < N) C[m * N + n] = v;
+}
+
 // Copy a TR x TC tile of a row-major `rows x cols` matrix X (memory coordinates: TC runs along the
 // contiguous dimension) starting at (row0, col0) into shared memory, one scalar per thread step.
 // Consecutive threads take consecutive columns, so a warp reads whole 128-byte lines. STORE_T stores
@@ -104,6 +128,16 @@ static __device__ __forceinline__ void load_b_scalar(float* S, const float* __re
         tile_load_scalar<BK, BN, NT, NK_ORDER, LDS>(S, B, k0, n0, K, N, tid);
 }
 
+// sum_k op(A)[m][k] * op(B)[k][n], every operand straight from global memory (variants 1 and 2: they
+// differ only in which of m, n the lanes of a warp walk).
+template <bool TA, bool TB>
+static __device__ __forceinline__ float dot_global(const float* __restrict__ A, const float* __restrict__ B,
+                                                   int m, int n, int M, int N, int K) {
+    float acc = 0.0f;
+    for (int k = 0; k < K; ++k) acc += A[a_index<TA>(m, k, M, K)] * B[b_index<TB>(k, n, K, N)];
+    return acc;
+}
+
 // ============================================================================ 1 naive
 // Block 32x32, one thread per C element; threadIdx.x -> m. Consecutive lanes own consecutive rows,
 // so each lane's A read and C write land in a different 128-byte line (row stride K or N floats):
@@ -112,15 +146,11 @@ template <bool TA, bool TB>
 __global__ void __launch_bounds__(1024)
     matmul_naive(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
                  int M, int N, int K, long long sA, long long sB, long long sC) {
-    A += blockIdx.z * sA;
-    B += blockIdx.z * sB;
-    C += blockIdx.z * sC;
-    const int m = blockIdx.x * 32 + threadIdx.x;
+    select_batch(A, B, C, sA, sB, sC);
+    const int m = blockIdx.x * 32 + threadIdx.x;  // lanes walk m: stride K (A) and N (C) apart
     const int n = blockIdx.y * 32 + threadIdx.y;
     if (m >= M || n >= N) return;
-    float acc = 0.0f;
-    for (int k = 0; k < K; ++k) acc += A[a_index<TA>(m, k, M, K)] * B[b_index<TB>(k, n, K, N)];
-    C[m * N + n] = acc;
+    C[m * N + n] = dot_global<TA, TB>(A, B, m, n, M, N, K);
 }
 TFM_EXPORT(matmul_naive<false, false>)
 TFM_EXPORT(matmul_naive<false, true>)
@@ -135,15 +165,11 @@ template <bool TA, bool TB>
 __global__ void __launch_bounds__(1024)
     matmul_coalesced(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
                      int M, int N, int K, long long sA, long long sB, long long sC) {
-    A += blockIdx.z * sA;
-    B += blockIdx.z * sB;
-    C += blockIdx.z * sC;
-    const int n = blockIdx.x * 32 + threadIdx.x;
+    select_batch(A, B, C, sA, sB, sC);
+    const int n = blockIdx.x * 32 + threadIdx.x;  // lanes walk n: consecutive B and C elements
     const int m = blockIdx.y * 32 + threadIdx.y;
     if (m >= M || n >= N) return;
-    float acc = 0.0f;
-    for (int k = 0; k < K; ++k) acc += A[a_index<TA>(m, k, M, K)] * B[b_index<TB>(k, n, K, N)];
-    C[m * N + n] = acc;
+    C[m * N + n] = dot_global<TA, TB>(A, B, m, n, M, N, K);
 }
 TFM_EXPORT(matmul_coalesced<false, false>)
 TFM_EXPORT(matmul_coalesced<false, true>)
@@ -162,9 +188,7 @@ __global__ void __launch_bounds__(BS * BS)
     constexpr int LD = BS + 1;
     __shared__ float As[BS * LD];  // As[m][k]
     __shared__ float Bs[BS * LD];  // Bs[k][n]
-    A += blockIdx.z * sA;
-    B += blockIdx.z * sB;
-    C += blockIdx.z * sC;
+    select_batch(A, B, C, sA, sB, sC);
     const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * BS + tx;
     const int m0 = blockIdx.y * BS, n0 = blockIdx.x * BS;
     float acc = 0.0f;
@@ -176,8 +200,7 @@ __global__ void __launch_bounds__(BS * BS)
         for (int k = 0; k < BS; ++k) acc += As[ty * LD + k] * Bs[k * LD + tx];
         __syncthreads();  // the next iteration overwrites the tiles
     }
-    const int m = m0 + ty, n = n0 + tx;
-    if (m < M && n < N) C[m * N + n] = acc;
+    store_guarded(C, m0 + ty, n0 + tx, M, N, acc);
 }
 TFM_EXPORT(matmul_smem<32, false, false>)
 TFM_EXPORT(matmul_smem<32, false, true>)
@@ -200,15 +223,12 @@ __global__ void __launch_bounds__(BM * BN / TM)
     constexpr int LDA = BK + 1, LDB = BN + 4;
     __shared__ float As[BM * LDA];  // As[m][k]
     __shared__ float Bs[BK * LDB];  // Bs[k][n]
-    A += blockIdx.z * sA;
-    B += blockIdx.z * sB;
-    C += blockIdx.z * sC;
+    select_batch(A, B, C, sA, sB, sC);
     const int tid = threadIdx.x;
     const int tcol = tid % BN, trow = tid / BN;
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     float acc[TM];
-#pragma unroll
-    for (int i = 0; i < TM; ++i) acc[i] = 0.0f;
+    zero_fill(acc);
     for (int k0 = 0; k0 < K; k0 += BK) {
         load_a_scalar<BM, BK, NT, TA, false, LDA>(As, A, m0, k0, M, K, tid);
         load_b_scalar<BK, BN, NT, TB, false, LDB>(Bs, B, k0, n0, K, N, tid);
@@ -225,13 +245,24 @@ __global__ void __launch_bounds__(BM * BN / TM)
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
         const int m = m0 + trow * TM + i;
-        if (m < M && n < N) C[m * N + n] = acc[i];
+        store_guarded(C, m, n, M, N, acc[i]);
     }
 }
 TFM_EXPORT(matmul_blocktile_1d<64, 64, 8, 8, false, false>)
 TFM_EXPORT(matmul_blocktile_1d<64, 64, 8, 8, false, true>)
 TFM_EXPORT(matmul_blocktile_1d<64, 64, 8, 8, true, false>)
 TFM_EXPORT(matmul_blocktile_1d<64, 64, 8, 8, true, true>)
+
+// acc += a b^T: the R x C outer product of a register column and a register row, R*C FMAs on R+C
+// values already in registers (the register blocking of variants 5..8).
+template <int R, int C>
+static __device__ __forceinline__ void outer_product_fma(float (&acc)[R][C], const float (&a)[R],
+                                                         const float (&b)[C]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i)
+#pragma unroll
+        for (int j = 0; j < C; ++j) acc[i][j] += a[i] * b[j];
+}
 
 // ============================================================================ 5 blocktile_2d
 // Each thread owns a TM x TN block of C (BM*BN/(TM*TN) threads). Per k it loads TM values of A and
@@ -246,17 +277,12 @@ __global__ void __launch_bounds__(BM * BN / (TM * TN))
     constexpr int LDA = BK + 1, LDB = BN + 4;
     __shared__ float As[BM * LDA];  // As[m][k]
     __shared__ float Bs[BK * LDB];  // Bs[k][n]
-    A += blockIdx.z * sA;
-    B += blockIdx.z * sB;
-    C += blockIdx.z * sC;
+    select_batch(A, B, C, sA, sB, sC);
     const int tid = threadIdx.x;
     const int tcol = tid % (BN / TN), trow = tid / (BN / TN);
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     float acc[TM][TN];
-#pragma unroll
-    for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+    zero_fill(acc);
     float ra[TM], rb[TN];
     for (int k0 = 0; k0 < K; k0 += BK) {
         load_a_scalar<BM, BK, NT, TA, false, LDA>(As, A, m0, k0, M, K, tid);
@@ -268,10 +294,7 @@ __global__ void __launch_bounds__(BM * BN / (TM * TN))
             for (int i = 0; i < TM; ++i) ra[i] = As[(trow * TM + i) * LDA + k];
 #pragma unroll
             for (int j = 0; j < TN; ++j) rb[j] = Bs[k * LDB + tcol * TN + j];
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) acc[i][j] += ra[i] * rb[j];
+            outer_product_fma(acc, ra, rb);  // TM*TN FMAs for TM+TN shared-memory loads
         }
         __syncthreads();
     }
@@ -281,7 +304,7 @@ __global__ void __launch_bounds__(BM * BN / (TM * TN))
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
             const int n = n0 + tcol * TN + j;
-            if (m < M && n < N) C[m * N + n] = acc[i][j];
+            store_guarded(C, m, n, M, N, acc[i][j]);
         }
     }
 }
@@ -314,6 +337,13 @@ static __device__ __forceinline__ float4 load4_guarded(const float* __restrict__
 
 static __device__ __forceinline__ bool aligned16(const void* p) {
     return (reinterpret_cast<unsigned long long>(p) & 15) == 0;
+}
+
+// Four consecutive floats of shared memory into registers r[0..3] with one 16-byte load (LDS.128);
+// p must be 16-byte aligned (row strides and offsets that are multiples of 4 floats).
+static __device__ __forceinline__ void lds4(float* r, const float* p) {
+    const float4 t = *reinterpret_cast<const float4*>(p);
+    r[0] = t.x, r[1] = t.y, r[2] = t.z, r[3] = t.w;
 }
 
 // tile_load_scalar with 16-byte loads along the contiguous dimension (TC % 4 == 0). A straight
@@ -384,9 +414,7 @@ __global__ void __launch_bounds__(BM * BN / (TM * TN))
     static_assert(TM % 4 == 0 && TN % 4 == 0, "register blocks are read as float4s");
     __shared__ __align__(16) float As[BK * LDA];  // As[k][m]
     __shared__ __align__(16) float Bs[BK * LDB];  // Bs[k][n]
-    A += blockIdx.z * sA;
-    B += blockIdx.z * sB;
-    C += blockIdx.z * sC;
+    select_batch(A, B, C, sA, sB, sC);
     const bool vecA = (TA ? M : K) % 4 == 0 && aligned16(A);
     const bool vecB = (TB ? K : N) % 4 == 0 && aligned16(B);
     const bool vecC = N % 4 == 0 && aligned16(C);
@@ -394,10 +422,7 @@ __global__ void __launch_bounds__(BM * BN / (TM * TN))
     const int tcol = tid % (BN / TN), trow = tid / (BN / TN);
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     float acc[TM][TN];
-#pragma unroll
-    for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+    zero_fill(acc);
     float ra[TM], rb[TN];
     for (int k0 = 0; k0 < K; k0 += BK) {
         load_a_km_vec4<BM, BK, NT, TA, LDA>(As, A, m0, k0, M, K, vecA, tid);
@@ -406,19 +431,10 @@ __global__ void __launch_bounds__(BM * BN / (TM * TN))
 #pragma unroll
         for (int k = 0; k < BK; ++k) {
 #pragma unroll
-            for (int i = 0; i < TM; i += 4) {
-                const float4 t = *reinterpret_cast<const float4*>(&As[k * LDA + trow * TM + i]);
-                ra[i] = t.x, ra[i + 1] = t.y, ra[i + 2] = t.z, ra[i + 3] = t.w;
-            }
+            for (int i = 0; i < TM; i += 4) lds4(&ra[i], &As[k * LDA + trow * TM + i]);
 #pragma unroll
-            for (int j = 0; j < TN; j += 4) {
-                const float4 t = *reinterpret_cast<const float4*>(&Bs[k * LDB + tcol * TN + j]);
-                rb[j] = t.x, rb[j + 1] = t.y, rb[j + 2] = t.z, rb[j + 3] = t.w;
-            }
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) acc[i][j] += ra[i] * rb[j];
+            for (int j = 0; j < TN; j += 4) lds4(&rb[j], &Bs[k * LDB + tcol * TN + j]);
+            outer_product_fma(acc, ra, rb);
         }
         __syncthreads();
     }
@@ -471,23 +487,12 @@ struct WarpTile {
 #pragma unroll
             for (int wm = 0; wm < WMITER; ++wm)
 #pragma unroll
-                for (int i = 0; i < TM; i += 4) {
-                    const float4 t = *reinterpret_cast<const float4*>(&As[k * LDA + row + wm * WSUBM + i]);
-                    ra[wm * TM + i] = t.x, ra[wm * TM + i + 1] = t.y;
-                    ra[wm * TM + i + 2] = t.z, ra[wm * TM + i + 3] = t.w;
-                }
+                for (int i = 0; i < TM; i += 4) lds4(&ra[wm * TM + i], &As[k * LDA + row + wm * WSUBM + i]);
 #pragma unroll
             for (int wn = 0; wn < WNITER; ++wn)
 #pragma unroll
-                for (int j = 0; j < TN; j += 4) {
-                    const float4 t = *reinterpret_cast<const float4*>(&Bs[k * LDB + col + wn * WSUBN + j]);
-                    rb[wn * TN + j] = t.x, rb[wn * TN + j + 1] = t.y;
-                    rb[wn * TN + j + 2] = t.z, rb[wn * TN + j + 3] = t.w;
-                }
-#pragma unroll
-            for (int i = 0; i < WMITER * TM; ++i)
-#pragma unroll
-                for (int j = 0; j < WNITER * TN; ++j) acc[i][j] += ra[i] * rb[j];
+                for (int j = 0; j < TN; j += 4) lds4(&rb[wn * TN + j], &Bs[k * LDB + col + wn * WSUBN + j]);
+            outer_product_fma(acc, ra, rb);
         }
     }
 
@@ -519,6 +524,8 @@ __global__ void __launch_bounds__(NT, 2)
     using WT = WarpTile<BM, BN, BK, WM, WN, WNITER, TM, TN, NT>;
     __shared__ __align__(16) float As[BK * WT::LDA];
     __shared__ __align__(16) float Bs[BK * WT::LDB];
+    // Written out, not select_batch/zero_fill as in its neighbours: the helpers swap two register
+    // zeroings in the TA instantiations' SASS, and refactors keep SASS identical (scripts/sass_diff.py).
     A += blockIdx.z * sA;
     B += blockIdx.z * sB;
     C += blockIdx.z * sC;
@@ -598,14 +605,52 @@ static __device__ __forceinline__ void tile_cp_async(float* S, const float* __re
     }
 }
 
+// op(A) and op(B) tiles into shared memory in either orientation, as load_a_scalar/load_b_scalar do
+// with registers: As[k][m] (KM_ORDER) or As[m][k]; Bs[n][k] (NK_ORDER) or Bs[k][n].
+template <int BM, int BK, int NT, bool TA, bool KM_ORDER, int LDS>
+static __device__ __forceinline__ void load_a_cp_async(float* S, const float* __restrict__ A, int m0,
+                                                       int k0, int M, int K, bool vec, int tid) {
+    if (TA) tile_cp_async<BK, BM, NT, !KM_ORDER, LDS>(S, A, k0, m0, K, M, vec, tid);  // memory (k, m)
+    else    tile_cp_async<BM, BK, NT, KM_ORDER, LDS>(S, A, m0, k0, M, K, vec, tid);   // memory (m, k)
+}
+template <int BK, int BN, int NT, bool TB, bool NK_ORDER, int LDS>
+static __device__ __forceinline__ void load_b_cp_async(float* S, const float* __restrict__ B, int k0,
+                                                       int n0, int K, int N, bool vec, int tid) {
+    if (TB) tile_cp_async<BN, BK, NT, !NK_ORDER, LDS>(S, B, n0, k0, N, K, vec, tid);  // memory (n, k)
+    else    tile_cp_async<BK, BN, NT, NK_ORDER, LDS>(S, B, k0, n0, K, N, vec, tid);   // memory (k, n)
+}
+
 // ============================================================================ 8 cp_async
 // Variant 7's thread map at BK = 16 (half the barriers per FMA; affordable because the copies no
 // longer stage through registers), fed by a STAGES-deep cp.async ring in dynamic shared memory:
 // while the warps compute on stage kt % STAGES, the copies for tile kt + STAGES - 1 are in flight,
 // so global latency hides behind STAGES-1 stages of FMAs instead of stalling every k-step, and the
 // loads no longer pass through registers (variant 7 holds 2 float4s per thread across the store).
-// Group accounting: the prologue commits STAGES-1 groups and every iteration one more (possibly
-// empty), so before computing tile kt, `wait_group STAGES-2` leaves only the newer ones in flight.
+//
+// The ring's two steps, shared with variant 9; load_stage(kt, stage) issues the copies of k-tile kt
+// into ring slot `stage`. Group accounting: the prologue commits STAGES-1 groups and every k-step
+// one more (possibly empty), so before computing tile kt, `wait_group STAGES-2` leaves only the
+// newer ones in flight.
+template <int STAGES, typename LoadStage>
+static __device__ __forceinline__ void cp_async_prologue(int ktiles, LoadStage load_stage) {
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < ktiles) load_stage(s, s);
+        cp_async_commit();
+    }
+}
+
+// Start of k-step kt: waits for tile kt, issues tile kt + STAGES - 1, returns tile kt's slot.
+template <int STAGES, typename LoadStage>
+static __device__ __forceinline__ int cp_async_advance(int kt, int ktiles, LoadStage load_stage) {
+    cp_async_wait<STAGES - 2>();  // this thread's copies of tile kt have landed
+    __syncthreads();              // everyone's have; and everyone is done with tile kt-1's stage
+    const int next = kt + STAGES - 1;
+    if (next < ktiles) load_stage(next, next % STAGES);  // refills the stage tile kt-1 used
+    cp_async_commit();
+    return kt % STAGES;
+}
+
 template <int BM, int BN, int BK, int WM, int WN, int WNITER, int TM, int TN, int NT, int STAGES,
           bool TA, bool TB>
 __global__ void __launch_bounds__(NT, 2)
@@ -616,9 +661,7 @@ __global__ void __launch_bounds__(NT, 2)
     extern __shared__ float4 dyn_smem4[];
     float* As = reinterpret_cast<float*>(dyn_smem4);   // STAGES x As[k][m]
     float* Bs = As + STAGES * A_STAGE;                 // STAGES x Bs[k][n]
-    A += blockIdx.z * sA;
-    B += blockIdx.z * sB;
-    C += blockIdx.z * sC;
+    select_batch(A, B, C, sA, sB, sC);
     const bool vecA = (TA ? M : K) % 4 == 0 && aligned16(A);
     const bool vecB = (TB ? K : N) % 4 == 0 && aligned16(B);
     const bool vecC = N % 4 == 0 && aligned16(C);
@@ -630,34 +673,17 @@ __global__ void __launch_bounds__(NT, 2)
     // with 4-byte copies, the other operand moves in 16-byte chunks.
     auto load_stage = [&](int kt, int stage) {
         const int k0 = kt * BK;
-        float* as = As + stage * A_STAGE;
-        float* bs = Bs + stage * B_STAGE;
-        if (TA) tile_cp_async<BK, BM, NT, false, WT::LDA>(as, A, k0, m0, K, M, vecA, tid);
-        else    tile_cp_async<BM, BK, NT, true, WT::LDA>(as, A, m0, k0, M, K, vecA, tid);
-        if (TB) tile_cp_async<BN, BK, NT, true, WT::LDB>(bs, B, n0, k0, N, K, vecB, tid);
-        else    tile_cp_async<BK, BN, NT, false, WT::LDB>(bs, B, k0, n0, K, N, vecB, tid);
+        load_a_cp_async<BM, BK, NT, TA, true, WT::LDA>(As + stage * A_STAGE, A, m0, k0, M, K, vecA, tid);
+        load_b_cp_async<BK, BN, NT, TB, false, WT::LDB>(Bs + stage * B_STAGE, B, k0, n0, K, N, vecB, tid);
     };
 
     const WT wt(tid);
     float acc[WT::WMITER * TM][WNITER * TN];
-#pragma unroll
-    for (int i = 0; i < WT::WMITER * TM; ++i)
-#pragma unroll
-        for (int j = 0; j < WNITER * TN; ++j) acc[i][j] = 0.0f;
-
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < ktiles) load_stage(s, s);
-        cp_async_commit();
-    }
+    zero_fill(acc);
+    cp_async_prologue<STAGES>(ktiles, load_stage);  // tiles 0 .. STAGES-2 in flight
     for (int kt = 0; kt < ktiles; ++kt) {
-        cp_async_wait<STAGES - 2>();  // this thread's copies of tile kt have landed
-        __syncthreads();              // everyone's have; and everyone is done with tile kt-1's stage
-        const int next = kt + STAGES - 1;
-        if (next < ktiles) load_stage(next, next % STAGES);  // refills the stage tile kt-1 used
-        cp_async_commit();
-        const int stage = kt % STAGES;
-        wt.compute(As + stage * A_STAGE, Bs + stage * B_STAGE, acc);
+        const int stage = cp_async_advance<STAGES>(kt, ktiles, load_stage);
+        wt.compute(As + stage * A_STAGE, Bs + stage * B_STAGE, acc);  // while later tiles land
     }
     cp_async_wait<0>();  // no copy may outlive the block (only empty groups remain by now)
     wt.store(C, m0, n0, M, N, vecC, acc);
@@ -711,9 +737,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
     extern __shared__ float4 dyn_smem4[];
     float* As = reinterpret_cast<float*>(dyn_smem4);
     float* Bs = As + STAGES * A_STAGE;
-    A += blockIdx.z * sA;
-    B += blockIdx.z * sB;
-    C += blockIdx.z * sC;
+    select_batch(A, B, C, sA, sB, sC);
     const bool vecA = (TA ? M : K) % 4 == 0 && aligned16(A);
     const bool vecB = (TB ? K : N) % 4 == 0 && aligned16(B);
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
@@ -722,37 +746,19 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     const int ktiles = tfm_cdiv(K, BK);
 
-    auto load_stage = [&](int kt, int stage) {
+    auto load_stage = [&](int kt, int stage) {  // As[m][k], Bs[n][k]: k contiguous
         const int k0 = kt * BK;
-        float* as = As + stage * A_STAGE;
-        float* bs = Bs + stage * B_STAGE;
-        if (TA) tile_cp_async<BK, BM, NT, true, LD>(as, A, k0, m0, K, M, vecA, tid);   // (k, m) -> [m][k]
-        else    tile_cp_async<BM, BK, NT, false, LD>(as, A, m0, k0, M, K, vecA, tid);  // (m, k) straight
-        if (TB) tile_cp_async<BN, BK, NT, false, LD>(bs, B, n0, k0, N, K, vecB, tid);  // (n, k) straight
-        else    tile_cp_async<BK, BN, NT, true, LD>(bs, B, k0, n0, K, N, vecB, tid);   // (k, n) -> [n][k]
+        load_a_cp_async<BM, BK, NT, TA, false, LD>(As + stage * A_STAGE, A, m0, k0, M, K, vecA, tid);
+        load_b_cp_async<BK, BN, NT, TB, true, LD>(Bs + stage * B_STAGE, B, k0, n0, K, N, vecB, tid);
     };
 
     float acc[MT][NTL][4];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NTL; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
-
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < ktiles) load_stage(s, s);
-        cp_async_commit();
-    }
+    zero_fill(acc);
+    cp_async_prologue<STAGES>(ktiles, load_stage);
     for (int kt = 0; kt < ktiles; ++kt) {
-        cp_async_wait<STAGES - 2>();
-        __syncthreads();
-        const int next = kt + STAGES - 1;
-        if (next < ktiles) load_stage(next, next % STAGES);
-        cp_async_commit();
-        const float* as = As + (kt % STAGES) * A_STAGE;
-        const float* bs = Bs + (kt % STAGES) * B_STAGE;
+        const int stage = cp_async_advance<STAGES>(kt, ktiles, load_stage);
+        const float* as = As + stage * A_STAGE;
+        const float* bs = Bs + stage * B_STAGE;
 #pragma unroll
         for (int kk = 0; kk < BK; kk += 8) {
             uint32_t af[MT][4], bf[NTL][2];
