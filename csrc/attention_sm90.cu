@@ -47,18 +47,8 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
 
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, w = (tid % 128) / 32;
     const int g = lane / 4, t = lane % 4;
-    const TcQueryTile qt = tc_query_tile<BM>(H, ntiles, causal);
-    const int m0 = qt.m0;
-    const size_t bh = qt.bh;
-    q += bh * Lq * D;
-    o += bh * Lq * D;
-    lse += bh * Lq;
-    k += bh * Lk * D;
-    v += bh * Lk * D;
-
-    const int kv_len = tc_kv_len(kv_lens, qt.b, Lk);
-    const int n_end = causal ? min(kv_len, m0 + BM) : kv_len;
-    const int nblocks = n_end > 0 ? tfm_cdiv(n_end, BN) : 0;
+    const TcFwdTile ft = tc_fwd_tile<D, BM, BN>(q, k, v, o, lse, kv_lens, H, Lq, Lk, ntiles, causal);
+    const int m0 = ft.m0, kv_len = ft.kv_len, nblocks = ft.nblocks;
     const int wrow = wg * 64 + w * 16;  // this warp's first row within the tile
 
     if (nblocks == 0) {  // every row sees no key: o = 0, lse = -inf

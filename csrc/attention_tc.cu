@@ -64,18 +64,8 @@ attn_fwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int g = lane / 4, t = lane % 4;
-    const TcQueryTile qt = tc_query_tile<BM>(H, ntiles, causal);
-    const int m0 = qt.m0;
-    const size_t bh = qt.bh;
-    q += bh * Lq * D;
-    o += bh * Lq * D;
-    lse += bh * Lq;
-    k += bh * Lk * D;
-    v += bh * Lk * D;
-    const int kv_len = tc_kv_len(kv_lens, qt.b, Lk);
-    // Keys this tile can see: j < kv_len, and with causal j <= last query of the tile.
-    const int n_end = causal ? min(kv_len, m0 + BM) : kv_len;
-    const int nblocks = n_end > 0 ? tfm_cdiv(n_end, BN) : 0;
+    const TcFwdTile ft = tc_fwd_tile<D, BM, BN>(q, k, v, o, lse, kv_lens, H, Lq, Lk, ntiles, causal);
+    const int m0 = ft.m0, kv_len = ft.kv_len, nblocks = ft.nblocks;
 
     const int wrow = warp * 16 * MW;  // this warp's first row within the tile
 
@@ -405,6 +395,8 @@ attn_bwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
     for (int r = 0; r < 2; ++r) {
         const int key = n0 + kw + g + 8 * r;
         if (key >= Lk) continue;
+        // dK and dV interleaved per d-tile (two tc_store_row calls reorder the stores and change the
+        // SASS of this GPU-verified kernel).
 #pragma unroll
         for (int dt = 0; dt < DT; ++dt) {
             *reinterpret_cast<uint32_t*>(dk + (size_t)key * D + dt * 8 + 2 * t) =
@@ -471,9 +463,8 @@ attn_bwd_dq_tc(const __half* __restrict__ q, const __half* __restrict__ k, const
     v += bh * Lk * D;
     const float scale_log2 = scale * TFM_LOG2E;
 
-    const int kv_len = tc_kv_len(kv_lens, qt.b, Lk);
-    const int n_end = causal ? min(kv_len, m0 + BM) : kv_len;
-    const int nblocks = n_end > 0 ? tfm_cdiv(n_end, BN) : 0;
+    const TcKeys keys = tc_query_keys<BM, BN>(kv_lens, qt.b, Lk, m0, causal);
+    const int kv_len = keys.kv_len, nblocks = keys.nblocks;
 
     // This lane's two rows: lse in base 2 (+inf for no-key and padding rows: P = 0) and D_i.
     float lrow[2], drow[2];
@@ -553,10 +544,7 @@ attn_bwd_dq_tc(const __half* __restrict__ q, const __half* __restrict__ k, const
     for (int r = 0; r < 2; ++r) {
         const int row = m0 + wrow + g + 8 * r;
         if (row >= Lq) continue;
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt)
-            *reinterpret_cast<uint32_t*>(dq + (size_t)row * D + dt * 8 + 2 * t) =
-                pack_half2(acc[dt][2 * r] * scale, acc[dt][2 * r + 1] * scale);
+        tc_store_row<D>(dq + (size_t)row * D, acc, r, scale, t);
     }
 }
 

@@ -6,17 +6,24 @@
 //
 //   tc_load_tile            rows of a [L][D] fp16 matrix -> smem [ROWS][D + 8] by cp.async, zero-filled
 //                           past the edge
-//   tc_query_tile, tc_kv_len
+//   tc_query_tile, tc_kv_len, tc_query_keys, tc_fwd_tile
 //                           which (b, h) and query tile Q_i a forward-shaped CTA owns (forward
-//                           10/13/14, backward 12's dQ kernel); the keys its batch sees
+//                           10/13/14, backward 12's dQ kernel), the keys it sees and the key blocks
+//                           K_j it visits; tc_fwd_tile is all of it plus the forward's pointers
 //   tc_ldsm_a / _a_trans    ldmatrix x4 of a 16x16 A fragment from a padded smem tile
 //   tc_ldsm_bt / tc_ldsm_b  ldmatrix x4 of the B fragments of two n8 tiles (B^T stored / B stored)
 //   tc_warp_abt             acc = A B^T for one warp's 16 rows (S = Q K^T and its transposes)
 //   tc_warp_pv              acc += fp16(P) B with P from the warp's fp32 accumulators (P V_j, P^T dO_i,
 //                           dS^T Q_i, dS K_j)
-//   tc_needs_mask, tc_scale_mask, tc_online_softmax, tc_store_o_lse, tc_store_empty_rows
+//   tc_scale_mask, tc_online_softmax, tc_store_o_lse, tc_store_empty_rows
 //                           the forward's softmax on one m16 tile of S (the mma.sync C layout, which
 //                           is also each warp's slice of a wgmma accumulator)
+//   tc_store_row            one row of a warp's m16 x D fp32 tile, scaled, as fp16 (o, dq)
+//
+// Left in the kernels on purpose: the edge-tile test (n0 + BN > kv_len || causal && ...), and backward
+// 11/12's interleaved dK/dV stores. As helpers they changed the SASS of GPU-verified kernels (LLVM
+// canonicalizes a helper's body on its own before inlining: the && came out as a branchless select,
+// and two row stores per key were reordered), which scripts/sass_diff.py does not allow.
 //
 // Fragment ownership (lane = 4*g + t, g = lane/4 in 0..7, t = lane%4 in 0..3), per m16 tile:
 //   S[nt][0..1]: row g,   keys n0 + 8*nt + 2t + {0,1};  S[nt][2..3]: row g+8, same keys.
@@ -85,6 +92,43 @@ static __device__ __forceinline__ TcQueryTile tc_query_tile(int H, int ntiles, i
 // Keys j < kv_len are visible: kv_lens[b] clamped to [0, Lk].
 static __device__ __forceinline__ int tc_kv_len(const int* __restrict__ kv_lens, int b, int Lk) {
     return min(Lk, max(kv_lens[b], 0));
+}
+
+// The keys a query tile from m0 sees: j < kv_len (kv_lens[b] clamped to [0, Lk]) and, with causal,
+// j <= the tile's last query m0 + BM - 1; key blocks K_j of BN keys past them are never loaded.
+struct TcKeys {
+    int kv_len;   // keys j < kv_len are visible (padding)
+    int nblocks;  // key blocks K_j to visit
+};
+
+template <int BM, int BN>
+static __device__ __forceinline__ TcKeys tc_query_keys(const int* __restrict__ kv_lens, int b, int Lk, int m0,
+                                                       int causal) {
+    const int kv_len = tc_kv_len(kv_lens, b, Lk);
+    const int n_end = causal ? min(kv_len, m0 + BM) : kv_len;
+    return {kv_len, n_end > 0 ? tfm_cdiv(n_end, BN) : 0};
+}
+
+// The forward kernels' (10/13, 14) CTA setup: its query tile, q/o/lse/k/v moved to its head's
+// matrices, and the keys it sees.
+struct TcFwdTile {
+    int m0, kv_len, nblocks;
+};
+
+template <int D, int BM, int BN>
+static __device__ __forceinline__ TcFwdTile tc_fwd_tile(const __half* __restrict__& q, const __half* __restrict__& k,
+                                                        const __half* __restrict__& v, __half* __restrict__& o,
+                                                        float* __restrict__& lse, const int* __restrict__ kv_lens,
+                                                        int H, int Lq, int Lk, int ntiles, int causal) {
+    const TcQueryTile qt = tc_query_tile<BM>(H, ntiles, causal);
+    const size_t bh = qt.bh;
+    q += bh * Lq * D;
+    o += bh * Lq * D;
+    lse += bh * Lq;
+    k += bh * Lk * D;
+    v += bh * Lk * D;
+    const TcKeys keys = tc_query_keys<BM, BN>(kv_lens, qt.b, Lk, qt.m0, causal);
+    return {qt.m0, keys.kv_len, keys.nblocks};
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -165,13 +209,6 @@ static __device__ __forceinline__ void tc_warp_pv(float (&acc)[DT][4], const flo
 // ------------------------------------------------------------------------------------------------
 // The forward's online softmax, on one m16 tile of S (rows row0 + g, row0 + g + 8).
 
-// Only tiles crossing kv_len or the diagonal pay for the mask: key block [n0, n0 + BN) against the
-// query rows from row0 (the warp's first row).
-template <int BN>
-static __device__ __forceinline__ bool tc_needs_mask(int n0, int kv_len, int causal, int row0) {
-    return (n0 + BN > kv_len) || (causal && n0 + BN - 1 > row0);
-}
-
 // S <- S * scale_log2 (base 2), -inf at keys j >= kv_len and, with causal, j > query row.
 template <int NT>
 static __device__ __forceinline__ void tc_scale_mask(float (&s)[NT][4], float scale_log2, bool edge, int row0,
@@ -226,6 +263,16 @@ static __device__ __forceinline__ void tc_online_softmax(float (&s)[NT][4], floa
     }
 }
 
+// Row g + 8r of a warp's m16 x D fp32 tile (acc[dt][2r..2r+1] at columns 8dt + 2t..), times mul, as
+// fp16 pairs to dst_row (that row's start in global memory).
+template <int D>
+static __device__ __forceinline__ void tc_store_row(__half* dst_row, const float (&acc)[D / 8][4], int r,
+                                                    float mul, int t) {
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt)
+        *reinterpret_cast<uint32_t*>(dst_row + dt * 8 + 2 * t) = pack_half2(acc[dt][2 * r] * mul, acc[dt][2 * r + 1] * mul);
+}
+
 // Epilogue: o = acc / l_i, lse = (m_i + log2 l_i) ln 2 for rows row0 + g, row0 + g + 8 below Lq;
 // l_i = 0 (a row that saw no key) -> o = 0, lse = -inf. o and lse point at this head's rows.
 template <int D>
@@ -238,11 +285,7 @@ static __device__ __forceinline__ void tc_store_o_lse(__half* o, float* lse,
         const float inv = l > 0.f ? 1.f / l : 0.f;
         const int row = row0 + g + 8 * r;
         if (row >= Lq) continue;
-        __half* orow = o + (size_t)row * D;
-#pragma unroll
-        for (int dt = 0; dt < D / 8; ++dt)
-            *reinterpret_cast<uint32_t*>(orow + dt * 8 + 2 * t) =
-                pack_half2(acc[dt][2 * r] * inv, acc[dt][2 * r + 1] * inv);
+        tc_store_row<D>(o + (size_t)row * D, acc, r, inv, t);
         if (t == 0) lse[row] = l > 0.f ? (m_i[r] + __log2f(l)) * TFM_LN2 : tc_neg_inf();
     }
 }

@@ -130,6 +130,12 @@ def tc_query_tile(tile, ntiles, causal, BM):
     return mblk * BM
 
 
+def tc_query_keys(kv_len, m0, causal, BM, BN):
+    """tc_query_keys's nblocks: key blocks of BN keys the tile from m0 visits (kv_len given clamped)."""
+    n_end = min(kv_len, m0 + BM) if causal else kv_len
+    return -(-n_end // BN) if n_end > 0 else 0
+
+
 def tc_ldsm_a(s, r0, c0, LD):
     """A 16x16 at rows r0.., cols c0.. of a row-major [m][k] tile."""
     return ldmatrix_x4(s, (r0 + LANES % 16) * LD + c0 + (LANES // 16) * 8)
@@ -216,9 +222,16 @@ def tc_online_softmax(s, acc, m_i, l_i):
         acc[:, :, 2 * r + 1] *= alpha
 
 
+def tc_store_row(dst, row, acc, r, mul, l):
+    """Lane l's part of row g + 8r of an m16 x D fp32 tile (DT, 32, 4), times mul, as fp16 pairs at
+    dst[row, 8dt + 2t..]."""
+    for dt in range(acc.shape[0]):
+        dst[row, dt * 8 + 2 * T[l]: dt * 8 + 2 * T[l] + 2] = pack_half2(
+            acc[dt, l:l + 1, 2 * r] * mul, acc[dt, l:l + 1, 2 * r + 1] * mul)[0]
+
+
 def tc_store_o_lse(o, lse, acc, m_i, l_i, row0, Lq):
     """o = acc / l_i (fp16), lse = (m_i + log2 l_i) ln 2 on rows row0 + g, row0 + g + 8 below Lq."""
-    DT = acc.shape[0]
     for r in range(2):
         lsum = quad_sum(l_i[r])
         inv = np.where(lsum > 0, 1 / np.where(lsum > 0, lsum, 1), 0).astype(np.float32)
@@ -227,9 +240,7 @@ def tc_store_o_lse(o, lse, acc, m_i, l_i, row0, Lq):
             row = rows[l]
             if row >= Lq:
                 continue
-            for dt in range(DT):
-                o[row, dt * 8 + 2 * T[l]: dt * 8 + 2 * T[l] + 2] = pack_half2(
-                    acc[dt, l:l + 1, 2 * r] * inv[l], acc[dt, l:l + 1, 2 * r + 1] * inv[l])[0]
+            tc_store_row(o, row, acc, r, inv[l], l)
             if T[l] == 0:
                 lse[row] = (m_i[r, l] + np.log2(lsum[l])) * LN2 if lsum[l] > 0 else -np.inf
 
@@ -251,11 +262,10 @@ def tc_store_empty_rows(o, lse, row0, Lq):
 def fwd_cta(q, k, v, o, lse, *, kv_len, causal, scale, D, BN, MW, m0, QREG=True):
     """attn_fwd_tc<D, BN, MW, QREG> for one (b, h) and the query tile from row m0.
     q (Lq, D), k, v (Lk, D) fp16; writes o (Lq, D) fp16 and lse (Lq,) fp32."""
-    Lq, Lk = q.shape[0], k.shape[0]
+    Lq = q.shape[0]
     BM, LD, KT, NT, DT = 64 * MW, D + 8, D // 16, BN // 8, D // 8
     scale_log2 = np.float32(scale * LOG2E)
-    n_end = min(kv_len, m0 + BM) if causal else kv_len
-    nblocks = -(-n_end // BN) if n_end > 0 else 0
+    nblocks = tc_query_keys(kv_len, m0, causal, BM, BN)
     sQ = load_tile(BM, D, q, m0, Lq)
     for warp in range(4):
         wrow = warp * 16 * MW
@@ -406,11 +416,10 @@ def bwd_cta(q, k, v, do, lse, Dd, dk, dv, dq_acc, *, kv_len, causal, scale, D, B
 
 def dq_cta(q, k, v, do, lse, Dd, dq, *, kv_len, causal, scale, D, BN, m0):
     """attn_bwd_dq_tc<D, BN> for one (b, h) and the query tile from row m0."""
-    Lq, Lk = q.shape[0], k.shape[0]
+    Lq = q.shape[0]
     BM, LD, KT, NT, DT = 64, D + 8, D // 16, BN // 8, D // 8
     scale_log2 = np.float32(scale * LOG2E)
-    n_end = min(kv_len, m0 + BM) if causal else kv_len
-    nblocks = -(-n_end // BN) if n_end > 0 else 0
+    nblocks = tc_query_keys(kv_len, m0, causal, BM, BN)
     sQ = load_tile(BM, D, q, m0, Lq)
     sdO = load_tile(BM, D, do, m0, Lq)
     Lrow, Drow = _rowstats(lse, Dd, m0, BM, Lq)
@@ -447,9 +456,7 @@ def dq_cta(q, k, v, do, lse, Dd, dq, *, kv_len, causal, scale, D, BN, m0):
             for l in range(32):
                 if rows[l] >= Lq:
                     continue
-                for dt in range(DT):
-                    dq[rows[l], dt * 8 + 2 * T[l]: dt * 8 + 2 * T[l] + 2] = pack_half2(
-                        acc[dt, l:l + 1, 2 * r] * np.float32(scale), acc[dt, l:l + 1, 2 * r + 1] * np.float32(scale))[0]
+                tc_store_row(dq, rows[l], acc, r, np.float32(scale), l)
 
 
 def bwd(q, k, v, o, do, lse, *, kv_len, causal, scale, D, BM, DQ_BN, deterministic, NW):
@@ -562,7 +569,7 @@ def _frags(x):
 
 def fwd_wgmma(q, k, v, *, kv_len, causal, scale, D, BN=128):
     """attn_fwd_wgmma<D, BN> over every query tile of one (b, h)."""
-    Lq, Lk = q.shape[0], k.shape[0]
+    Lq = q.shape[0]
     BM, NT, DT = 128, BN // 8, D // 8
     Q_BYTES, KV_BYTES = BM * D * 2, BN * D * 2
     scale_log2 = np.float32(scale * LOG2E)
@@ -571,8 +578,7 @@ def fwd_wgmma(q, k, v, *, kv_len, causal, scale, D, BN=128):
     ntiles = -(-Lq // BM)
     for tile in range(ntiles):
         m0 = tc_query_tile(tile, ntiles, causal, BM)
-        n_end = min(kv_len, m0 + BM) if causal else kv_len
-        nblocks = -(-n_end // BN) if n_end > 0 else 0
+        nblocks = tc_query_keys(kv_len, m0, causal, BM, BN)
         smem = np.full(Q_BYTES + 2 * KV_BYTES * 2, 0xFF, np.uint8)   # 0xFFFF halves are NaN
         sQ, sK, sV = 0, Q_BYTES, Q_BYTES + 2 * KV_BYTES
         wg_load(smem, sQ, q, BM, m0, Lq)
