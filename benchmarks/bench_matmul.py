@@ -25,7 +25,7 @@ import pytest
 
 import numpy_ref
 import tfm_kernels
-from tfm_kernels import _backend, costs
+from tfm_kernels import costs
 from tfm_kernels.bench.matmul import MAX_CALL_S, SLOW_TFLOPS
 
 pytest.importorskip("pytest_benchmark")
@@ -40,15 +40,6 @@ SHAPES = [
     ("X^T.dY T=32768 d=1024", 1024, 4096, 32768, True, False),
 ]
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
-BACKENDS = ("ext", "cupy")
-
-
-def _require(backend: str | None = None):
-    if why := _backend.unavailable(backend):
-        pytest.skip(why)
-    import cupy
-
-    return cupy
 
 
 def _inputs(cp, dt, M, N, K, ta, tb):
@@ -80,12 +71,13 @@ def _timed(benchmark, fn, sync, flops: int):
     benchmark.extra_info["TFLOP/s"] = flops / benchmark.stats.stats.median / 1e12
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+# `backend` (the repository's conftest.py): "ext" / "cupy", skipped with the reason when unusable;
+# `cuda_device` (benchmarks/conftest.py): the same skip, and the cupy module.
 @pytest.mark.parametrize("variant", tfm_kernels.variants("matmul"), ids=lambda v: v.key)
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s[0])
-def test_matmul_variant(benchmark, shape, dtype, variant, backend):
-    cp = _require(backend)
+def test_matmul_variant(benchmark, shape, dtype, variant, backend, cuda_device):
+    cp = cuda_device
     label, M, N, K, ta, tb = shape
     dt = DTYPES[dtype]
     if np.dtype(dt).name not in variant.dtypes:
@@ -112,10 +104,10 @@ def test_matmul_variant(benchmark, shape, dtype, variant, backend):
 @pytest.mark.parametrize("library", ["cupy", "torch"])
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s[0])
-def test_cublas(benchmark, shape, dtype, library):
+def test_cublas(benchmark, shape, dtype, library, cuda_device):
     """The peers: cuBLAS through cupy.matmul and through torch.matmul, on the same transposed views
     (both pass the transposes to cuBLAS rather than copying)."""
-    cp = _require()
+    cp = cuda_device
     label, M, N, K, ta, tb = shape
     dt = DTYPES[dtype]
     a, b, opa, opb = _inputs(cp, dt, M, N, K, ta, tb)

@@ -441,23 +441,41 @@ def _check_stage(copies, expect, size, where):
         assert seen[dst] == src, f"{where}: slot {dst} holds {seen[dst]}, expected {src}"
 
 
-def _expect_a(ta, m0, k0, M, K, BM, BK, slot):
-    """slot(m, k) -> the op(A) element the compute reads there (None: must be zero)."""
+def _expect(index, r0, c0, R, C, BR, BC, slot):
+    """The BR x BC tile at (r0, c0) of a logical R x C operand: slot(r, c) -> the element
+    index(r0 + r, c0 + c) the compute reads there (None: outside the operand, must be zero)."""
     slots = {}
-    for m in range(BM):
-        for k in range(BK):
-            ok = m0 + m < M and k0 + k < K
-            slots[slot(m, k)] = _a_index(ta, m0 + m, k0 + k, M, K) if ok else None
-    return {"slots": slots, "numel": M * K}
+    for r in range(BR):
+        for c in range(BC):
+            ok = r0 + r < R and c0 + c < C
+            slots[slot(r, c)] = index(r0 + r, c0 + c) if ok else None
+    return {"slots": slots, "numel": R * C}
+
+
+def _expect_a(ta, m0, k0, M, K, BM, BK, slot):
+    """op(A)'s tile, slot(m, k)."""
+    return _expect(lambda m, k: _a_index(ta, m, k, M, K), m0, k0, M, K, BM, BK, slot)
 
 
 def _expect_b(tb, k0, n0, K, N, BK, BN, slot):
-    slots = {}
-    for k in range(BK):
-        for n in range(BN):
-            ok = k0 + k < K and n0 + n < N
-            slots[slot(k, n)] = _b_index(tb, k0 + k, n0 + n, K, N) if ok else None
-    return {"slots": slots, "numel": K * N}
+    """op(B)'s tile, slot(k, n)."""
+    return _expect(lambda k, n: _b_index(tb, k, n, K, N), k0, n0, K, N, BK, BN, slot)
+
+
+def _emulate_a(load, ta, km_order, BM, BK, NT, LDS, m0, k0, M, K, *vec):
+    """load_a_scalar / load_a_km_vec4 / load_a_cp_async: the op(A) tile through `load` (one of the
+    emulate_tile_* above) into As[k][m] (km_order) or As[m][k]."""
+    if ta:  # memory (k, m)
+        return load(BK, BM, NT, not km_order, LDS, k0, m0, K, M, *vec)
+    return load(BM, BK, NT, km_order, LDS, m0, k0, M, K, *vec)
+
+
+def _emulate_b(load, tb, nk_order, BK, BN, NT, LDS, k0, n0, K, N, *vec):
+    """load_b_scalar / load_b_kn_vec4 / load_b_cp_async: the op(B) tile into Bs[n][k] (nk_order)
+    or Bs[k][n]."""
+    if tb:  # memory (n, k)
+        return load(BN, BK, NT, not nk_order, LDS, n0, k0, N, K, *vec)
+    return load(BK, BN, NT, nk_order, LDS, k0, n0, K, N, *vec)
 
 
 # (BM, BN, BK, threads, LDA, LDB) of variants 3, 4, 5: As[m][k], Bs[k][n]
@@ -475,11 +493,8 @@ def test_emulate_scalar_tile_loads(kind, ta, tb, M, N, K):
         for n0 in range(0, N, BN):
             for k0 in range(0, K, BK):
                 where = f"{kind} M={M} N={N} K={K} ta={ta} tb={tb} m0={m0} n0={n0} k0={k0}"
-                # load_a_scalar<.., KM_ORDER=false>: TA -> memory (k, m) stored transposed
-                a = (emulate_tile_load_scalar(BK, BM, NT, True, LDA, k0, m0, K, M) if ta else
-                     emulate_tile_load_scalar(BM, BK, NT, False, LDA, m0, k0, M, K))
-                b = (emulate_tile_load_scalar(BN, BK, NT, True, LDB, n0, k0, N, K) if tb else
-                     emulate_tile_load_scalar(BK, BN, NT, False, LDB, k0, n0, K, N))
+                a = _emulate_a(emulate_tile_load_scalar, ta, False, BM, BK, NT, LDA, m0, k0, M, K)
+                b = _emulate_b(emulate_tile_load_scalar, tb, False, BK, BN, NT, LDB, k0, n0, K, N)
                 _check_stage(a, _expect_a(ta, m0, k0, M, K, BM, BK, lambda m, k: m * LDA + k), BM * LDA, where + " A")
                 _check_stage(b, _expect_b(tb, k0, n0, K, N, BK, BN, lambda k, n: k * LDB + n), BK * LDB, where + " B")
 
@@ -508,6 +523,15 @@ def test_emulate_tile_loads(kind, ta, tb, M, N, K):
     else:  # <BM, BN, BK, WARPS_M, WARPS_N, STAGES>
         BM, BN, BK, wm, wn, _ = _tparams(9)
         NT = wm * wn * 32
+    if kind == "cp_async_tf32":  # As[m][k], Bs[n][k], rows of BK + 4
+        load, km_order, nk_order, LDA, LDB = emulate_tile_cp_async, False, True, BK + 4, BK + 4
+        slot_a, slot_b = (lambda m, k: m * LDA + k), (lambda k, n: n * LDB + k)
+        size_a, size_b = BM * LDA, BN * LDB
+    else:  # As[k][m], Bs[k][n], rows of BM + 4 / BN + 4
+        load = emulate_tile_cp_async if kind == "cp_async_km" else emulate_tile_load_vec4
+        km_order, nk_order, LDA, LDB = True, False, BM + 4, BN + 4
+        slot_a, slot_b = (lambda m, k: k * LDA + m), (lambda k, n: k * LDB + n)
+        size_a, size_b = BK * LDA, BK * LDB
     for vec_ok in (True, False):
         vecA = vec_ok and (M if ta else K) % 4 == 0
         vecB = vec_ok and (K if tb else N) % 4 == 0
@@ -515,27 +539,10 @@ def test_emulate_tile_loads(kind, ta, tb, M, N, K):
             for n0 in range(0, N, BN):
                 for k0 in range(0, K, BK):
                     where = f"{kind} M={M} N={N} K={K} ta={ta} tb={tb} m0={m0} n0={n0} k0={k0} vec={vec_ok}"
-                    if kind == "cp_async_tf32":  # As[m][k], Bs[n][k], rows of BK + 4
-                        LD = BK + 4
-                        a = (emulate_tile_cp_async(BK, BM, NT, True, LD, k0, m0, K, M, vecA) if ta else
-                             emulate_tile_cp_async(BM, BK, NT, False, LD, m0, k0, M, K, vecA))
-                        b = (emulate_tile_cp_async(BN, BK, NT, False, LD, n0, k0, N, K, vecB) if tb else
-                             emulate_tile_cp_async(BK, BN, NT, True, LD, k0, n0, K, N, vecB))
-                        ea = _expect_a(ta, m0, k0, M, K, BM, BK, lambda m, k: m * LD + k)
-                        eb = _expect_b(tb, k0, n0, K, N, BK, BN, lambda k, n: n * LD + k)
-                        size_a, size_b = BM * LD, BN * LD
-                    else:  # As[k][m], Bs[k][n], rows of BM + 4 / BN + 4
-                        LDA, LDB = BM + 4, BN + 4
-                        load = emulate_tile_cp_async if kind == "cp_async_km" else emulate_tile_load_vec4
-                        a = (load(BK, BM, NT, False, LDA, k0, m0, K, M, vecA) if ta else
-                             load(BM, BK, NT, True, LDA, m0, k0, M, K, vecA))
-                        b = (load(BN, BK, NT, True, LDB, n0, k0, N, K, vecB) if tb else
-                             load(BK, BN, NT, False, LDB, k0, n0, K, N, vecB))
-                        ea = _expect_a(ta, m0, k0, M, K, BM, BK, lambda m, k: k * LDA + m)
-                        eb = _expect_b(tb, k0, n0, K, N, BK, BN, lambda k, n: k * LDB + n)
-                        size_a, size_b = BK * LDA, BK * LDB
-                    _check_stage(a, ea, size_a, where + " A")
-                    _check_stage(b, eb, size_b, where + " B")
+                    a = _emulate_a(load, ta, km_order, BM, BK, NT, LDA, m0, k0, M, K, vecA)
+                    b = _emulate_b(load, tb, nk_order, BK, BN, NT, LDB, k0, n0, K, N, vecB)
+                    _check_stage(a, _expect_a(ta, m0, k0, M, K, BM, BK, slot_a), size_a, where + " A")
+                    _check_stage(b, _expect_b(tb, k0, n0, K, N, BK, BN, slot_b), size_b, where + " B")
 
 
 def emulate_warptile_outputs(M, N, BM, BN, BK, WM, WN, WNITER, TM, TN, NT):

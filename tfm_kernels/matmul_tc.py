@@ -116,25 +116,31 @@ def _mma_kernels(stages: int, swizzle: bool) -> tuple[tuple[str, str], ...]:
                  for od in ("float32", "float16"))
 
 
-register(Variant(
-    op="matmul", number=10, name="mma_sync",
+def _register_mma(number: int, name: str, stages: int, swizzle: bool, hot: bool, description: str,
+                  measured: str) -> None:
+    """One matmul_mma configuration: its launcher and its exported kernels from the same
+    (stages, swizzle)."""
+    register(Variant(
+        op="matmul", number=number, name=name, description=description,
+        fn=_mma_fn(stages, swizzle), dtypes=("float16",), supports=_mma_supports,
+        kernels=_mma_kernels(stages, swizzle), hot=hot, arch=80, measured=measured,
+    ))
+
+
+_RUN1 = "H200, tfm-kernels bench --quick, GPU run 1 (2026-11-29)"
+
+_register_mma(
+    10, "mma_sync", stages=1, swizzle=False, hot=False,
     description="fp16 tensor cores: mma.sync m16n8k16 on ldmatrix fragments, fp32 accumulators, "
                 "128x128x32 CTA tile, 4 warps of 64x64, one shared-memory stage (load, wait, compute)",
-    fn=_mma_fn(1, False), dtypes=("float16",), supports=_mma_supports,
-    kernels=_mma_kernels(1, False), hot=False, arch=80,
-    measured="122.9 TFLOP/s at 8192^3 fp16 NN, 16% of cuBLAS (763.7); H200, tfm-kernels bench "
-             "--quick, GPU run 1 (2026-11-29)",
-))
-
-register(Variant(
-    op="matmul", number=11, name="mma_pipelined",
+    measured="122.9 TFLOP/s at 8192^3 fp16 NN, 16% of cuBLAS (763.7); " + _RUN1,
+)
+_register_mma(
+    11, "mma_pipelined", stages=4, swizzle=True, hot=True,
     description="+ 4-stage cp.async pipeline (3 tiles in flight during each compute) and XOR-swizzled "
                 "shared tiles: conflict-free ldmatrix and cp.async stores",
-    fn=_mma_fn(4, True), dtypes=("float16",), supports=_mma_supports,
-    kernels=_mma_kernels(4, True), hot=True, arch=80,
-    measured="329.1 TFLOP/s at 8192^3 fp16 NN, 2.7x variant 10, 43% of cuBLAS (763.7); H200, "
-             "tfm-kernels bench --quick, GPU run 1 (2026-11-29)",
-))
+    measured="329.1 TFLOP/s at 8192^3 fp16 NN, 2.7x variant 10, 43% of cuBLAS (763.7); " + _RUN1,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,19 +275,22 @@ _WGMMA_UNVERIFIED = ("never run on a GPU: GPU run 1 (H200, 2026-11-29) stopped a
 _WGMMA_KERNELS = tuple((SOURCE_SM90, wgmma_kernel_name(ta, tb, od)) for ta in (False, True)
                        for tb in (False, True) for od in ("float32", "float16"))
 
-register(Variant(
-    op="matmul", number=12, name="wgmma_tma",
+def _register_wgmma(number: int, name: str, persistent: bool, description: str) -> None:
+    register(Variant(
+        op="matmul", number=number, name=name, description=description,
+        fn=_wgmma_fn(persistent), dtypes=("float16",), supports=_wgmma_supports,
+        kernels=_WGMMA_KERNELS, hot=True, arch=90, extra={"unverified": _WGMMA_UNVERIFIED},
+    ))
+
+
+_register_wgmma(
+    12, "wgmma_tma", persistent=False,
     description="Hopper: wgmma m64n256k16 on 128B-swizzled smem filled by TMA (cp.async.bulk.tensor), "
                 "4-stage mbarrier pipeline, 1 producer + 2 consumer warpgroups (setmaxnreg 40/232), "
                 "128x256x64 tiles in grouped order, one CTA per tile; sm_90a",
-    fn=_wgmma_fn(persistent=False), dtypes=("float16",), supports=_wgmma_supports,
-    kernels=_WGMMA_KERNELS, hot=True, arch=90, extra={"unverified": _WGMMA_UNVERIFIED},
-))
-
-register(Variant(
-    op="matmul", number=13, name="wgmma_persistent",
+)
+_register_wgmma(
+    13, "wgmma_persistent", persistent=True,
     description="+ persistent CTAs: one per SM, each looping over its tiles with the stage ring "
                 "still turning, so the next tile's TMA loads overlap this tile's epilogue",
-    fn=_wgmma_fn(persistent=True), dtypes=("float16",), supports=_wgmma_supports,
-    kernels=_WGMMA_KERNELS, hot=True, arch=90, extra={"unverified": _WGMMA_UNVERIFIED},
-))
+)
