@@ -497,14 +497,24 @@ def _swz(addr):
     return addr ^ (((addr >> 7) & 7) << 4)
 
 
-def wg_load(smem: np.ndarray, base: int, g: np.ndarray, rows: int, r0: int, limit: int):
-    """The kernel's load(): rows [r0, r0+rows) of g (L, D) fp16 into smem (uint8) at base."""
+def wg_load(smem: np.ndarray, base: int, g: np.ndarray, rows: int, r0: int, limit: int, pending: list):
+    """The kernel's load(): rows [r0, r0+rows) of g (L, D) fp16 into smem (uint8) at base, as
+    16-byte cp.async copies: until cp_async_wait (wg_cp_async_wait) lands them, their destination
+    reads as 0xFF bytes (NaN halves), so a wgmma that reads a stage before its wait poisons o."""
     D = g.shape[1]
     for c in range(rows * (D // 8)):
         r, ch = c // (D // 8), c % (D // 8)
         off = (ch // 8) * rows * 128 + r * 128 + (((ch % 8) ^ (r % 8)) * 16)
         chunk = g[r0 + r, ch * 8: ch * 8 + 8] if r0 + r < limit else np.zeros(8, np.float16)
-        smem[base + off: base + off + 16] = np.ascontiguousarray(chunk).view(np.uint8)
+        smem[base + off: base + off + 16] = 0xFF
+        pending.append((base + off, np.ascontiguousarray(chunk).view(np.uint8)))
+
+
+def wg_cp_async_wait(smem: np.ndarray, pending: list):
+    """cp_async_wait<0> (then the proxy fence and barrier): every issued copy has landed."""
+    for dst, data in pending:
+        smem[dst: dst + 16] = data
+    pending.clear()
 
 
 def _read_half(smem, addr):
@@ -581,21 +591,29 @@ def fwd_wgmma(q, k, v, *, kv_len, causal, scale, D, BN=128):
         nblocks = tc_query_keys(kv_len, m0, causal, BM, BN)
         smem = np.full(Q_BYTES + 2 * KV_BYTES * 2, 0xFF, np.uint8)   # 0xFFFF halves are NaN
         sQ, sK, sV = 0, Q_BYTES, Q_BYTES + 2 * KV_BYTES
-        wg_load(smem, sQ, q, BM, m0, Lq)
-        for wg in range(2):
-            wrow0 = wg * 64
-            if nblocks == 0:
-                for w in range(4):
-                    tc_store_empty_rows(o, lse, m0 + wrow0 + w * 16, Lq)
-                continue
-            acc = np.zeros((4, 32, DT * 4), np.float32)
-            m_i = np.full((4, 2, 32), -np.inf, np.float32)
-            l_i = np.zeros((4, 2, 32), np.float32)
-            for jb in range(nblocks):
-                n0, buf = jb * BN, jb & 1
-                wg_load(smem, sK + buf * KV_BYTES, k, BN, n0, kv_len)
-                wg_load(smem, sV + buf * KV_BYTES, v, BN, n0, kv_len)
-                qa, kb, vb = sQ + wg * 64 * 128, sK + buf * KV_BYTES, sV + buf * KV_BYTES
+        if nblocks == 0:
+            for wrow in range(0, BM, 16):
+                tc_store_empty_rows(o, lse, m0 + wrow, Lq)
+            continue
+        # The kernel's pipeline, for both warpgroups at once: Q_i, K_0, V_0 issued in the prologue;
+        # at the top of block jb the wait lands everything issued, then K_{jb+1}, V_{jb+1} are
+        # issued into the other buffer while block jb computes from buffer jb & 1.
+        pending = []
+        wg_load(smem, sQ, q, BM, m0, Lq, pending)
+        wg_load(smem, sK, k, BN, 0, kv_len, pending)
+        wg_load(smem, sV, v, BN, 0, kv_len, pending)
+        acc = np.zeros((2, 4, 32, DT * 4), np.float32)
+        m_i = np.full((2, 4, 2, 32), -np.inf, np.float32)
+        l_i = np.zeros((2, 4, 2, 32), np.float32)
+        for jb in range(nblocks):
+            n0, buf = jb * BN, jb & 1
+            wg_cp_async_wait(smem, pending)
+            if jb + 1 < nblocks:
+                wg_load(smem, sK + (buf ^ 1) * KV_BYTES, k, BN, n0 + BN, kv_len, pending)
+                wg_load(smem, sV + (buf ^ 1) * KV_BYTES, v, BN, n0 + BN, kv_len, pending)
+            kb, vb = sK + buf * KV_BYTES, sV + buf * KV_BYTES
+            for wg in range(2):
+                wrow0, qa = wg * 64, sQ + wg * 64 * 128
                 s = np.zeros((4, 32, NT * 4), np.float32)
                 for kk in range(D // 16):
                     wgmma_ss(s, smem, qa + (kk // 4) * BM * 128 + (kk % 4) * 32,
@@ -608,13 +626,12 @@ def fwd_wgmma(q, k, v, *, kv_len, causal, scale, D, BN=128):
                     wrow = wrow0 + w * 16
                     edge = (n0 + BN > kv_len) or (causal and n0 + BN - 1 > m0 + wrow)
                     tc_scale_mask(s4, scale_log2, edge, m0 + wrow, n0, kv_len, causal)
-                    tc_online_softmax(s4, _frags(acc[w]), m_i[w], l_i[w])
+                    tc_online_softmax(s4, _frags(acc[wg, w]), m_i[wg, w], l_i[wg, w])
                     for kk in range(BN // 16):
                         pa[kk, w] = pack_a_from_c(s4[2 * kk], s4[2 * kk + 1])
                 for kk in range(BN // 16):
-                    wgmma_rs(acc, pa[kk], smem, vb + kk * 16 * 128, D, BN * 128)
-            if nblocks == 0:
-                continue
+                    wgmma_rs(acc[wg], pa[kk], smem, vb + kk * 16 * 128, D, BN * 128)
+        for wg in range(2):
             for w in range(4):
-                tc_store_o_lse(o, lse, _frags(acc[w]), m_i[w], l_i[w], m0 + wrow0 + w * 16, Lq)
+                tc_store_o_lse(o, lse, _frags(acc[wg, w]), m_i[wg, w], l_i[wg, w], m0 + wg * 64 + w * 16, Lq)
     return o, lse

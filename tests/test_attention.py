@@ -282,10 +282,34 @@ def _kernel_targs(name):
     return [a.strip() for a in name.split("<")[1].rstrip(">").split(",")]
 
 
+class _EmuCpAsync:
+    """cp.async with its commit-group semantics: a copy's destination is undefined (NaN here) from
+    its issue until the cp_async_wait that retires its group, when the data lands. A read of a
+    stage before the wait for its copy (or a prefetch into the stage being read) gives NaN."""
+
+    def __init__(self, sm):
+        self.sm, self.pending = sm, []
+
+    def load_tile(self, off, D, g, row0, nrows, rows=64):
+        """att_load_tile_async<D, rows>: NaN at the destination now, the copy at the wait."""
+        staged = np.full_like(self.sm, np.nan)
+        _emu_load_tile(staged, off, D, g, row0, nrows, rows)
+        written = ~np.isnan(staged)  # the tile's D columns per row (inputs are finite), not the padding
+        self.sm[written] = np.nan
+        self.pending.append((written, staged[written]))
+
+    def wait_all(self):
+        """cp_async_wait<0>: every committed group has landed."""
+        for written, values in self.pending:
+            self.sm[written] = values
+        self.pending = []
+
+
 def emu_fwd_flash(grid_x, D, R, asynchronous, q, k, v, kv_lens, o, lse, H, Lq, Lk, nq, causal, scale_log2):
     """attention_fwd_flash<D, R, asynchronous>, one CTA at a time; arrays as the launcher passes them.
-    A cp.async copy is done at its issue point: the same data, as long as the barriers keep readers
-    and copies apart (what compute-sanitizer racecheck checks on the GPU)."""
+    The asynchronous kernel's cp.async copies land at its cp_async_wait (_EmuCpAsync), so a read
+    ahead of the wait shows as NaN; the barriers between threads are not modelled (every thread's
+    step between two __syncthreads() runs at once: compute-sanitizer racecheck's job on the GPU)."""
     BQ = 16 * R
     stages = 2 if asynchronous else 1
     KP = max(64 * (D + 4), BQ * _PS)
@@ -308,18 +332,20 @@ def emu_fwd_flash(grid_x, D, R, asynchronous, q, k, v, kv_lens, o, lse, H, Lq, L
         IR = np.arange(R)
         row = q0 + R * _TY[:, None] + IR                               # (256, R)
         num_kb = -(-n_end // 64)
+        cp = _EmuCpAsync(sm)
         if asynchronous and num_kb > 0:
-            _emu_load_tile(sm, KPs0, D, kf[bh], 0, n_end)
-            _emu_load_tile(sm, Vs0, D, vf[bh], 0, n_end)
+            cp.load_tile(KPs0, D, kf[bh], 0, n_end)
+            cp.load_tile(Vs0, D, vf[bh], 0, n_end)
         for kb in range(num_kb):
             k0 = kb * 64
             KPs, Vs = KPs0 + (kb % stages) * KP, Vs0 + (kb % stages) * 64 * (D + 4)
             if asynchronous:
+                cp.wait_all()
                 if kb + 1 < num_kb:
                     nxt = (kb + 1) % stages
                     assert nxt != kb % stages
-                    _emu_load_tile(sm, KPs0 + nxt * KP, D, kf[bh], k0 + 64, n_end)
-                    _emu_load_tile(sm, Vs0 + nxt * 64 * (D + 4), D, vf[bh], k0 + 64, n_end)
+                    cp.load_tile(KPs0 + nxt * KP, D, kf[bh], k0 + 64, n_end)
+                    cp.load_tile(Vs0 + nxt * 64 * (D + 4), D, vf[bh], k0 + 64, n_end)
             else:
                 _emu_load_tile(sm, KPs, D, kf[bh], k0, n_end)
                 _emu_load_tile(sm, Vs, D, vf[bh], k0, n_end)
@@ -557,8 +583,9 @@ def emulated(monkeypatch):
     return EmulatedBackend()
 
 
-# Awkward shapes: lengths that are not multiples of 64 on both sides, Lq > Lk and Lq < Lk under
-# causal, kv_lens 0, 1 and mid-tile, every head dim (96 and 32 take the float2 column tail).
+# Awkward shapes: lengths that are not multiples of 64 on both sides (1, 17, 65, 97, 129, 130, 200),
+# Lq > Lk and Lq < Lk under causal, kv_lens 0, 1 and mid-tile, every head dim (96 and 32 take the
+# float2 column tail); backward 4 (head dims 32, 64) in the last two.
 EMU_CASES = [
     # B, H, Lq, Lk, D, causal, kv_lens
     (2, 1, 97, 130, 96, False, [130, 70]),
@@ -567,6 +594,8 @@ EMU_CASES = [
     (1, 2, 65, 1, 128, False, [1]),
     (3, 1, 64, 129, 64, True, [1, 63, 129]),
     (1, 1, 200, 97, 128, True, [97]),
+    (2, 1, 17, 97, 32, True, [97, 1]),
+    (1, 2, 97, 17, 64, True, None),
 ]
 
 

@@ -104,9 +104,10 @@ def test_emulated_forward(variant, Lq, Lk, D, causal, kv_len, rng):
 
 
 # (Lq, Lk, D, causal, kv_len) for forward 14: two query tiles with a ragged second one, 128-key
-# tiles cut by kv_len and by the diagonal, kv_len 0 and 1, Lq < Lk and Lq > Lk.
+# tiles cut by kv_len and by the diagonal, kv_len 0 and 1, Lq < Lk and Lq > Lk, Lq = 1 (127 padding
+# rows in the tile) and Lk = 17.
 EMU_WGMMA = [(130, 150, 64, True, 140), (40, 200, 128, False, 170), (17, 5, 64, True, 0),
-             (140, 30, 128, True, 1)]
+             (140, 30, 128, True, 1), (1, 97, 128, True, 97), (97, 17, 64, False, 1)]
 
 
 @pytest.mark.parametrize("Lq, Lk, D, causal, kv_len", EMU_WGMMA)
