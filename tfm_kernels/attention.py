@@ -591,47 +591,64 @@ def grad_rule(term_scale: float, reduction: int = 1, rtol: float = 1e-5):
     return rule
 
 
-def check_cases(rng, quick: bool):
-    """fp32 forward and backward cases against numpy_ref in float64 (fp16 cases: attention_tc)."""
+def _check_reference(q, k, v, causal, kvl):
+    """One ``tfm-kernels check`` shape (fp32 here, fp16 in attention_tc): kv_lens as an array (or
+    None), numpy_ref's forward in float64 of the case's inputs, and the case's tag."""
     import numpy_ref
 
-    from .check import Case, fp32_rule
+    B, H, Lq, D = q.shape
+    kv_lens = None if kvl is None else np.array(kvl)
+    o_ref, lse_ref = numpy_ref.attention_forward(*(x.astype(np.float64) for x in (q, k, v)), causal=causal,
+                                                 kv_lens=kv_lens)
+    tag = (f"{'fp16' if q.dtype == np.float16 else 'fp32'} B{B} H{H} Lq{Lq} Lk{k.shape[2]} D{D}"
+           + (" causal" if causal else "") + ("" if kvl is None else f" kv_lens {list(kvl)}"))
+    return kv_lens, o_ref, lse_ref, tag
+
+
+def _check_pair(tag, q, k, v, do, o, lse, causal, kv_lens, ref_f, tol_f, tol_b):
+    """The forward and backward Cases of one shape. Outputs are NaN-poisoned, in q's dtype (lse
+    float32); the backward runs on (do, q, k, v, o, lse), o and lse the reference's forward rounded
+    to the kernels' precision, and is checked against numpy_ref's backward of those in float64."""
+    import numpy_ref
+
+    from .check import Case
+
+    def run_f(backend, variant):
+        import cupy
+
+        out = (cupy.full(q.shape, np.nan, q.dtype), cupy.full(q.shape[:3], np.nan, np.float32))
+        return attention_forward(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), causal, kv_lens,
+                                 backend=backend, variant=variant, out=out)
+
+    def run_b(backend, variant):
+        import cupy
+
+        out = tuple(cupy.full(x.shape, np.nan, q.dtype) for x in (q, k, v))
+        return attention_backward(*(cupy.asarray(x) for x in (do, q, k, v, o, lse)), causal, kv_lens,
+                                  backend=backend, variant=variant, out=out)
+
+    def ref_b():
+        return numpy_ref.attention_backward(*(x.astype(np.float64) for x in (do, q, k, v, o, lse)), causal=causal,
+                                            kv_lens=kv_lens)
+
+    return (Case("attention_forward", tag, run_f, ref_f, tol_f),
+            Case("attention_backward", tag, run_b, ref_b, tol_b))
+
+
+def check_cases(rng, quick: bool):
+    """fp32 forward and backward cases against numpy_ref in float64 (fp16 cases: attention_tc)."""
+    from .check import fp32_rule
 
     for B, H, Lq, Lk, D, causal, kvl in (_CHECK_QUICK if quick else _CHECK_FULL):
         q = (1.5 * rng.standard_normal((B, H, Lq, D))).astype(np.float32)
         k = rng.standard_normal((B, H, Lk, D)).astype(np.float32)
         v = rng.standard_normal((B, H, Lk, D)).astype(np.float32)
         do = rng.standard_normal((B, H, Lq, D)).astype(np.float32)
-        kv_lens = None if kvl is None else np.array(kvl)
-        f64 = [x.astype(np.float64) for x in (q, k, v, do)]
-        o_ref, lse_ref = numpy_ref.attention_forward(*f64[:3], causal=causal, kv_lens=kv_lens)
+        kv_lens, o_ref, lse_ref, tag = _check_reference(q, k, v, causal, kvl)
         o32, lse32 = o_ref.astype(np.float32), lse_ref.astype(np.float32)
-        tag = (f"fp32 B{B} H{H} Lq{Lq} Lk{Lk} D{D}" + (" causal" if causal else "")
-               + ("" if kvl is None else f" kv_lens {list(kvl)}"))
         # Tolerances: tests/test_attention.py's module docstring (1e-5; gradients relative to the
         # magnitude of their terms, grad_term_scales, times sqrt of their sum's length in tiles).
         tol_f = (fp32_rule(rtol=1e-5), fp32_rule(rtol=1e-5))
         terms = grad_term_scales(do, q, k, v, o32, lse32, causal, kv_lens)
         tol_b = tuple(grad_rule(t, max(1, L // BLOCK_Q)) for t, L in zip(terms, (Lk, Lq, Lq)))
-
-        def run_f(backend, variant, q=q, k=k, v=v, causal=causal, kv_lens=kv_lens):
-            import cupy
-
-            out = (cupy.full(q.shape, np.nan, np.float32), cupy.full(q.shape[:3], np.nan, np.float32))
-            return attention_forward(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), causal, kv_lens,
-                                     backend=backend, variant=variant, out=out)
-
-        def run_b(backend, variant, args=(do, q, k, v, o32, lse32), causal=causal, kv_lens=kv_lens):
-            import cupy
-
-            do_, q_, k_, v_ = args[:4]
-            out = tuple(cupy.full(x.shape, np.nan, np.float32) for x in (q_, k_, v_))
-            return attention_backward(*(cupy.asarray(x) for x in args), causal, kv_lens,
-                                      backend=backend, variant=variant, out=out)
-
-        def ref_b(args=(do, q, k, v, o32, lse32), causal=causal, kv_lens=kv_lens):
-            return numpy_ref.attention_backward(*(x.astype(np.float64) for x in args), causal=causal,
-                                                kv_lens=kv_lens)
-
-        yield Case("attention_forward", tag, run_f, (o_ref, lse_ref), tol_f)
-        yield Case("attention_backward", tag, run_b, ref_b, tol_b)
+        yield from _check_pair(tag, q, k, v, do, o32, lse32, causal, kv_lens, (o_ref, lse_ref), tol_f, tol_b)

@@ -239,43 +239,18 @@ _CHECK_FULL = _CHECK_QUICK + [(2, 2, 1025, 1025, 128, True, None), (3, 2, 97, 20
 def check_cases(rng, quick: bool):
     """fp16 forward and backward cases for ``tfm-kernels check`` against numpy_ref in float64, with
     tests/test_attention_tc.py's rule: 2x the fp16_baseline error + 1e-3 x max|ref| (lse: 1e-5)."""
-    import numpy_ref
-
-    from .attention import attention_backward, attention_forward
-    from .check import Case, lowprec_rule
+    from .attention import _check_pair, _check_reference
+    from .check import lowprec_rule
 
     for B, H, Lq, Lk, D, causal, kvl in (_CHECK_QUICK if quick else _CHECK_FULL):
         q, do = (rng.standard_normal((B, H, Lq, D)).astype(np.float16) for _ in range(2))
         k, v = (rng.standard_normal((B, H, Lk, D)).astype(np.float16) for _ in range(2))
-        kv_lens = None if kvl is None else np.array(kvl)
-        f64 = [x.astype(np.float64) for x in (q, k, v, do)]
-        o_ref, lse_ref = numpy_ref.attention_forward(*f64[:3], causal=causal, kv_lens=kv_lens)
+        kv_lens, o_ref, lse_ref, tag = _check_reference(q, k, v, causal, kvl)
         o16, lse32 = o_ref.astype(np.float16), lse_ref.astype(np.float32)
         b_o, b_lse, b_grads = fp16_baseline(q, k, v, do, o16, lse32, causal, kv_lens, 1.0 / np.sqrt(D))
-        tag = (f"fp16 B{B} H{H} Lq{Lq} Lk{Lk} D{D}" + (" causal" if causal else "")
-               + ("" if kvl is None else f" kv_lens {list(kvl)}"))
-
-        def run_f(backend, variant, q=q, k=k, v=v, causal=causal, kv_lens=kv_lens):
-            import cupy
-
-            out = (cupy.full(q.shape, np.nan, np.float16), cupy.full(q.shape[:3], np.nan, np.float32))
-            return attention_forward(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), causal, kv_lens,
-                                     backend=backend, variant=variant, out=out)
-
-        def run_b(backend, variant, args=(do, q, k, v, o16, lse32), causal=causal, kv_lens=kv_lens):
-            import cupy
-
-            out = tuple(cupy.full(x.shape, np.nan, np.float16) for x in args[1:4])
-            return attention_backward(*(cupy.asarray(x) for x in args), causal, kv_lens,
-                                      backend=backend, variant=variant, out=out)
-
-        def ref_b(args=(do, q, k, v, o16, lse32), causal=causal, kv_lens=kv_lens):
-            return numpy_ref.attention_backward(*(x.astype(np.float64) for x in args), causal=causal,
-                                                kv_lens=kv_lens)
-
-        yield Case("attention_forward", tag, run_f, (o_ref, lse_ref),
-                   (lowprec_rule(b_o, 1e-3), lowprec_rule(b_lse, 1e-5)))
-        yield Case("attention_backward", tag, run_b, ref_b, tuple(lowprec_rule(b, 1e-3) for b in b_grads))
+        yield from _check_pair(tag, q, k, v, do, o16, lse32, causal, kv_lens, (o_ref, lse_ref),
+                                   (lowprec_rule(b_o, 1e-3), lowprec_rule(b_lse, 1e-5)),
+                                   tuple(lowprec_rule(b, 1e-3) for b in b_grads))
 
 
 _DOT = tuple((SOURCE, f"attn_bwd_dot_tc<{d}>") for d in HEAD_DIMS)
