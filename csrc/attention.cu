@@ -203,6 +203,33 @@ static __device__ __forceinline__ void att_atomic_add_row(float* __restrict__ ds
 #endif
 }
 
+// The query block a forward-shaped CTA owns (forward 2-4, backward 3's dQ): grid.x = B*H * nq, the
+// nq query blocks of one head adjacent so the CTAs running together share K/V in L2. Under causal,
+// later query blocks see more keys; within a head the heaviest go first so the short ones fill the
+// tail of the grid.
+struct AttQueryBlock {
+    int bh;  // b*H + h
+    int b;   // batch (kv_lens[b])
+    int q0;  // first query row
+};
+template <int BQ>
+static __device__ __forceinline__ AttQueryBlock att_query_block(int H, int nq, int causal) {
+    const int bh = blockIdx.x / nq;
+    const int qb = causal ? nq - 1 - blockIdx.x % nq : blockIdx.x % nq;
+    const int q0 = qb * BQ;
+    return {bh, bh / H, q0};
+}
+
+// Keys the query block from q0 can see: j < kv_len and, under causal, j <= its last row
+// min(q0 + BQ, Lq) - 1. Key blocks at or past this end are never loaded (about half of them for
+// causal Lq = Lk).
+template <int BQ>
+static __device__ __forceinline__ int att_key_end(const int* __restrict__ kv_lens, int b, int Lq, int Lk, int q0,
+                                                  int causal) {
+    const int kv_len = min(kv_lens[b], Lk);
+    return causal ? min(kv_len, min(q0 + BQ, Lq)) : kv_len;
+}
+
 // Reductions over the 16 lanes of one row group (lanes 0-15 or 16-31 of a warp).
 static __device__ __forceinline__ float att_row_max(float x) {
 #pragma unroll
@@ -250,19 +277,12 @@ attention_fwd_flash(const float* __restrict__ q, const float* __restrict__ k, co
     float* KPs0 = Vs0 + STAGES * ATT_BK * (D + 4);    // K_j  [64][D+4], then P_ij [BQ][68]; x STAGES
 
     const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-    const int bh = blockIdx.x / nq;
-    // Under causal, later query blocks see more keys; within a head the heaviest go first so the
-    // short ones fill the tail of the grid.
-    const int qb = causal ? nq - 1 - blockIdx.x % nq : blockIdx.x % nq;
-    const int q0 = qb * BQ;
-    const int b = bh / H;
+    const AttQueryBlock qblk = att_query_block<BQ>(H, nq, causal);
+    const int bh = qblk.bh, q0 = qblk.q0;
     const float* qh = q + (int64_t)bh * Lq * D;
     const float* kh = k + (int64_t)bh * Lk * D;
     const float* vh = v + (int64_t)bh * Lk * D;
-    const int kv_len = min(kv_lens[b], Lk);
-    // Keys this block can see: j < kv_len and, under causal, j <= its last row min(q0+BQ, Lq) - 1.
-    // Key blocks at or past n_end are never loaded (about half of them for causal Lq = Lk).
-    const int n_end = causal ? min(kv_len, min(q0 + BQ, Lq)) : kv_len;
+    const int n_end = att_key_end<BQ>(kv_lens, qblk.b, Lq, Lk, q0, causal);
 
     att_load_tile<D, BQ>(Qs, qh, q0, Lq);
 
@@ -558,13 +578,10 @@ attention_bwd_dq(const float* __restrict__ q, const float* __restrict__ k, const
     float* d_s = lse_s + ATT_BQ;
 
     const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-    const int bh = blockIdx.x / nq;
-    const int qb = causal ? nq - 1 - blockIdx.x % nq : blockIdx.x % nq;
-    const int q0 = qb * ATT_BQ;
-    const int b = bh / H;
+    const AttQueryBlock qblk = att_query_block<ATT_BQ>(H, nq, causal);
+    const int bh = qblk.bh, q0 = qblk.q0;
     const int64_t qoff = (int64_t)bh * Lq * D, koff = (int64_t)bh * Lk * D, roff = (int64_t)bh * Lq;
-    const int kv_len = min(kv_lens[b], Lk);
-    const int n_end = causal ? min(kv_len, min(q0 + ATT_BQ, Lq)) : kv_len;
+    const int n_end = att_key_end<ATT_BQ>(kv_lens, qblk.b, Lq, Lk, q0, causal);
     const float scale_log2 = scale * att_log2e();
 
     att_load_tile<D>(Qs, q + qoff, q0, Lq);

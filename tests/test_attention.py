@@ -282,6 +282,15 @@ def _kernel_targs(name):
     return [a.strip() for a in name.split("<")[1].rstrip(">").split(",")]
 
 
+def _emu_query_block(bid, BQ, kv_lens, H, Lq, Lk, nq, causal):
+    """att_query_block<BQ> + att_key_end<BQ>: (bh, q0, n_end) of CTA bid."""
+    bh = bid // nq
+    qb = nq - 1 - bid % nq if causal else bid % nq
+    q0, b = qb * BQ, bh // H
+    kv_len = min(kv_lens[b], Lk)
+    return bh, q0, (min(kv_len, min(q0 + BQ, Lq)) if causal else kv_len)
+
+
 class _EmuCpAsync:
     """cp.async with its commit-group semantics: a copy's destination is undefined (NaN here) from
     its issue until the cp_async_wait that retires its group, when the data lands. A read of a
@@ -317,11 +326,7 @@ def emu_fwd_flash(grid_x, D, R, asynchronous, q, k, v, kv_lens, o, lse, H, Lq, L
     qf, kf, vf = (x.reshape(BH, -1) for x in (q, k, v))
     of, lsef = o.reshape(BH, -1), lse.reshape(BH, -1)
     for bid in range(grid_x):                                          # blockIdx.x
-        bh = bid // nq
-        qb = nq - 1 - bid % nq if causal else bid % nq
-        q0, b = qb * BQ, bh // H
-        kv_len = min(kv_lens[b], Lk)
-        n_end = min(kv_len, min(q0 + BQ, Lq)) if causal else kv_len
+        bh, q0, n_end = _emu_query_block(bid, BQ, kv_lens, H, Lq, Lk, nq, causal)
         sm = np.full(att._flash_smem_fwd(D, R, stages) // 4, np.nan)
         Qs, Vs0 = 0, BQ * (D + 4)
         KPs0 = Vs0 + stages * 64 * (D + 4)
@@ -451,11 +456,7 @@ def emu_bwd_dq(grid_x, D, q, k, v, dout, lse, d_rows, kv_lens, dq, H, Lq, Lk, ca
     tcol = _TX[:, None] + 16 * _I4
     t_idx = trow[:, :, None] * _PS + tcol[:, None, :]
     for bid in range(grid_x):
-        bh = bid // nq
-        qb = nq - 1 - bid % nq if causal else bid % nq
-        q0, b = qb * 64, bh // H
-        kv_len = min(kv_lens[b], Lk)
-        n_end = min(kv_len, min(q0 + 64, Lq)) if causal else kv_len
+        bh, q0, n_end = _emu_query_block(bid, 64, kv_lens, H, Lq, Lk, nq, causal)
         sm = np.full(att._flash_smem_bwd(D) // 4, np.nan)
         _emu_load_tile(sm, Qs, D, qf[bh], q0, Lq)
         _emu_load_tile(sm, dOs, D, dof[bh], q0, Lq)
