@@ -281,12 +281,7 @@ attn_bwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
     float lse_next = 0.f, d_next = 0.f;
     auto fetch_rowstats = [&](int m0) {
         const int row = m0 + tid;
-        if (tid < BM) {
-            const float l = row < Lq ? lse[row] : tc_neg_inf();
-            // No-key rows (lse = -inf) and padding rows get +inf: exp2(x - inf) = 0 exactly.
-            lse_next = l == tc_neg_inf() ? __int_as_float(0x7f800000) : l * TFM_LOG2E;
-            d_next = row < Lq ? Dd[row] : 0.f;
-        }
+        if (tid < BM) tc_row_stats(lse, Dd, row, Lq, lse_next, d_next);
     };
 
     if (nblocks > 0) {
@@ -470,10 +465,7 @@ attn_bwd_dq_tc(const __half* __restrict__ q, const __half* __restrict__ k, const
     float lrow[2], drow[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        const int row = m0 + wrow + g + 8 * r;
-        const float l = row < Lq ? lse[row] : tc_neg_inf();
-        lrow[r] = l == tc_neg_inf() ? __int_as_float(0x7f800000) : l * TFM_LOG2E;
-        drow[r] = row < Lq ? Dd[row] : 0.f;
+        tc_row_stats(lse, Dd, m0 + wrow + g + 8 * r, Lq, lrow[r], drow[r]);
     }
 
     float acc[DT][4];

@@ -19,6 +19,7 @@
 //                           the forward's softmax on one m16 tile of S (the mma.sync C layout, which
 //                           is also each warp's slice of a wgmma accumulator)
 //   tc_store_row            one row of a warp's m16 x D fp32 tile, scaled, as fp16 (o, dq)
+//   tc_row_stats            the backward's lse (base 2; +inf where P must be 0) and D_i of one row
 //
 // Left in the kernels on purpose: the edge-tile test (n0 + BN > kv_len || causal && ...), and backward
 // 11/12's interleaved dK/dV stores. As helpers they changed the SASS of GPU-verified kernels (LLVM
@@ -129,6 +130,16 @@ static __device__ __forceinline__ TcFwdTile tc_fwd_tile(const __half* __restrict
     v += bh * Lk * D;
     const TcKeys keys = tc_query_keys<BM, BN>(kv_lens, qt.b, Lk, qt.m0, causal);
     return {qt.m0, keys.kv_len, keys.nblocks};
+}
+
+// The backward's per-row statistics of query row `row`: lse in base 2 (what P = exp2(S scale log2e -
+// lse log2e) subtracts) and D_i. No-key rows (lse = -inf) and padding rows (row >= Lq) get +inf, so
+// exp2(x - inf) = 0 exactly, and D_i = 0 past Lq.
+static __device__ __forceinline__ void tc_row_stats(const float* __restrict__ lse, const float* __restrict__ Dd,
+                                                    int row, int Lq, float& lse2, float& d) {
+    const float l = row < Lq ? lse[row] : tc_neg_inf();
+    lse2 = l == tc_neg_inf() ? __int_as_float(0x7f800000) : l * TFM_LOG2E;
+    d = row < Lq ? Dd[row] : 0.f;
 }
 
 // ------------------------------------------------------------------------------------------------

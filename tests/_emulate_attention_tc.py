@@ -328,8 +328,9 @@ def bwd_dot(do, o):
     return np.sum(do.astype(np.float32) * o.astype(np.float32), axis=-1, dtype=np.float32)
 
 
-def _rowstats(lse, Dd, m0, BM, Lq):
-    rows = m0 + np.arange(BM)
+def tc_row_stats(lse, Dd, rows, Lq):
+    """The backward's row statistics of query rows `rows` (an array): lse in base 2, +inf for no-key
+    and padding rows; D_i, 0 past Lq."""
     lv = np.where(rows < Lq, lse[np.minimum(rows, Lq - 1)], -np.inf).astype(np.float32)
     sl = np.where(lv == -np.inf, np.float32(np.inf), lv * np.float32(LOG2E)).astype(np.float32)
     sd = np.where(rows < Lq, Dd[np.minimum(rows, Lq - 1)], 0).astype(np.float32)
@@ -352,7 +353,7 @@ def bwd_cta(q, k, v, do, lse, Dd, dk, dv, dq_acc, *, kv_len, causal, scale, D, B
         m0 = i_start + ib * BM
         Qi = load_tile(BM, D, q, m0, Lq)
         dOi = load_tile(BM, D, do, m0, Lq)
-        Li, Di = _rowstats(lse, Dd, m0, BM, Lq)
+        Li, Di = tc_row_stats(lse, Dd, m0 + np.arange(BM), Lq)
         sdS = np.full((BN * LDS,), np.nan, np.float16)
         dsT_all = []
         for warp in range(NW):
@@ -422,7 +423,7 @@ def dq_cta(q, k, v, do, lse, Dd, dq, *, kv_len, causal, scale, D, BN, m0):
     nblocks = tc_query_keys(kv_len, m0, causal, BM, BN)
     sQ = load_tile(BM, D, q, m0, Lq)
     sdO = load_tile(BM, D, do, m0, Lq)
-    Lrow, Drow = _rowstats(lse, Dd, m0, BM, Lq)
+    Lrow, Drow = tc_row_stats(lse, Dd, m0 + np.arange(BM), Lq)
     for warp in range(4):
         wrow = warp * 16
         lrow = [Lrow[wrow + G + 8 * r] for r in range(2)]
