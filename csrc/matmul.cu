@@ -41,7 +41,8 @@
 //                    (first version, 128 threads x 128 accumulators: 22.6, 8 warps per SM)
 //   8 cp_async       variant 7's map at BK=16 fed by a 3-stage cp.async ring (zero-fill at edges):
 //                    global->smem copies bypass registers and overlap the FMAs.
-//                                                        predicted >= 46 (90%); first version 41.7
+//                                  first version 41.7; the current SASS mix (75% FFMA in NN's
+//                                  k-loop, docs/matmul.md) bounds it near 40: not yet 90% of cuBLAS
 //   9 tf32_mma       opt-in: mma.sync m16n8k8 TF32 tensor cores (operands rounded with
 //                    cvt.rna.tf32.f32, ~1e-3 relative error, not the fp32 contract).
 //                                                                82.7 (1.6x cuBLAS fp32)

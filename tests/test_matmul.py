@@ -549,7 +549,7 @@ def emulate_warptile_outputs(M, N, BM, BN, BK, WM, WN, WNITER, TM, TN, NT):
     """WarpTile (variants 7, 8): C write counts over the whole grid, and the smem reads' range."""
     WMITER = (WM * WN) // (32 * TM * TN * WNITER)
     WSUBM, WSUBN = WM // WMITER, WN // WNITER
-    LDA, LDB = BM + 4, BN + 4
+    LDA = BM + 4
     count = np.zeros((M, N), np.int64)
     for by in range(_cdiv(M, BM)):
         for bx in range(_cdiv(N, BN)):
