@@ -29,6 +29,9 @@
 //                         rows <= 32768): x read once, y written once = 8 B/elt, the minimum.
 //   6 softmax_fwd_regs_exp2  (opt-in, never run on a GPU) 5 with exp2f and one bounds test per
 //                         pack: ~half the instructions per element (fp16 was issue-bound in run 1).
+//   7 softmax_fwd_cluster (opt-in, never run on a GPU) 5 for rows too long for one block: the
+//                         row split over a cluster of 2-8 CTAs (sm_90), (max, sum) combined through
+//                         distributed shared memory: 8 B/elt up to 262144 elements (4 reads x twice).
 //
 // Backward
 //   1 softmax_bwd_naive   thread per row, two passes: 2x(y, dy) + dx = 20 B/elt.
@@ -190,6 +193,74 @@ static __device__ __forceinline__ float regs_max(const float (&v)[NV][VEC]) {
     return m;
 }
 
+// v <- exp(v - ms) in place, the thread's sum of them returned (before the group reduction).
+template <int NV, int VEC>
+static __device__ __forceinline__ float exp_shifted_sum(float (&v)[NV][VEC], float ms) {
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NV; ++j)
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+            v[j][k] = expf(v[j][k] - ms);
+            s += v[j][k];
+        }
+    return s;
+}
+
+// ------------------------------------------------------------------------- thread-block clusters
+// sm_90: the CTAs of a cluster are scheduled together on one GPC, can wait for each other
+// (barrier.cluster) and read each other's shared memory (distributed shared memory: mapa turns a
+// shared-memory address of this CTA into the same variable's address in CTA `rank`). Plain sm_90
+// PTX, not sm_90a, so softmax.cu needs no `// tfm-arch` mark. setup.py also builds sm_80 by default,
+// where nvcc rejects __cluster_dims__ (and ptxas the PTX below): there the attribute is dropped and
+// the primitives trap (the variant's arch = 90 keeps it from being launched). The cluster size is
+// compile-time (__cluster_dims__), so neither launcher (cudaLaunchKernel, CuPy's cuLaunchKernel)
+// passes a launch attribute; the grid must be a multiple of it.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define TFM_CLUSTER_DIMS(c)
+#define TFM_SM90_ASM(...) __trap()
+#else
+#define TFM_CLUSTER_DIMS(c) __cluster_dims__(c, 1, 1)
+#define TFM_SM90_ASM(...) asm volatile(__VA_ARGS__)
+#endif
+
+// The host emulation (tests/_emulate_softmax.py, g++: no __CUDACC__) brings its own versions of
+// these five, with an array of CTAs standing for the cluster.
+#if defined(__CUDACC__)
+static __device__ __forceinline__ unsigned cluster_ctarank() {
+    unsigned r = 0;
+    TFM_SM90_ASM("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+
+// Every thread of every CTA of the cluster: release this CTA's shared-memory writes, wait for all.
+static __device__ __forceinline__ void cluster_sync() {
+    TFM_SM90_ASM("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+// The same barrier without the release: it orders no memory, it only makes every CTA wait for all.
+// cluster_sync's release compiles to MEMBAR.ALL.GPU (sm_90 SASS), which waits for this thread's
+// outstanding global stores; before a CTA exits that would be a whole slice of y (64 KiB).
+static __device__ __forceinline__ void cluster_sync_relaxed() {
+    TFM_SM90_ASM("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+}
+
+// The address of *p (a __shared__ variable of this CTA) in CTA `rank` of the cluster, generic.
+template <typename P>
+static __device__ __forceinline__ const P* cluster_map(const P* p, unsigned rank) {
+    uint64_t a = 0;
+    TFM_SM90_ASM("mapa.u64 %0, %1, %2;" : "=l"(a) : "l"(reinterpret_cast<uint64_t>(p)), "r"(rank));
+    return reinterpret_cast<const P*>(a);
+}
+
+// This CTA's one S in shared memory (a function-scope __shared__ is per CTA and per S).
+template <typename S>
+static __device__ __forceinline__ S& cta_shared() {
+    __shared__ S s;
+    return s;
+}
+#endif
+
 // ================================================================================= forward
 
 // 1: thread per row. Three sequential walks over the row; lanes of a warp are `cols` elements
@@ -348,16 +419,7 @@ __global__ void __launch_bounds__(Groups<TPR>::BLOCK, Groups<TPR>::MIN_BLOCKS)
         for (int j = 0; j < NV; ++j) load_slot<T, VEC>(xr, (j * TPR + t) * VEC, n, neg_inf(), v[j]);
         const float m = group_reduce<TPR>(regs_max(v), MaxOp(), scratch);
         const float ms = safe_max(m);
-
-        float s = 0.0f;
-#pragma unroll
-        for (int j = 0; j < NV; ++j)
-#pragma unroll
-            for (int k = 0; k < VEC; ++k) {
-                v[j][k] = expf(v[j][k] - ms);
-                s += v[j][k];
-            }
-        s = group_reduce<TPR>(s, SumOp(), scratch);
+        const float s = group_reduce<TPR>(exp_shifted_sum(v, ms), SumOp(), scratch);
         const float inv = s > 0.0f ? 1.0f / s : 0.0f;
 
 #pragma unroll
@@ -472,6 +534,111 @@ TFM_EXPORT(softmax_fwd_regs_exp2<__half, 1, 128, 32>)
 TFM_EXPORT(softmax_fwd_regs_exp2<__half, 1, 256, 32>)
 TFM_EXPORT(softmax_fwd_regs_exp2<__half, 1, 512, 32>)
 TFM_EXPORT(softmax_fwd_regs_exp2<__half, 1, 1024, 32>)
+
+// 7 (opt-in, added after GPU run 1, never run on a GPU): a row too long for one block's registers
+// split over a thread-block cluster (sm_90). Beyond 32768 elements variant 4 reads x twice (run 1,
+// 1024 x 65536 fp32: 2.70 TB/s = 65% of copy; its second read mostly missed L2). Here the C CTAs
+// of a cluster share one row: CTA r holds the slice [r * S, r * S + S) in registers (S = cols / C
+// rounded up to whole packs, at most NT * E), reduces it to (m_r, d_r) = (max, sum exp(x - m_r))
+// and keeps exp(x - m_r) in its registers; the C pairs meet through distributed shared memory
+// (each CTA reads all C in rank order after one cluster barrier, so all hold the bit-identical
+// row (M, D)), and each CTA writes its slice as exp(x - m_r) * exp(m_r - M) / D. x is read once
+// and y written once: 8 B/elt fp32, the minimum, as variant 5 but for rows up to C * NT * E =
+// 8 x 1024 x 32 = 262144 elements. One exp per element, as in 5.
+//
+// Prediction (written before any GPU run), 1024 x 65536 fp32, plan (512 threads, 4 CTAs): 537 MB
+// moved, 129 us at the 4.16 TB/s copy of run 1. Variant 4 moved 805 MB (12 B/elt) in 199 us, 4.04
+// TB/s of real traffic: it sits on its own 3-access roofline, so the lost third is exactly its
+// second read. Expected 140-165 us = 3.3-3.8 TB/s (80-92% of copy), below 5's 96% because the CTAs
+// of a cluster wait for the slowest at one barrier per row, and 2 CTAs per SM (not 4) overlap
+// less of one CTA's reductions with another's streaming.
+//
+// Masks: a slice that is all -inf (or empty: short rows leave the last CTAs with nothing) has
+// m_r = -inf, registers of exp(-inf - 0) = 0 and scale exp(-inf - M) = 0, never 0 * inf: the scale
+// uses m_r itself, not safe_max(m_r). An all -inf row: M = -inf, D = 0, inv = 0, y = 0.
+//
+// The exchange slot is double-buffered by row parity, so one cluster barrier per row suffices: a
+// CTA rewrites md[p] two rows later only after every CTA has arrived at the barrier in between,
+// which each does after reading this row's pairs. A last barrier keeps every CTA (and its shared
+// memory, which the peers read) alive until all have read; it needs no release (the reads it waits
+// for have been consumed by then: their values are in the stored y), so it is the relaxed one and
+// a CTA does not wait for its y stores to drain before leaving.
+template <int NW>
+struct ClusterShared {
+    float scratch[NW];  // group_reduce's partials (one per warp)
+    float md[2][2];     // (m_r, d_r) of this CTA, by row parity
+};
+
+template <typename T, int VEC, int NT, int C, int E>
+__global__ void TFM_CLUSTER_DIMS(C) __launch_bounds__(NT, 1024 / NT)
+    softmax_fwd_cluster(const T* __restrict__ x, T* __restrict__ y, int rows, int cols) {
+    static_assert(E % VEC == 0, "E must be a multiple of VEC");
+    static_assert(C >= 2 && C <= 8, "portable cluster sizes: 2 .. 8 CTAs");
+    static_assert(NT >= 64 && NT <= 1024 && (NT & (NT - 1)) == 0, "NT: the block is the row group");
+    constexpr int NV = E / VEC;
+    ClusterShared<NT / 32>& sh = cta_shared<ClusterShared<NT / 32>>();
+    const int t = threadIdx.x;
+    const int r = static_cast<int>(cluster_ctarank());  // == blockIdx.x % C for a (C, 1, 1) cluster
+    // This CTA's slice: whole VEC-packs, so with VEC > 1 (cols % VEC == 0, aligned pointers) every
+    // slice starts on a 16-byte boundary. The wrapper guarantees C * NT * E >= cols, so S <= NT * E.
+    const int S = (tfm_cdiv(cols, C) + VEC - 1) / VEC * VEC;
+    const int n = cols - r * S < 0 ? 0 : (cols - r * S < S ? cols - r * S : S);
+    int p = 0;
+    // Cluster k of the grid takes rows k, k + gridDim.x / C, ...: the same rows for its C CTAs, so
+    // the cluster barriers below are uniform.
+    for (int64_t row = blockIdx.x / C; row < rows; row += gridDim.x / C) {
+        const T* xr = x + row * cols + r * S;
+        T* yr = y + row * cols + r * S;
+
+        float v[NV][VEC];  // -inf past the slice: exp gives 0 there
+#pragma unroll
+        for (int j = 0; j < NV; ++j) load_slot<T, VEC>(xr, (j * NT + t) * VEC, n, neg_inf(), v[j]);
+        const float m = group_reduce<NT>(regs_max(v), MaxOp(), sh.scratch);
+        const float s = group_reduce<NT>(exp_shifted_sum(v, safe_max(m)), SumOp(), sh.scratch);
+
+        // The cluster's combine: publish (m_r, d_r), one barrier, read all C pairs from the peers'
+        // shared memory (the same addresses for every lane of a warp: one broadcast access each).
+        if (t == 0) {
+            sh.md[p][0] = m;
+            sh.md[p][1] = s;
+        }
+        cluster_sync();
+        const float* md0 = cluster_map(&sh.md[p][0], 0);
+        float M = md0[0], D = md0[1];
+#pragma unroll
+        for (int q = 1; q < C; ++q) {
+            const float* mdq = cluster_map(&sh.md[p][0], static_cast<unsigned>(q));
+            online_merge(M, D, mdq[0], mdq[1]);
+        }
+        const float inv = D > 0.0f ? 1.0f / D : 0.0f;
+        const float scale = expf(m - safe_max(M)) * inv;
+
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) v[j][k] *= scale;
+            store_slot<T, VEC>(yr, (j * NT + t) * VEC, n, v[j]);
+        }
+        p ^= 1;
+    }
+    cluster_sync_relaxed();
+}
+TFM_EXPORT(softmax_fwd_cluster<float, 4, 512, 2, 32>)
+TFM_EXPORT(softmax_fwd_cluster<float, 4, 512, 4, 32>)
+TFM_EXPORT(softmax_fwd_cluster<float, 4, 512, 8, 32>)
+TFM_EXPORT(softmax_fwd_cluster<float, 4, 1024, 8, 32>)
+TFM_EXPORT(softmax_fwd_cluster<float, 1, 512, 2, 32>)
+TFM_EXPORT(softmax_fwd_cluster<float, 1, 512, 4, 32>)
+TFM_EXPORT(softmax_fwd_cluster<float, 1, 512, 8, 32>)
+TFM_EXPORT(softmax_fwd_cluster<float, 1, 1024, 8, 32>)
+TFM_EXPORT(softmax_fwd_cluster<__half, 8, 512, 2, 32>)
+TFM_EXPORT(softmax_fwd_cluster<__half, 8, 512, 4, 32>)
+TFM_EXPORT(softmax_fwd_cluster<__half, 8, 512, 8, 32>)
+TFM_EXPORT(softmax_fwd_cluster<__half, 8, 1024, 8, 32>)
+TFM_EXPORT(softmax_fwd_cluster<__half, 1, 512, 2, 32>)
+TFM_EXPORT(softmax_fwd_cluster<__half, 1, 512, 4, 32>)
+TFM_EXPORT(softmax_fwd_cluster<__half, 1, 512, 8, 32>)
+TFM_EXPORT(softmax_fwd_cluster<__half, 1, 1024, 8, 32>)
 
 // ================================================================================= backward
 

@@ -7,7 +7,12 @@ conversions) is checked against numpy_ref on a machine without a GPU.
 How: a small shim defines the CUDA keywords away and emulates what the kernels use: one OS thread
 per CUDA thread, one block at a time (so function-static `__shared__` arrays are per block),
 `std::barrier` for `__syncthreads` and for the two phases of a warp shuffle (every lane writes its
-value, waits, reads its partner's, waits), `__half` as `_Float16`. Every `TFM_EXPORT` name
+value, waits, reads its partner's, waits), `__half` as `_Float16`. Thread-block clusters (forward 7,
+`softmax_fwd_cluster<T, VEC, NT, C, E>`): the C blocks of one cluster run at once, one cluster at a
+time; each block has its own shared-memory buffer behind `cta_shared<S>()` (the kernel's only
+shared memory), `cluster_map(p, rank)` moves an address from this block's buffer to the same offset
+in block `rank`'s (distributed shared memory), `cluster_ctarank()` is blockIdx.x % C and
+`cluster_sync()` a barrier over all C x NT threads. Every `TFM_EXPORT` name
 expression gets a dispatch entry, so the variants' own launch plans (tfm_kernels/softmax.py) run
 unchanged through a fake backend whose arrays are NumPy buffers (their addresses drive the vector
 path decisions exactly as device pointers would).
@@ -51,16 +56,40 @@ SHIM_H = r"""
 #define __launch_bounds__(...)
 #define __restrict__
 #define __shared__ static
+#define __cluster_dims__(...)
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 inline thread_local dim3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
 struct WarpState { std::unique_ptr<std::barrier<>> bar; float vals[32]; };
-inline std::unique_ptr<std::barrier<>> g_block_bar;
-inline std::vector<std::unique_ptr<WarpState>> g_warps;
-inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
+// One block: its barrier, its warps' shuffle state, its shared memory for cta_shared<S>().
+struct Cta {
+    std::unique_ptr<std::barrier<>> bar;
+    std::vector<std::unique_ptr<WarpState>> warps;
+    unsigned rank = 0;
+    alignas(16) unsigned char smem[4096];
+};
+struct Cluster { std::unique_ptr<std::barrier<>> bar; std::vector<std::unique_ptr<Cta>> ctas; };
+inline thread_local Cta* g_cta;
+inline Cluster* g_cluster;
+inline void __syncthreads() { g_cta->bar->arrive_and_wait(); }
+inline unsigned cluster_ctarank() { return g_cta->rank; }
+inline void cluster_sync() { g_cluster->bar->arrive_and_wait(); }
+inline void cluster_sync_relaxed() { g_cluster->bar->arrive_and_wait(); }
+template <typename P>
+const P* cluster_map(const P* p, unsigned rank) {
+    const auto* b = reinterpret_cast<const unsigned char*>(p);
+    if (b < g_cta->smem || b >= g_cta->smem + sizeof(g_cta->smem) || rank >= g_cluster->ctas.size())
+        std::abort();  // not this block's shared memory, or no such block in the cluster
+    return reinterpret_cast<const P*>(g_cluster->ctas[rank]->smem + (b - g_cta->smem));
+}
+template <typename S>
+S& cta_shared() {
+    static_assert(sizeof(S) <= sizeof(Cta::smem), "grow Cta::smem");
+    return *reinterpret_cast<S*>(g_cta->smem);
+}
 inline float __shfl_xor_sync(unsigned mask, float v, int o) {
     if (mask != 0xffffffffu) std::abort();  // the kernels always shuffle with the full warp
-    WarpState& w = *g_warps[threadIdx.x / 32];
+    WarpState& w = *g_cta->warps[threadIdx.x / 32];
     const int lane = threadIdx.x % 32;
     w.vals[lane] = v;
     w.bar->arrive_and_wait();
@@ -69,25 +98,47 @@ inline float __shfl_xor_sync(unsigned mask, float v, int o) {
     return r;
 }
 inline float __int_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+// `cluster` blocks at once (1 for every kernel but softmax_fwd_cluster), one cluster after another.
+// Returns 2 where the launch would fail on the device: a grid that is not whole clusters.
 template <typename K, typename... A>
-void emu_launch(K kernel, unsigned gx, unsigned bx, A... args) {
-    if (bx % 32 || bx > 1024) std::abort();
+int emu_launch(K kernel, unsigned gx, unsigned bx, unsigned cluster, A... args) {
+    if (bx % 32 || bx > 1024 || cluster < 1 || cluster > 8) std::abort();
+    if (gx % cluster) return 2;
     gridDim.x = gx;
     blockDim.x = bx;
-    for (unsigned b = 0; b < gx; ++b) {
-        g_block_bar = std::make_unique<std::barrier<>>(bx);
-        g_warps.clear();
-        for (unsigned w = 0; w < bx / 32; ++w) {
-            g_warps.push_back(std::make_unique<WarpState>());
-            g_warps.back()->bar = std::make_unique<std::barrier<>>(32);
+    for (unsigned b0 = 0; b0 < gx; b0 += cluster) {
+        Cluster cl;
+        cl.bar = std::make_unique<std::barrier<>>(cluster * bx);
+        for (unsigned c = 0; c < cluster; ++c) {
+            auto cta = std::make_unique<Cta>();
+            cta->bar = std::make_unique<std::barrier<>>(bx);
+            cta->rank = c;
+            std::memset(cta->smem, 0xff, sizeof(cta->smem));  // NaN-poisoned, as uninitialised
+            for (unsigned w = 0; w < bx / 32; ++w) {
+                cta->warps.push_back(std::make_unique<WarpState>());
+                cta->warps.back()->bar = std::make_unique<std::barrier<>>(32);
+            }
+            cl.ctas.push_back(std::move(cta));
         }
+        g_cluster = &cl;
         std::vector<std::thread> ts;
-        for (unsigned t = 0; t < bx; ++t)
-            ts.emplace_back([=] { threadIdx.x = t; blockIdx.x = b; kernel(args...); });
+        for (unsigned c = 0; c < cluster; ++c)
+            for (unsigned t = 0; t < bx; ++t) {
+                Cta* cta = cl.ctas[c].get();
+                ts.emplace_back([=] { threadIdx.x = t; blockIdx.x = b0 + c; g_cta = cta; kernel(args...); });
+            }
         for (auto& th : ts) th.join();
     }
+    return 0;
 }
 """
+
+
+def cluster_size(name: str) -> int:
+    """Blocks per cluster of an exported kernel: C of softmax_fwd_cluster<T, VEC, NT, C, E>, else 1."""
+    if name.startswith("softmax_fwd_cluster<"):
+        return int(name[name.index("<") + 1:name.rindex(">")].split(",")[3])
+    return 1
 
 
 def _dispatch_source(source: Path) -> str:
@@ -98,11 +149,12 @@ def _dispatch_source(source: Path) -> str:
              "    const std::string n(name);"]
     for n in names:
         t = "__half" if "<__half" in n else "float"
+        cluster = cluster_size(n)
         if n.startswith("softmax_fwd"):
-            call = f"emu_launch(&{n}, gx, bx, (const {t}*)p[0], ({t}*)p[1], rows, cols)"
+            call = f"emu_launch(&{n}, gx, bx, {cluster}, (const {t}*)p[0], ({t}*)p[1], rows, cols)"
         else:
-            call = f"emu_launch(&{n}, gx, bx, (const {t}*)p[0], (const {t}*)p[1], ({t}*)p[2], rows, cols)"
-        lines.append(f'    if (n == "{n}") {{ {call}; return 0; }}')
+            call = f"emu_launch(&{n}, gx, bx, {cluster}, (const {t}*)p[0], (const {t}*)p[1], ({t}*)p[2], rows, cols)"
+        lines.append(f'    if (n == "{n}") return {call};')
     lines += ["    return 1;", "}"]
     return "\n".join(lines) + "\n"
 
@@ -164,5 +216,7 @@ class HostBackend:
         ptrs = (ctypes.c_void_p * len(arrays))(*[a.a.ctypes.data for a in arrays])
         rc = self.dll.emu(launch.kernel.encode(), int(launch.grid[0]), int(launch.block[0]), ptrs,
                           scalars[0], scalars[1])
-        assert rc == 0, f"{launch.kernel} is not exported by csrc/softmax.cu"
+        assert rc != 1, f"{launch.kernel} is not exported by csrc/softmax.cu"
+        assert rc != 2, f"{launch.kernel}: grid {launch.grid} is not a whole number of clusters"
+        assert rc == 0, rc
         self.launched.add(launch.kernel)

@@ -3,12 +3,13 @@
 
 * Validation (no GPU needed): every bad argument raises TypeError/ValueError naming it, before any
   launch; device arrays are faked with `__cuda_array_interface__` metadata.
-* Registry and planning (no GPU): both ladders numbered 1-5, every kernel a variant may launch is
-  exported by the source, the default is the row-in-registers variant up to its capacity and the
-  streaming one beyond, and a NumPy emulation of the kernels' index mappings (the scalar head /
-  16-byte packs / scalar tail walk of the streaming kernels, the register slots of the *_regs
-  kernels, the uniform row loop of grouped rows) covers every element exactly once, with every pack
-  16-byte aligned. The online (max, sum) merge is emulated in float32 on masked rows: no NaN.
+* Registry and planning (no GPU): forward 1-7 and backward 1-5 (forward 6 and 7 opt-in, 7 needing
+  sm_90), every kernel a variant may launch is exported by the source, the default is the
+  row-in-registers variant up to its capacity and the streaming one beyond, and a NumPy emulation of
+  the kernels' index mappings (the scalar head / 16-byte packs / scalar tail walk of the streaming
+  kernels, the register slots of the *_regs kernels, the CTA slices of the cluster kernel, the
+  uniform row loop of grouped rows) covers every element exactly once, with every pack 16-byte
+  aligned. The online (max, sum) merge is emulated in float32 on masked rows: no NaN.
 * GPU: every variant x both dtypes x both backends against numpy_ref in float64: row lengths 1, 17,
   31, 33, 97, 129, 1000, 1025, 4097, 100000 and 262144, 70000 rows of 3 (grid limits), values of
   magnitude 1e4, rows with -inf entries, a row that is all -inf; outputs poisoned with NaN and
@@ -17,7 +18,8 @@
   rounding to float16) + 1e-5 * max|ref| (tests/helpers.py). Backward: the same, with max|ref|
   replaced by the size of the terms dx is the difference of (backward_term_scale: dx cancels). Also: N-D and 1-D inputs, misaligned and
   differently aligned views (the vector paths must fall back), the grid-stride loops (MAX_GRID
-  lowered), the default variant, the all -inf row giving exact zeros.
+  lowered), the default variant, the all -inf row giving exact zeros; forward 7 also on rows whose
+  masks and maxima sit on its CTA slices (cluster_slice_inputs), at every cluster plan.
 * tests/test_softmax_emulation.py runs csrc/softmax.cu itself on the CPU (no GPU needed).
 """
 
@@ -70,6 +72,9 @@ F = FakeDeviceArray
     (F((4, 5)), {"variant": 9}, ValueError, r"^variant: softmax has no variant 9"),
     (F((2, 40000)), {"variant": "5_regs"}, ValueError,
      r"^variant: softmax/5_regs cannot take these arguments: rows of 40000 elements do not fit"),
+    (F((2, 262145)), {"variant": "7_cluster"}, ValueError,
+     r"^variant: softmax/7_cluster cannot take these arguments: rows of 262145 elements do not fit in a "
+     r"cluster's registers \(8 CTAs x 1024 threads x 32 = 262144"),
 ])
 def test_validation_forward(x, kw, exc, match):
     with pytest.raises(exc, match=match):
@@ -129,16 +134,21 @@ def test_valid_call_without_device_says_why():
 # ---------------------------------------------------------------------------------------------
 
 def test_ladders_registered():
-    for op, ladder, numbers in (("softmax", FWD, [1, 2, 3, 4, 5, 6]), ("softmax_backward", BWD, [1, 2, 3, 4, 5])):
+    for op, ladder, numbers in (("softmax", FWD, [1, 2, 3, 4, 5, 6, 7]), ("softmax_backward", BWD, [1, 2, 3, 4, 5])):
         assert [v.number for v in ladder] == numbers, op
         for v in ladder:
             assert v.description and v.dtypes == ("float32", "float16"), v.qualname
             assert v.kernels, v.qualname
         assert [v.number for v in ladder if v.hot] == numbers[3:], op
     # Added after the only GPU run: opt-in (never the default) and saying why.
-    v6 = _registry.get("softmax", 6)
-    assert v6.extra.get("opt_in") and "never run on a GPU" in v6.extra.get("unverified", "")
+    for n in (6, 7):
+        v = _registry.get("softmax", n)
+        assert v.extra.get("opt_in") and "never run on a GPU" in v.extra.get("unverified", ""), n
     assert all(not v.extra.get("opt_in") for v in FWD[:5] + BWD)
+    # Thread-block clusters: compute capability 9.0, refused on older devices before any launch.
+    assert _registry.get("softmax", 7).arch == 90 and all(v.arch == 80 for v in FWD[:6] + BWD)
+    with pytest.raises(ValueError, match=r"^variant: softmax/7_cluster needs compute capability 9.0"):
+        _registry.choose("softmax", "7_cluster", dtype="float32", cc=80, rows=4, cols=65536)
 
 
 def test_every_kernel_is_exported_and_launched():
@@ -157,6 +167,8 @@ def test_default_choice_by_row_length(op, cap):
             assert _registry.choose(op, None, dtype=dt, rows=10, cols=cols).key == "5_regs", (cols, dt)
     for cols in (cap + 1, 100000, 262144):
         assert _registry.choose(op, None, dtype="float32", rows=10, cols=cols).number == 4, cols
+        # The cluster variant (7) is opt-in: never the default, even on an sm_90 device.
+        assert _registry.choose(op, None, dtype="float32", cc=90, rows=10, cols=cols).number == 4, cols
 
 
 def test_planning_tables():
@@ -165,6 +177,9 @@ def test_planning_tables():
     assert sm.regs_tpr(32769, 32) is None
     assert [sm.regs_tpr(c, 16) for c in (16, 17, 512, 8192, 16384)] == [1, 32, 32, 512, 1024]
     assert [sm.stream_tpr(c) for c in (1, 2048, 2049, 16384, 16385, 262144)] == [32, 32, 256, 256, 512, 512]
+    assert [sm.cluster_plan(c) for c in (1, 32768, 32769, 65536, 65537, 131072, 131073, 262144)] == \
+           [(512, 2), (512, 2), (512, 4), (512, 4), (512, 8), (512, 8), (1024, 8), (1024, 8)]
+    assert sm.cluster_plan(262145) is None and sm.CLUSTER_CAP == 262144
     for tpr in sm.REGS_TPR + sm.STREAM_TPR:
         block, rpb = sm._groups_block(tpr)
         assert block * 1 <= 1024 and block % 32 == 0 and block == rpb * tpr
@@ -238,6 +253,31 @@ def test_emulated_register_slots_cover_each_element_once(e):
                     if idx >= 0:
                         seen[idx] += 1
             assert (seen == 1).all(), (cols, tpr, vec)
+
+
+def emulate_cluster_slices(cols: int, c: int, nt: int, vec: int, e: int) -> list[tuple[int, int]]:
+    """softmax_fwd_cluster: (start, n) of each CTA rank's slice: S = cdiv(cols, C) rounded up to
+    whole VEC-packs, rank r takes min(S, cols - r * S) (at least 0) elements from r * S."""
+    s = sm._cdiv(sm._cdiv(cols, c), vec) * vec
+    assert s <= nt * e, (cols, c, nt)
+    return [(r * s, max(0, min(s, cols - r * s))) for r in range(c)]
+
+
+def test_emulated_cluster_slices_cover_each_element_once():
+    """Each CTA's slice, walked by the register slots of a (NT threads, E) block, covers the row
+    exactly once, and with VEC > 1 every slice (so every pack) starts 16-byte aligned."""
+    for cols in [1, 2, 7, 8, 17, 1000, 4097, 32768, 32769, 65536, 65537, 100000, 131072, 131073, 262144]:
+        nt, c = sm.cluster_plan(cols)
+        for vec in (1, 4, 8):
+            if vec > 1 and cols % vec:
+                continue
+            seen = np.zeros(cols, np.int64)
+            for start, n in emulate_cluster_slices(cols, c, nt, vec, sm.CLUSTER_E):
+                assert start % vec == 0 or n == 0
+                for idx in (i for slots in emulate_regs_slots(n, nt, vec, sm.CLUSTER_E).values() for i in slots):
+                    if idx >= 0:
+                        seen[start + idx] += 1
+            assert (seen == 1).all(), (cols, vec)
 
 
 def test_emulated_row_loop_reaches_every_row():
@@ -417,6 +457,41 @@ def _backward_inputs(rng, rows, cols, dtype, kind="normal"):
 DTYPE_IDS = {np.float32: "fp32", np.float16: "fp16"}
 
 
+def _skip_unless_device_has(backend, variant):
+    """Forward 7 needs thread-block clusters (sm_90); on an older device its refusal is checked and
+    the test skipped."""
+    cc = _backend.get(backend).cc
+    if cc < variant.arch:
+        with pytest.raises(ValueError, match=r"^variant: .* needs compute capability"):
+            tfm_kernels.softmax(_backend.get(backend)._cupy.ones((2, 8), np.float32), backend=backend,
+                                variant=variant.key)
+        pytest.skip(f"{variant.qualname} needs compute capability {variant.arch / 10:.1f}, this device has {cc / 10:.1f}")
+
+
+def cluster_slice_inputs(rng, rows, cols, dtype):
+    """Rows built on softmax_fwd_cluster's slices (sm.cluster_plan; the scalar slices: with 16-byte
+    packs a boundary moves by less than a pack, the pattern stays): row 0 has slice 0 all -inf and
+    N(0, 2^2) elsewhere; row 1 is -inf but in the last slice, whose values sit just below -1e4 (a
+    CTA with m_r = -inf beside a row max of -1e4: its scale must be exp(-inf - M) = 0, not
+    exp(0 + 1e4) = inf, or 0 * inf = NaN); row 2 is -inf but for one entry in the middle slice;
+    further rows N(0, 2^2) with their max in the last slice. Any rows/cols (short rows leave CTAs
+    with empty slices)."""
+    _, c = sm.cluster_plan(cols)
+    s = sm._cdiv(cols, c)
+    x = rng.standard_normal((rows, cols)) * 2.0
+    x[0, :s] = -np.inf
+    if rows > 1:
+        x[1] = -np.inf
+        last = (c - 1) * s if (c - 1) * s < cols else 0
+        x[1, last:] = -1e4 - rng.uniform(0, 50, cols - last)
+    if rows > 2:
+        x[2] = -np.inf
+        x[2, min(cols - 1, (c // 2) * s + s // 2)] = 3.0
+    if rows > 3:
+        x[3:, -1] = 30.0
+    return x.astype(dtype)
+
+
 def _sweep(variant, dtype):
     """(rows, cols, kind) of the GPU sweep: every shape of SHAPES the variant takes, each value
     pattern; the value patterns do not depend on size, so "large" and "masked" run only where the
@@ -433,6 +508,7 @@ def _sweep(variant, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("variant", FWD, ids=lambda v: v.key)
 def test_forward_variant(backend, variant, dtype, rng):
+    _skip_unless_device_has(backend, variant)
     for rows, cols, kind in _sweep(variant, dtype):
         x = _inputs(rng, rows, cols, dtype, kind)
         y = _run_fwd(backend, variant.key, x)
@@ -450,11 +526,26 @@ def test_backward_variant(backend, variant, dtype, rng):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=DTYPE_IDS.get)
+def test_cluster_slices(backend, dtype, rng):
+    """Forward 7 on rows whose masks and maxima sit on its CTA slices, at every cluster plan (2, 4,
+    8 CTAs of 512 threads, 8 of 1024) and its edges, lengths 1 .. 262144."""
+    v = _registry.get("softmax", 7)
+    _skip_unless_device_has(backend, v)
+    for rows, cols in ((4, 1), (5, 17), (4, 4097), (5, 32768), (4, 32769), (4, 65536), (3, 100000),
+                       (3, 131072), (3, 131073), (4, 262144)):
+        x = cluster_slice_inputs(rng, rows, cols, dtype)
+        _check_fwd(_run_fwd(backend, v.key, x), x, dtype, f"{v.qualname} {backend} {DTYPE_IDS[dtype]} {rows}x{cols} slices")
+
+
+@pytest.mark.gpu
 def test_all_neg_inf_row_gives_exact_zeros(backend):
     import cupy as cp
 
     for dtype in (cp.float32, cp.float16):
         for v in FWD:
+            if _backend.get(backend).cc < v.arch:
+                continue  # 7_cluster on a device before sm_90
             x = cp.full((3, 37), -cp.inf, dtype=dtype)
             x[1] = cp.arange(37, dtype=dtype) / 10
             y = tfm_kernels.softmax(x, backend=backend, variant=v.key).get()
@@ -471,6 +562,7 @@ def test_all_neg_inf_row_gives_exact_zeros(backend):
 def test_grid_stride_loops(backend, variant, rng, monkeypatch):
     """MAX_GRID lowered to 3 blocks: every kernel must walk its row loop (and keep its barriers and
     shuffles uniform while some groups run out of rows)."""
+    _skip_unless_device_has(backend, variant)
     monkeypatch.setattr(sm, "MAX_GRID", 3)
     for rows, cols in ((1001, 33), (37, 1025), (300, 5)):
         if variant.op == "softmax":
@@ -489,6 +581,7 @@ def test_misaligned_views(backend, variant, rng):
     scalar head; the register kernels fall back to scalar), and inputs and output with different
     residues mod 16 (every kernel falls back to scalar). Row lengths a multiple of the pack, so
     only the addresses forbid the vector path."""
+    _skip_unless_device_has(backend, variant)
     import cupy as cp
 
     for dtype in (np.float32, np.float16):

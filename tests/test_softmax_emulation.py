@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import tfm_kernels
-from test_softmax import DTYPE_IDS, _backward_inputs, _check_bwd, _check_fwd, _inputs
+from test_softmax import DTYPE_IDS, _backward_inputs, _check_bwd, _check_fwd, _inputs, cluster_slice_inputs
 
 sm = importlib.import_module("tfm_kernels.softmax")
 VARIANTS = tfm_kernels.variants("softmax") + tfm_kernels.variants("softmax_backward")
@@ -26,6 +26,12 @@ VARIANTS = tfm_kernels.variants("softmax") + tfm_kernels.variants("softmax_backw
 EMU_SHAPES = [(3, 1), (5, 3), (3, 8), (3, 17), (3, 24), (3, 31), (3, 33), (2, 97), (2, 512), (2, 1000),
               (2, 1024), (2, 1025), (2, 2048), (2, 4096), (1, 4097), (1, 8192), (1, 8193), (1, 16384),
               (1, 16385), (1, 32768), (1, 40000)]
+# Forward 7 (softmax_fwd_cluster) has its own thresholds (sm.cluster_plan), and every launch is at
+# least 2 x 512 emulated threads (up to 8 x 1024), so it gets its own list: tiny and odd rows (CTA 1
+# with an empty slice), each plan (2, 4, 8 CTAs of 512, 8 of 1024) with 16-byte packs (the aligned
+# pattern) and scalar (shifted, mixed); several rows per cluster walk the row loop (the grid capped
+# at 3 blocks is one cluster).
+EMU_CLUSTER_SHAPES = [(3, 1), (3, 17), (1, 4097), (2, 32768), (1, 40000), (2, 131072), (1, 131080)]
 # (value pattern, element offsets of (input, [input,] out) into their buffers): aligned (vector
 # paths), all shifted by one element (scalar head for the streaming kernels, scalar register
 # kernels), input and output differently aligned (scalar everywhere).
@@ -60,7 +66,7 @@ def test_host_emulation_of_every_kernel(variant, host_emulation, rng, monkeypatc
     emu, be = host_emulation
     monkeypatch.setattr(sm, "MAX_GRID", 3)
     before = set(be.launched)
-    for rows, cols in EMU_SHAPES:
+    for rows, cols in EMU_CLUSTER_SHAPES if variant.name == "cluster" else EMU_SHAPES:
         if variant.reason_unsupported(dtype="float32", rows=rows, cols=cols):
             continue
         for dtype in (np.float32, np.float16):
@@ -87,3 +93,24 @@ def test_host_emulation_of_every_kernel(variant, host_emulation, rng, monkeypatc
     mine = {k for _, k in variant.kernels}
     assert mine <= be.launched, sorted(mine - be.launched)
     assert be.launched - before <= mine | before
+
+
+@pytest.mark.slow
+def test_host_emulation_cluster_slices(host_emulation, rng, monkeypatch):
+    """Forward 7 on the host emulation (a thread per CUDA thread, the C blocks of a cluster at once,
+    each with its own shared memory, reached by the others through cluster_map): masks and maxima
+    placed on its CTA slices (test_softmax.cluster_slice_inputs), every cluster plan, aligned and
+    shifted buffers (fp32 aligned: packs; fp16 shifted: scalar), grid capped at 3 blocks (row loops
+    on every plan)."""
+    emu, be = host_emulation
+    monkeypatch.setattr(sm, "MAX_GRID", 3)
+    v = tfm_kernels._registry.get("softmax", 7)
+    for rows, cols in ((4, 1), (5, 17), (4, 32769), (3, 65537), (3, 131073)):
+        for dtype, off in ((np.float32, 0), (np.float16, 1)):  # 16-byte packs, then scalar
+                x = cluster_slice_inputs(rng, rows, cols, dtype)
+                xv, _ = _host_view(x, off)
+                ov, obuf = _host_view(np.full(x.shape, np.nan, dtype), off)
+                v.fn(be, emu.HostArray(xv), emu.HostArray(ov))
+                what = f"{v.qualname} emulated {DTYPE_IDS[dtype]} {rows}x{cols} slices offset {off}"
+                _check_fwd(ov.copy(), x, dtype, what)
+                assert np.isnan(obuf[:off]).all() and np.isnan(obuf[off + x.size:]).all(), f"{what}: wrote outside out"

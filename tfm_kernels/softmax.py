@@ -27,8 +27,8 @@ Each fn plans its launch from the shape and the pointers' alignment: the 16-byte
 kernel's scalar instantiation.
 
 The ladders (numbers are the order to read csrc/softmax.cu in; the default is the highest-numbered
-variant that takes the shape and is not opt-in: 5 up to its register capacity, 4 beyond; forward 6
-is opt-in until a GPU has measured it):
+variant that takes the shape and is not opt-in: 5 up to its register capacity, 4 beyond; forwards 6
+and 7 are opt-in until a GPU has measured them):
 """
 
 from __future__ import annotations
@@ -52,6 +52,14 @@ FWD_REGS_E = 32  # x: 32 registers of row data per thread -> rows up to 32768
 BWD_REGS_E = 16  # y and dy: 2 x 16 registers per thread -> rows up to 16384
 REGS_TPR = (1, 32, 128, 256, 512, 1024)  # instantiated threads-per-row of the *_regs kernels
 STREAM_TPR = (32, 256, 512)              # instantiated threads-per-row of the streaming kernels
+# Forward 7 (softmax_fwd_cluster): (threads per CTA, CTAs per cluster), the first whose registers
+# hold the row (NT * C * CLUSTER_E >= cols) is used. 512 threads up to 8 x 16384 = 131072 elements:
+# two CTAs per SM (64 registers each), so one streams while the other waits at its barriers; 1024
+# threads (one CTA per SM) only for the longest rows, up to 8 x 32768 = 262144. Clusters of at most
+# 8 CTAs: the portable size, launchable without cudaFuncAttributeNonPortableClusterSizeAllowed.
+CLUSTER_E = 32
+CLUSTER_PLANS = ((512, 2), (512, 4), (512, 8), (1024, 8))
+CLUSTER_CAP = max(nt * c for nt, c in CLUSTER_PLANS) * CLUSTER_E  # 262144
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,6 +209,14 @@ def stream_tpr(cols: int) -> int:
     return 512
 
 
+def cluster_plan(cols: int) -> tuple[int, int] | None:
+    """(threads per CTA, CTAs per cluster) of softmax_fwd_cluster for rows of `cols`, or None."""
+    for nt, c in CLUSTER_PLANS:
+        if nt * c * CLUSTER_E >= cols:
+            return nt, c
+    return None
+
+
 def _args(*arrays, rows: int, cols: int) -> tuple:
     return tuple(arrays) + (np.int32(rows), np.int32(cols))
 
@@ -236,6 +252,18 @@ def _group(kernel: str, tpr_of=None, *, e: int | None = None):
 
 
 
+def _fwd_cluster(be, x, out):
+    """Forward 7: C CTAs per row (a cluster, sized at compile time by the kernel's __cluster_dims__,
+    so the grid is a whole number of clusters: C x min(rows, MAX_GRID // C), the rows looped)."""
+    rows, cols = x.shape
+    dtype = x.dtype.name
+    vec = _regs_vec(dtype, cols, x, out)
+    nt, c = cluster_plan(cols)
+    clusters = max(1, min(rows, MAX_GRID // c))
+    be.launch(Launch(SOURCE, f"softmax_fwd_cluster<{_CTYPE[dtype]}, {vec}, {nt}, {c}, {CLUSTER_E}>",
+                     (c * clusters, 1, 1), (nt, 1, 1), _args(x, out, rows=rows, cols=cols)))
+
+
 # The kernels each variant may launch (the build tests compile them and read their ptxas reports).
 
 def _names(template: str, vecs: dict[str, tuple[int, ...]], tprs=(None,), extra: str = "") -> tuple:
@@ -250,6 +278,14 @@ def _names(template: str, vecs: dict[str, tuple[int, ...]], tprs=(None,), extra:
 
 _NOVEC = {"float32": (None,), "float16": (None,)}
 _VECS = {"float32": (4, 1), "float16": (8, 1)}
+
+
+def _cluster_supports(*, dtype, rows, cols, **_):
+    if cols > CLUSTER_CAP:
+        nt, c = CLUSTER_PLANS[-1]
+        return (f"rows of {cols} elements do not fit in a cluster's registers ({c} CTAs x {nt} threads x "
+                f"{CLUSTER_E} = {CLUSTER_CAP} elements at most)")
+    return None
 
 
 def _regs_supports(e: int):
@@ -286,10 +322,24 @@ FORWARD = [
      _names("softmax_fwd_regs_exp2", _VECS, REGS_TPR, extra=f", {FWD_REGS_E}"), True,
      "5 with exp2f((x - m) * log2 e) and one bounds test per pack: ~13 instead of ~31 PTX instructions "
      "per element, aimed at fp16 (issue-bound at 51% of copy in run 1); opt-in, never run on a GPU"),
+    (7, "cluster", _fwd_cluster,
+     tuple((SOURCE, f"softmax_fwd_cluster<{_CTYPE[dt]}, {vec}, {nt}, {c}, {CLUSTER_E}>")
+           for dt in _CTYPE for vec in _VECS[dt] for nt, c in CLUSTER_PLANS), True,
+     "5 across a thread-block cluster (sm_90) for rows beyond one block's registers: 2-8 CTAs of "
+     "512-1024 threads hold the row (32 registers each, up to 262144 elements), (max, sum) merged "
+     "through distributed shared memory, x read once: 8 B/elt instead of 4's 12. Predicted 1024x65536 "
+     "fp32 (537 MB; 4 moves 805): 3.3-3.8 TB/s, 80-92% of the 4.16 TB/s copy (4 measured 2.70); opt-in, "
+     "never run on a GPU"),
 ]
 # Variants added after the only GPU run: never the default until measured (choose() skips opt-in).
 OPT_IN = {("softmax", 6): "added after GPU run 1 (2026-11-29); never run on a GPU: correctness checked on "
-                          "the host emulation only, speed unmeasured"}
+                          "the host emulation only, speed unmeasured",
+          ("softmax", 7): "added after GPU run 1 (2026-11-29); never run on a GPU: correctness checked on "
+                          "the host emulation only (cluster ranks and distributed shared memory emulated), "
+                          "cluster launch through both backends and speed unchecked"}
+# What a variant needs beyond the defaults (every dtype and shape, compute capability 8.0).
+SUPPORTS = {("softmax", 7): _cluster_supports}
+ARCH = {("softmax", 7): 90}  # thread-block clusters: sm_90 (not sm_90a)
 
 BACKWARD = [
     (1, "naive", _plain("softmax_bwd_naive", 128, 128), _names("softmax_bwd_naive", _NOVEC), False,
@@ -329,9 +379,10 @@ MEASURED = {
 for _op, _ladder, _e in (("softmax", FORWARD, FWD_REGS_E), ("softmax_backward", BACKWARD, BWD_REGS_E)):
     for _n, _name, _fn, _kernels, _hot, _desc in _ladder:
         _why = OPT_IN.get((_op, _n))
+        _supports = _regs_supports(_e) if _name.startswith("regs") else SUPPORTS.get((_op, _n))
         register(Variant(op=_op, number=_n, name=_name, description=_desc, fn=_fn, dtypes=DTYPES,
-                         supports=_regs_supports(_e) if _name.startswith("regs") else None, kernels=_kernels,
-                         hot=_hot, arch=80, measured=MEASURED.get((_op, _n)),
+                         supports=_supports, kernels=_kernels, hot=_hot, arch=ARCH.get((_op, _n), 80),
+                         measured=MEASURED.get((_op, _n)),
                          extra={"opt_in": True, "unverified": _why} if _why else {}))
 
 if __doc__:  # None under python -OO
