@@ -2,11 +2,12 @@
 every softmax variant's own launch plan, against numpy_ref. No GPU needed (g++ >= 12).
 
 tests/_emulate_softmax.py builds the real kernel source with a small shim: a thread per CUDA
-thread, one block at a time, barriers for __syncthreads and for the two phases of each warp
-shuffle, _Float16 for __half. The variants' fn (tfm_kernels/softmax.py) plan their launches from
+thread, one block at a time (one cluster of blocks at a time for forward 7, each block with its own
+shared memory, the others reaching it through cluster_map), barriers for __syncthreads, the cluster
+barrier and the two phases of each warp shuffle, _Float16 for __half. The variants' fn (tfm_kernels/softmax.py) plan their launches from
 NumPy buffers' addresses exactly as from device pointers, so the vector-path decisions, the grouped
 rows, the grid-stride loops (grid capped at 3 blocks here) and the -inf handling all run as
-written. Every kernel csrc/softmax.cu exports must run at least once. Marked slow (about a minute
+written. Every kernel csrc/softmax.cu exports must run at least once. Marked slow (about two minutes
 on two cores); kept out of test_softmax.py so the GPU run's per-file time cap is not spent on it.
 """
 
