@@ -280,6 +280,41 @@ def test_emulated_cluster_slices_cover_each_element_once():
             assert (seen == 1).all(), (cols, vec)
 
 
+def test_cluster_kernels_machine_code():
+    """softmax_fwd_cluster as the CuPy backend compiles it (NVRTC, sm_90 cubin; no GPU): each of the
+    16 carries its compile-time cluster size (EIATTR_CTA_PER_CLUSTER = C x 1 x 1: what lets both
+    launchers launch it without a cluster launch attribute), and its SASS has exactly two cluster
+    barriers (the per-row exchange and the exit) with one MEMBAR: the exit barrier is the relaxed
+    one, so a CTA does not wait for its y stores to drain before leaving."""
+    import re
+    import subprocess
+    import tempfile
+
+    from tfm_kernels import _sass
+
+    if _sass.cuobjdump() is None:
+        pytest.skip("no cuobjdump (nvidia-cuda-cuobjdump wheel or a CUDA toolkit)")
+    v = _registry.get("softmax", 7)
+    names = [n for _, n in v.kernels]
+    cubin, lowered, _ = _sass.nvrtc_cubin("softmax.cu", names)
+    exe, env = _sass.cuobjdump()
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = _sass.dump_sass.__wrapped__(f.name)
+        elf = subprocess.run([exe, "-elf", f.name], capture_output=True, text=True, env=env, check=True).stdout
+    # "<section header>\n ... EIATTR_CTA_PER_CLUSTER ... Value: 0xC 0x1 0x1" per kernel's .nv.info
+    dims = {m.group(1): tuple(int(d, 16) for d in m.group(2).split())
+            for m in re.finditer(r"^\.nv\.info\.(\S+)\n(?:(?!^\.nv\.info).*\n)*?\s*Attribute:\s*EIATTR_CTA_PER_CLUSTER"
+                                 r"\s*\n(?:.*\n)*?\s*Value:\s*((?:0x[0-9a-f]+\s*){3})", elf, re.M)}
+    for n in names:
+        c = int(n.split(",")[3])
+        assert dims.get(lowered[n]) == (c, 1, 1), (n, dims.get(lowered[n]))
+        ops = [_sass.opcode(i) for _, i in _sass.instructions(sass[lowered[n]])]
+        counts = {k: sum(o.startswith(k) for o in ops) for k in ("UCGABAR_ARV", "UCGABAR_WAIT", "MEMBAR")}
+        assert counts == {"UCGABAR_ARV": 2, "UCGABAR_WAIT": 2, "MEMBAR": 1}, (n, counts)
+
+
 def test_emulated_row_loop_reaches_every_row():
     """The uniform row loop (rb = blockIdx*RPB; rb < rows; rb += grid*RPB; row = rb + g) with the
     grid capped: every row exactly once, and no block skips a barrier round another block takes."""
