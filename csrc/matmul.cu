@@ -19,7 +19,7 @@
 //
 // The ladder (after siboehm/SGEMM_CUDA). Figures: TFLOP/s at 4096^3 NN on an H200 (cuBLAS 51.2) and
 // the speedup over the previous step, from GPU run 1 (benchmarks/results/matmul_h200_run1.md;
-// regenerated tables go to docs/matmul.md). 7 and 8 were re-shaped after that run: predicted.
+// regenerated tables go to docs/matmul.md). 7 was re-shaped after that run: predicted.
 //   1 naive          one thread per C element, threadIdx.x walks M: a warp reads 32 rows of A and
 //                    writes 32 rows of C, 32 transactions per access.        0.5 at 1024^3 (1%)
 //   2 coalesced      threadIdx.x walks N instead: a warp reads one broadcast A element and 32
@@ -39,10 +39,12 @@
 //   7 warptiling     variant 6 with a warp-tiled thread map: 8 warps of 32x64, each lane 2x2
 //                    blocks of 4x4, conflict-free LDS.128.                       predicted ~32, 1.1x 6
 //                    (first version, 128 threads x 128 accumulators: 22.6, 8 warps per SM)
-//   8 cp_async       variant 7's map at BK=16 fed by a 3-stage cp.async ring (zero-fill at edges):
-//                    global->smem copies bypass registers and overlap the FMAs.
-//                                  first version 41.7; the current SASS mix (75% FFMA in NN's
-//                                  k-loop, docs/matmul.md) bounds it near 40: not yet 90% of cuBLAS
+//   8 cp_async       the warp-tiled map at BK=16 fed by a 3-stage cp.async ring (zero-fill at
+//                    edges): global->smem copies bypass registers and overlap the FMAs. It keeps
+//                    7's first shape (128 threads, 64x64 warp tiles, 8x16 outputs per lane): in
+//                    256-thread form its copy loop re-derived addresses every k-tile (75% FFMA in
+//                    NN's k-loop against 81% here, docs/matmul.md), predicted 39-41.
+//                                                             41.7 (81%), 42.2 (83%) at 8192^3
 //   9 tf32_mma       opt-in: mma.sync m16n8k8 TF32 tensor cores (operands rounded with
 //                    cvt.rna.tf32.f32, ~1e-3 relative error, not the fp32 contract).
 //                                                                82.7 (1.6x cuBLAS fp32)
@@ -622,11 +624,16 @@ static __device__ __forceinline__ void load_b_cp_async(float* S, const float* __
 }
 
 // ============================================================================ 8 cp_async
-// Variant 7's thread map at BK = 16 (half the barriers per FMA; affordable because the copies no
+// The warp-tiled thread map at BK = 16 (half the barriers per FMA; affordable because the copies no
 // longer stage through registers), fed by a STAGES-deep cp.async ring in dynamic shared memory:
 // while the warps compute on stage kt % STAGES, the copies for tile kt + STAGES - 1 are in flight,
 // so global latency hides behind STAGES-1 stages of FMAs instead of stalling every k-step, and the
 // loads no longer pass through registers (variant 7 holds 2 float4s per thread across the store).
+// Instantiated at 128 threads, 64x64 warp tiles, 8x16 outputs per lane (205-241 registers: two
+// blocks, 8 warps, per SM): the shape GPU run 1 measured at 42.2 TFLOP/s. Its machine code is byte-identical to that run's
+// (scripts/sass_diff.py --base e4e6558; register counts equal to run 1's ptxas report). The 256-thread
+// shape variant 7 now uses was tried here after run 1 and set aside on its SASS: the scattered 4-byte
+// copies of the transposed operand cost 92 instructions per 4 copies there against 57 here.
 //
 // The ring's two steps, shared with variant 9; load_stage(kt, stage) issues the copies of k-tile kt
 // into ring slot `stage`. Group accounting: the prologue commits STAGES-1 groups and every k-step
@@ -654,7 +661,7 @@ static __device__ __forceinline__ int cp_async_advance(int kt, int ktiles, LoadS
 
 template <int BM, int BN, int BK, int WM, int WN, int WNITER, int TM, int TN, int NT, int STAGES,
           bool TA, bool TB>
-__global__ void __launch_bounds__(NT, 2)
+__global__ void __launch_bounds__(NT)
     matmul_cp_async(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
                     int M, int N, int K, long long sA, long long sB, long long sC) {
     using WT = WarpTile<BM, BN, BK, WM, WN, WNITER, TM, TN, NT>;
@@ -689,10 +696,10 @@ __global__ void __launch_bounds__(NT, 2)
     cp_async_wait<0>();  // no copy may outlive the block (only empty groups remain by now)
     wt.store(C, m0, n0, M, N, vecC, acc);
 }
-TFM_EXPORT(matmul_cp_async<128, 128, 16, 32, 64, 2, 4, 4, 256, 3, false, false>)
-TFM_EXPORT(matmul_cp_async<128, 128, 16, 32, 64, 2, 4, 4, 256, 3, false, true>)
-TFM_EXPORT(matmul_cp_async<128, 128, 16, 32, 64, 2, 4, 4, 256, 3, true, false>)
-TFM_EXPORT(matmul_cp_async<128, 128, 16, 32, 64, 2, 4, 4, 256, 3, true, true>)
+TFM_EXPORT(matmul_cp_async<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, false, false>)
+TFM_EXPORT(matmul_cp_async<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, false, true>)
+TFM_EXPORT(matmul_cp_async<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, true, false>)
+TFM_EXPORT(matmul_cp_async<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, true, true>)
 
 // ============================================================================ 9 tf32_mma (opt-in)
 // Tensor cores on fp32 data: mma.sync m16n8k8 with TF32 operands (10 explicit mantissa bits,
