@@ -171,6 +171,9 @@ if build_ext is not None:
             settings = link_settings(self.nvcc)
             for ext in self.extensions:
                 ext.extra_objects = [str(o) for o in objs]
+                # setuptools relinks only when a file in sources + depends is newer than the module:
+                # without the objects here, an edited .cu was recompiled and the stale .so kept.
+                ext.depends = [*ext.depends, *(str(o) for o in objs)]
                 for k, v in settings.items():
                     getattr(ext, k).extend(v)
             super().build_extensions()

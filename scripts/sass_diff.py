@@ -26,6 +26,7 @@ import argparse
 import concurrent.futures
 import difflib
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -66,9 +67,10 @@ def cubin(cmd: list[str], src: Path, csrc: Path, out: Path) -> Path:
             continue
         args.append(a)
         i += 1
-    # One cubin holds one architecture: keep the first real sm_XX target of the gencode list.
-    gencodes = [a for a in args if a.startswith("-gencode")]
-    sm = next(g for g in gencodes if "code=sm_" in g)
+    # One cubin holds one architecture: keep the highest real sm_XX target of the gencode list
+    # (sm_90 of the default "80;90": the H200's code).
+    gencodes = [a for a in args if a.startswith("-gencode") and "code=sm_" in a]
+    sm = max(gencodes, key=lambda g: int(re.sub(r"\D", "", g.split("code=sm_")[1])))
     args = [a for a in args if not a.startswith("-gencode")] + [sm]
     args += ["-cubin", f"-I{csrc}", str(src), "-o", str(out)]
     done = subprocess.run(args, capture_output=True, text=True)

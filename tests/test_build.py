@@ -22,6 +22,7 @@ import concurrent.futures
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,6 +210,19 @@ def test_extension_holds_every_export():
     missing = [(s, n) for s in SOURCES for n in _backend.exports(s) if n not in table]
     assert not missing, f"the extension lacks {missing[:10]} (stale build? rebuild it)"
     assert not ext.duplicates(), f"exported by more than one source: {ext.duplicates()}"
+
+
+def test_extension_not_older_than_its_objects():
+    """The module was linked after its newest nvcc object: setup.py lists the objects as the
+    extension's depends, so editing a .cu relinks it (setuptools compared launch.cpp alone and kept
+    a stale .so, whose kernels then were not the sources' ones)."""
+    ext = _ext_or_skip()
+    built = Path(ext.__file__).stat().st_mtime
+    objs = [o for o in (Path(__file__).resolve().parents[1] / "build").glob(f"temp.*-{sys.implementation.cache_tag}/cu/*.o")]
+    if not objs:
+        pytest.skip("no setuptools build objects here (built elsewhere, or without setuptools)")
+    newer = [o.name for o in objs if o.stat().st_mtime > built + 1]
+    assert not newer, f"{ext.__file__} is older than {newer}: relink with python setup.py build_ext --inplace"
 
 
 def test_ptxas_reports_kept():
