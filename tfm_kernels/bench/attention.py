@@ -36,7 +36,7 @@ import math
 import numpy as np
 
 from .. import costs
-from .core import BenchCase
+from .core import BenchCase, cuda_torch
 
 TOKENS = 16384
 HEADS = 16
@@ -52,15 +52,6 @@ SDPA_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "M
 PRIMARY = {"float32": "EFFICIENT_ATTENTION", "float16": "FLASH_ATTENTION"}
 MATH_MAX_SCORES = 2**31
 N_SAMPLE = 8
-
-
-def _torch():
-    try:
-        import torch
-
-        return torch if torch.cuda.is_available() else None
-    except Exception:
-        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -257,7 +248,7 @@ def _case(dtype: str, mode: str, D: int, causal: bool, N: int, torch, sdpa: str,
 
 
 def cases(quick: bool):
-    torch = _torch()
+    torch = cuda_torch()
     if quick:
         configs = QUICK
     else:

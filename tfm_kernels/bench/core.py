@@ -105,6 +105,17 @@ class Measurement:
     input_sets: int = 0
 
 
+def cuda_torch():
+    """torch, when it is installed and sees a CUDA device (the peers' library); else None, and the
+    op's cases run without their torch peers."""
+    try:
+        import torch
+
+        return torch if torch.cuda.is_available() else None
+    except Exception:
+        return None
+
+
 def _scale(unit: str) -> float:
     return {"GB/s": 1e9, "TFLOP/s": 1e12}[unit]
 

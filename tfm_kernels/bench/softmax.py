@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import costs
-from .core import BenchCase
+from .core import BenchCase, cuda_torch
 
 TOTAL = 1 << 26
 FULL_COLS = (256, 1024, 4096, 8192, 16384, 32768, 65536, 262144)
@@ -26,15 +26,6 @@ QUICK = (("float32", 8192), ("float32", 1024), ("float16", 8192), ("float32", 65
 # A thread per row leaves most of an H200 idle below ~16k rows (132 SMs x 128 threads) and then
 # takes seconds per call; it is timed only where it has that many rows.
 NAIVE_MIN_ROWS = 8192
-
-
-def _torch():
-    try:
-        import torch
-
-        return torch if torch.cuda.is_available() else None
-    except Exception:
-        return None
 
 
 def _sample(rows: int):
@@ -130,7 +121,7 @@ def _backward_case(dtype: str, rows: int, cols: int, torch) -> BenchCase:
 
 
 def cases(quick: bool):
-    torch = _torch()
+    torch = cuda_torch()
     configs = QUICK if quick else [(dt, c) for dt in ("float32", "float16") for c in FULL_COLS]
     for dtype, cols in configs:
         yield _forward_case(dtype, TOTAL // cols, cols, torch)
