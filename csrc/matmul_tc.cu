@@ -118,12 +118,7 @@ matmul_mma(const __half* __restrict__ A, const __half* __restrict__ B, OutT* __r
     };
 
     float acc[MT][NT][4];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+    zero_frags(acc);
 
     // Tensor-core work on one resident stage: BK/16 k-steps of MT x NT mma.sync each.
     auto compute_stage = [&](int stage) {
