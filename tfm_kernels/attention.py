@@ -480,14 +480,15 @@ register(Variant(
     "this project's matmul for S = Q K^T and O = P V, its softmax for P; S materialized "
     "(B*H*Lq*Lk floats), masking and lse by two small kernels",
     _naive_forward, dtypes=("float32",), supports=_naive_supports, kernels=_NAIVE_KERNELS,
-    measured=_RUN1 + "25.8 TFLOP/s fwd D=128 N=2048 B=8 H=16 (0.57x SDPA efficient, 0.90x SDPA math)"))
+    measured=_RUN1 + "25.8 TFLOP/s fwd D=128 N=2048 B=8 H=16 (0.57x SDPA efficient, 0.90x SDPA math); "
+    "machine code identical to run 1's (scripts/run1_identity.py)"))
 register(Variant(
     "attention_forward", 2, "flash",
     "fp32 FlashAttention-2: K_j/V_j tiles in shared memory, online softmax in registers, one pass; "
     "no Lq x Lk buffer, causal and kv_lens blocks skipped",
     _flash_forward, dtypes=("float32",), supports=_flash_supports, kernels=_FLASH_KERNELS_FWD,
     hot=True, measured=_RUN1 + "34.6 TFLOP/s fwd D=128 N=2048 B=8 H=16 (0.76x SDPA efficient 45.4, "
-    "1.21x SDPA math)"))
+    "1.21x SDPA math); machine code identical to run 1's (scripts/run1_identity.py)"))
 _NEVER_RUN = ("never run on a GPU: added after GPU run 1 (H200, 2026-11-29); compiled, ptxas-checked "
               "and emulated thread by thread on the CPU only")
 register(Variant(
@@ -507,7 +508,8 @@ register(Variant(
     "matmul + softmax recompute P, dV = P^T dO, dP = dO V^T, softmax_backward for dS, "
     "dQ = scale dS K, dK = scale dS^T Q; S, P, dP, dS materialized",
     _naive_backward, dtypes=("float32",), supports=_naive_supports, kernels=_NAIVE_KERNELS,
-    measured=_RUN1 + "8.9 TFLOP/s fwd+bwd D=64 N=1024 B=16 H=16 causal (0.30x SDPA efficient)"))
+    measured=_RUN1 + "8.9 TFLOP/s fwd+bwd D=64 N=1024 B=16 H=16 causal (0.30x SDPA efficient); "
+    "machine code identical to run 1's (scripts/run1_identity.py)"))
 register(Variant(
     "attention_backward", 2, "flash",
     "fp32 FlashAttention-2 backward: CTA per key block, P from lse, dK_j/dV_j in registers, "
