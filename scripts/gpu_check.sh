@@ -15,7 +15,9 @@
 #   3. bench    tfm-kernels bench --quick, alone on the GPU so the timings are clean
 #   4. summary  OUTDIR/summary.md + summary.json (GPU, driver, CUDA, commit, date, pass/fail per op and
 #               backend, sanitizer verdicts, bench table), printed last.
-# Budget: under 6 minutes on an H200 (caps: build 130 s, parallel phase 150 s, bench 75 s).
+# Budget: under 7 minutes on an H200 (caps: build 130 s, parallel phase 200 s, bench 75 s). Run 1 took
+# 183 s (tests 100 s, the slowest file test_matmul_tc 85 s); since then the tensor-core test files also
+# disassemble the extension (cuobjdump, ~20 s each) and more variants run, hence the wider caps.
 # OUTDIR gets at most 8 files: summary.md, summary.json, junit.xml, bench.md, bench.json, logs.tar.gz
 # (every log, the ptxas reports, check.json, all plots) and up to two plots. Without a GPU it still
 # builds, runs the build tests, and writes a summary that says plainly that no GPU was usable.
@@ -73,7 +75,7 @@ GPU_OK=$("$PY" -c "import json,sys; print(int(json.load(open(sys.argv[1]))['devi
 run_tests() {  # one pytest process per test file, 6 at a time; a per-file log and junit XML
     { echo tests/test_build.py; grep -l -E '\bbackend\b' tests/test_*.py; } | sort -u | xargs -P 6 -I{} sh -c '
         b=$(basename "$3" .py)
-        timeout --kill-after=5 140 "$0" -m pytest -q -rs -p no:cacheprovider "$3" \
+        timeout --kill-after=5 180 "$0" -m pytest -q -rs -p no:cacheprovider "$3" \
             --junitxml="$1/junit/$b.xml" > "$2/pytest_$b.txt" 2>&1
         echo "$b: exit $?"' "$PY" "$W" "$LOGS" {}
 }
@@ -82,15 +84,15 @@ export PY W LOGS
 SAN=""
 if [ "$GPU_OK" = 1 ] && command -v compute-sanitizer > /dev/null; then
     SAN=1
-    step memcheck 140 "$LOGS/memcheck.txt" compute-sanitizer --tool memcheck --leak-check no \
+    step memcheck 180 "$LOGS/memcheck.txt" compute-sanitizer --tool memcheck --leak-check no \
         --error-exitcode 99 --print-limit 30 "$PY" scripts/sanitize_cases.py &
-    step racecheck 140 "$LOGS/racecheck.txt" compute-sanitizer --tool racecheck \
+    step racecheck 180 "$LOGS/racecheck.txt" compute-sanitizer --tool racecheck \
         --error-exitcode 99 --print-limit 30 "$PY" scripts/sanitize_cases.py &
-    step synccheck 140 "$LOGS/synccheck.txt" compute-sanitizer --tool synccheck \
+    step synccheck 180 "$LOGS/synccheck.txt" compute-sanitizer --tool synccheck \
         --error-exitcode 99 --print-limit 30 "$PY" scripts/sanitize_cases.py &
 fi
-step check 140 "$LOGS/check.txt" "$PY" -m tfm_kernels check --quick --budget 110 --json "$W/check.json" &
-step tests 150 "$LOGS/tests.txt" bash -c run_tests &
+step check 180 "$LOGS/check.txt" "$PY" -m tfm_kernels check --quick --budget 140 --json "$W/check.json" &
+step tests 200 "$LOGS/tests.txt" bash -c run_tests &
 wait
 
 # --- 3. bench, alone ----------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def report(rel: Path, base: str, old: dict[str, str], new: dict[str, str], conte
         elif name not in old:
             print(f"  added       {name} ({len(_sass.normalize(new[name]))} instructions)")
             bad += 1
-        elif old[name] == new[name]:
+        elif _sass.words(old[name]) == _sass.words(new[name]):
             counts["identical"] += 1
         elif _sass.normalize(old[name]) == _sass.normalize(new[name]):
             counts["same-insts"] += 1

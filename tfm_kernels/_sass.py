@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["cuobjdump", "dump_sass", "normalize", "opcode", "loops", "nvrtc_cubin", "parse_ptxas"]
+__all__ = ["cuobjdump", "dump_sass", "words", "normalize", "opcode", "loops", "nvrtc_cubin", "parse_ptxas"]
 
 
 def _wheel_bin() -> Path | None:
@@ -94,6 +94,13 @@ def dump_sass(path: str) -> dict[str, str]:
 
 _ADDR = re.compile(r"/\*[0-9a-f]{4,}\*/")          # /*01a0*/ instruction address
 _ENC = re.compile(r"/\* 0x[0-9a-f]{16} \*/")        # /* 0x000fe20000000800 */ encoding word
+
+
+def words(sass: str) -> list[str]:
+    """The instruction words (the hex encodings cuobjdump prints beside each instruction): equal
+    lists mean byte-identical code. Comparing the text instead would depend on cuobjdump's column
+    padding, which follows the longest line of the whole file."""
+    return re.findall(r"/\* (0x[0-9a-f]{16}) \*/", sass)
 
 
 def normalize(sass: str) -> list[str]:
