@@ -43,11 +43,22 @@
 // shares; tests/_emulate_attention_tc.py restates each under the same name.
 #include "attention_tc.cuh"  // common.cuh, mma.cuh, cuda_fp16.h; the helpers named tc_* below
 
+// Launch bounds of the forward and the key-block backward. sm_90 takes the plain bound: that is the
+// machine code GPU run 1 verified (scripts/run1_identity.py); (threads, 1) there re-allocated the
+// registers of attn_fwd_tc<32/96, 64> and attn_bwd_tc<*, false>, i.e. of variants 10, 13 and 12,
+// for no measured gain. sm_80 takes minBlocks = 1: without it ptxas capped attn_bwd_tc<64, 64,
+// false> at 128 registers there and spilled 8 bytes.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define TC_LAUNCH_BOUNDS(threads) __launch_bounds__(threads, 1)
+#else
+#define TC_LAUNCH_BOUNDS(threads) __launch_bounds__(threads)
+#endif
+
 // ------------------------------------------------------------------------------------------------
 // Forward (variants 10 and 13). Fragment ownership: attention_tc.cuh (S[mi][nt] and acc[mi][dt] are
 // the mma.sync C layout of m16 tile mi; each row's values sit in the 4 lanes of one quad).
 template <int D, int BN, int MW, bool QREG>
-__global__ void __launch_bounds__(128, 1)
+__global__ void TC_LAUNCH_BOUNDS(128)
 attn_fwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
             __half* __restrict__ o, float* __restrict__ lse, const int* __restrict__ kv_lens,
             int H, int Lq, int Lk, int ntiles, float scale_log2, int causal) {
@@ -228,7 +239,7 @@ TFM_EXPORT(attn_bwd_dot_tc<128>)
 //                                    staged tile), B = K_j (.trans); fp32 atomics into dq_acc.
 // dK is scaled once at the end; dQ's scale is applied when dq_acc is converted.
 template <int D, int BM, bool ATOMIC, int NW>
-__global__ void __launch_bounds__(NW * 32, 1)
+__global__ void TC_LAUNCH_BOUNDS(NW * 32)
 attn_bwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
             const __half* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ Dd,
             __half* __restrict__ dk, __half* __restrict__ dv, float* __restrict__ dq_acc,
