@@ -516,14 +516,16 @@ register(Variant(
     "dQ by float atomicAdd (summation order varies run to run)",
     _flash_backward, dtypes=("float32",), supports=_flash_supports, kernels=_FLASH_KERNELS_BWD,
     hot=True, measured=_RUN1 + "28.9 TFLOP/s fwd+bwd D=64 N=1024 B=16 H=16 causal (0.97x SDPA "
-    "efficient 29.6)"))
+    "efficient 29.6); since then P is re-read from shared memory (441a21a, no spills): 4 of its 5 "
+    "kernels differ from run 1's and have passed CPU emulation only"))
 register(Variant(
     "attention_backward", 3, "flash_det",
     "as 2_flash, but dQ by a second kernel per query block walking key blocks in order: no float "
     "atomics, bitwise reproducible (opt-in: variant=3)",
     _flash_backward_det, dtypes=("float32",), supports=_flash_supports,
     kernels=_FLASH_KERNELS_BWD_DET, hot=True, extra={"opt_in": True},
-    measured=_RUN1 + "23.4 TFLOP/s fwd+bwd D=64 N=1024 B=16 H=16 causal (0.79x SDPA efficient)"))
+    measured=_RUN1 + "23.4 TFLOP/s fwd+bwd D=64 N=1024 B=16 H=16 causal (0.79x SDPA efficient); "
+    "since then P is re-read from shared memory (441a21a): 8 of its 9 kernels differ from run 1's"))
 register(Variant(
     "attention_backward", 4, "flash_r8",
     "as 2_flash with 128-key blocks and 8 keys per thread (head dims 32, 64): ~1.25x fewer shared "
