@@ -26,7 +26,10 @@
 //
 // Compiled only where __CUDA_ARCH_FEAT_SM90_ALL is defined (nvcc -gencode arch=compute_90a,
 // code=sm_90a; NVRTC -arch=sm_90a); elsewhere the body is empty and tfm_kernels never launches it.
-#include "attention_tc.cuh"  // common.cuh, mma.cuh, cuda_fp16.h; forward 10's softmax helpers (tc_*)
+#include <cuda_fp16.h>
+
+#include "common.cuh"
+#include "mma.cuh"
 
 template <int D, int BN>
 __global__ void __launch_bounds__(256, 1)
@@ -38,6 +41,7 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
     constexpr int THREADS = 256, BM = 128;
     constexpr int NT = BN / 8, DT = D / 8;
     constexpr int Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
+    const float NEG_INF = __int_as_float(0xff800000);
 
     extern __shared__ unsigned char smem_raw[];
     unsigned char* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
@@ -47,12 +51,33 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
 
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, w = (tid % 128) / 32;
     const int g = lane / 4, t = lane % 4;
-    const TcFwdTile ft = tc_fwd_tile<D, BM, BN>(q, k, v, o, lse, kv_lens, H, Lq, Lk, ntiles, causal);
-    const int m0 = ft.m0, kv_len = ft.kv_len, nblocks = ft.nblocks;
+    const int bh_count = gridDim.x / ntiles;
+    const int tile = blockIdx.x / bh_count, bhi = blockIdx.x % bh_count;
+    const int mblk = causal ? ntiles - 1 - tile : tile;
+    const int b = bhi / H;
+    const int m0 = mblk * BM;
+    const size_t bh = bhi;
+    q += bh * Lq * D;
+    o += bh * Lq * D;
+    lse += bh * Lq;
+    k += bh * Lk * D;
+    v += bh * Lk * D;
+
+    const int kv_len = min(Lk, max(kv_lens[b], 0));
+    const int n_end = causal ? min(kv_len, m0 + BM) : kv_len;
+    const int nblocks = n_end > 0 ? tfm_cdiv(n_end, BN) : 0;
     const int wrow = wg * 64 + w * 16;  // this warp's first row within the tile
 
-    if (nblocks == 0) {  // every row sees no key: o = 0, lse = -inf
-        tc_store_empty_rows<D>(o, lse, m0 + wrow, Lq, g, t);
+    if (nblocks == 0) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int row = m0 + wrow + g + 8 * r;
+            if (row >= Lq) continue;
+#pragma unroll
+            for (int dt = 0; dt < DT; ++dt)
+                *reinterpret_cast<uint32_t*>(o + (size_t)row * D + dt * 8 + 2 * t) = 0u;
+            if (t == 0) lse[row] = NEG_INF;
+        }
         return;
     }
 
@@ -71,11 +96,8 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
     load(sV, v, BN, 0, kv_len);
     cp_async_commit();
 
-    // The wgmma accumulators, flat as the instructions take them, and the same registers as forward
-    // 10's per-n8-tile fragments (S[nt][c] = s[4 nt + c]) for the shared softmax helpers.
     float acc[DT * 4];
-    float (&acc4)[DT][4] = *reinterpret_cast<float (*)[DT][4]>(acc);
-    float m_i[2] = {tc_neg_inf(), tc_neg_inf()}, l_i[2] = {0.f, 0.f};
+    float m_i[2] = {NEG_INF, NEG_INF}, l_i[2] = {0.f, 0.f};
 #pragma unroll
     for (int i = 0; i < DT * 4; ++i) acc[i] = 0.f;
 
@@ -114,17 +136,54 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
         for (int i = 0; i < NT * 4; ++i) reg_fence(s[i]);
 
         // Scale to base 2, mask edge tiles, online softmax (forward 10's, one m16 tile per warp).
-        float (&s4)[NT][4] = *reinterpret_cast<float (*)[NT][4]>(s);
         const bool edge = (n0 + BN > kv_len) || (causal && n0 + BN - 1 > m0 + wrow);
-        tc_scale_mask(s4, scale_log2, edge, m0 + wrow, n0, kv_len, causal, g, t);
-        tc_online_softmax(s4, acc4, m_i, l_i);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                float x = s[4 * nt + c] * scale_log2;
+                if (edge) {
+                    const int row = m0 + wrow + g + 8 * (c / 2);
+                    const int col = n0 + nt * 8 + 2 * t + (c % 2);
+                    if (col >= kv_len || (causal && col > row)) x = NEG_INF;
+                }
+                s[4 * nt + c] = x;
+            }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float mx = m_i[r];
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * r], s[4 * nt + 2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float m_use = mx == NEG_INF ? 0.f : mx;
+            const float alpha = exp2f(m_i[r] - m_use);
+            m_i[r] = mx;
+            float rs = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                const float p0 = exp2f(s[4 * nt + 2 * r] - m_use);
+                const float p1 = exp2f(s[4 * nt + 2 * r + 1] - m_use);
+                s[4 * nt + 2 * r] = p0;
+                s[4 * nt + 2 * r + 1] = p1;
+                rs += p0 + p1;
+            }
+            l_i[r] = l_i[r] * alpha + rs;
+#pragma unroll
+            for (int dt = 0; dt < DT; ++dt) {
+                acc[4 * dt + 2 * r] *= alpha;
+                acc[4 * dt + 2 * r + 1] *= alpha;
+            }
+        }
 
-        // acc += P V_j: P's k16 slice kk is the A fragment of S's n8 tiles 2kk, 2kk+1
-        // (pack_a_from_c), packed to fp16 before the fence so that no register the wgmmas read is
-        // written between them (ptxas would serialize them).
+        // acc += P V_j: P's k16 slice kk is {S[2kk][0,1], S[2kk][2,3], S[2kk+1][0,1], S[2kk+1][2,3]}
+        // (n8 tiles 2kk, 2kk+1 of the accumulator), packed to fp16 before the fence so that no
+        // register the wgmmas read is written between them (ptxas would serialize them).
         uint32_t pa[BN / 16][4];
 #pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) pack_a_from_c(pa[kk], s4[2 * kk], s4[2 * kk + 1]);
+        for (int kk = 0; kk < BN / 16; ++kk)
+#pragma unroll
+            for (int h = 0; h < 4; ++h) pa[kk][h] = pack_half2(s[8 * kk + 2 * h], s[8 * kk + 2 * h + 1]);
 #pragma unroll
         for (int i = 0; i < DT * 4; ++i) reg_fence(acc[i]);
         wgmma_fence();
@@ -141,8 +200,21 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
     }
     cp_async_wait<0>();
 
-    // Epilogue: o = acc / l_i, lse = (m_i + log2 l_i) ln 2; l_i = 0 -> o = 0, lse = -inf.
-    tc_store_o_lse<D>(o, lse, acc4, m_i, l_i, m0 + wrow, Lq, g, t);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float l = l_i[r];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const float inv = l > 0.f ? 1.f / l : 0.f;
+        const int row = m0 + wrow + g + 8 * r;
+        if (row >= Lq) continue;
+        __half* orow = o + (size_t)row * D;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt)
+            *reinterpret_cast<uint32_t*>(orow + dt * 8 + 2 * t) =
+                pack_half2(acc[4 * dt + 2 * r] * inv, acc[4 * dt + 2 * r + 1] * inv);
+        if (t == 0) lse[row] = l > 0.f ? (m_i[r] + __log2f(l)) * 0.6931471805599453f : NEG_INF;
+    }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 

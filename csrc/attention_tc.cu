@@ -37,28 +37,56 @@
 // Shared memory rows are padded by 8 halves (16 bytes): a row of D halves is a multiple of 64 bytes,
 // so 8 unpadded rows read by one ldmatrix 8x8 would hit the same 16-byte bank group 8 (D>=64) or 4
 // (D=32) ways; with D+8 the 8 row starts land in 8 distinct 16-byte slots mod 128 for every D here.
-//
-// The helpers (tile loads, ldmatrix addressing, the warp products tc_warp_abt / tc_warp_pv, the
-// forward's softmax steps) live once in attention_tc.cuh, which forward 14 (attention_sm90.cu)
-// shares; tests/_emulate_attention_tc.py restates each under the same name.
-#include "attention_tc.cuh"  // common.cuh, mma.cuh, cuda_fp16.h; the helpers named tc_* below
+#include "common.cuh"
+#include "mma.cuh"
 
-// Launch bounds of the forward and the key-block backward. sm_90 takes the plain bound: that is the
-// machine code GPU run 1 verified (scripts/run1_identity.py); (threads, 1) there re-allocated the
-// registers of attn_fwd_tc<32/96, 64> and attn_bwd_tc<*, false>, i.e. of variants 10, 13 and 12,
-// for no measured gain. sm_80 takes minBlocks = 1: without it ptxas capped attn_bwd_tc<64, 64,
-// false> at 128 registers there and spilled 8 bytes.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-#define TC_LAUNCH_BOUNDS(threads) __launch_bounds__(threads, 1)
-#else
-#define TC_LAUNCH_BOUNDS(threads) __launch_bounds__(threads)
-#endif
+#include <cuda_fp16.h>
+
+// log2(e): softmax runs in base 2 (exp2f is one MUFU.EX2; expf is an FMUL plus EX2).
+#define TFM_LOG2E 1.4426950408889634f
+#define TFM_LN2 0.6931471805599453f
 
 // ------------------------------------------------------------------------------------------------
-// Forward (variants 10 and 13). Fragment ownership: attention_tc.cuh (S[mi][nt] and acc[mi][dt] are
-// the mma.sync C layout of m16 tile mi; each row's values sit in the 4 lanes of one quad).
+// Shared helpers for this file.
+
+// Copy rows [r0, r0 + ROWS) of a row-major [L][D] fp16 matrix into smem [ROWS][D + 8] with 16-byte
+// cp.async; rows >= limit are zero-filled (src-size 0), so an edge tile never feeds garbage (possibly
+// NaN bit patterns) into an mma where a zero probability would multiply it.
+template <int ROWS, int D, int THREADS>
+static __device__ __forceinline__ void tc_load_tile(__half* smem, const __half* g, int r0, int limit,
+                                                    int tid) {
+    constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
+    constexpr int LD = D + 8;
+#pragma unroll
+    for (int c = tid; c < ROWS * CHUNKS; c += THREADS) {
+        const int r = c / CHUNKS, ch = c % CHUNKS;
+        const bool ok = r0 + r < limit;
+        const __half* src = ok ? g + (size_t)(r0 + r) * D + ch * 8 : g;
+        cp_async_16(smem_u32(smem + r * LD + ch * 8), src, ok);
+    }
+}
+
+static __device__ __forceinline__ float tc_neg_inf() { return __int_as_float(0xff800000); }
+
+static __device__ __forceinline__ float tc_quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
+static __device__ __forceinline__ float tc_quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Forward (variant 10).
+//
+// Fragment ownership (lane = 4*g + t, g = lane/4 in 0..7, t = lane%4 in 0..3), per m16 tile:
+//   S[mi][nt][0..1]: row g,   keys n0 + 8*nt + 2t + {0,1};  S[mi][nt][2..3]: row g+8, same keys.
+//   acc[mi][dt][..]: the same with head-dim columns 8*dt + 2t + {0,1}.
+// So each row's values sit in the 4 lanes of one quad, and its max/sum needs shuffles by 1 and 2.
 template <int D, int BN, int MW, bool QREG>
-__global__ void TC_LAUNCH_BOUNDS(128)
+__global__ void __launch_bounds__(128, 1)
 attn_fwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
             __half* __restrict__ o, float* __restrict__ lse, const int* __restrict__ kv_lens,
             int H, int Lq, int Lk, int ntiles, float scale_log2, int causal) {
@@ -75,14 +103,40 @@ attn_fwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int g = lane / 4, t = lane % 4;
-    const TcFwdTile ft = tc_fwd_tile<D, BM, BN>(q, k, v, o, lse, kv_lens, H, Lq, Lk, ntiles, causal);
-    const int m0 = ft.m0, kv_len = ft.kv_len, nblocks = ft.nblocks;
+    // Grid: x = tile * (B*H) + (b*H + h), so consecutive CTAs are different heads of the same
+    // tile index. Causal: the last query tiles see the most keys; numbering them first puts every
+    // head's long tiles at the front of the launch and leaves short tiles for the tail.
+    const int bh_count = gridDim.x / ntiles;
+    const int tile = blockIdx.x / bh_count, bhi = blockIdx.x % bh_count;
+    const int mblk = causal ? ntiles - 1 - tile : tile;
+    const int b = bhi / H;
+    const int m0 = mblk * BM;
+    const size_t bh = bhi;
+    q += bh * Lq * D;
+    o += bh * Lq * D;
+    lse += bh * Lq;
+    k += bh * Lk * D;
+    v += bh * Lk * D;
+
+    const int kv_len = min(Lk, max(kv_lens[b], 0));
+    // Keys this tile can see: j < kv_len, and with causal j <= last query of the tile.
+    const int n_end = causal ? min(kv_len, m0 + BM) : kv_len;
+    const int nblocks = n_end > 0 ? tfm_cdiv(n_end, BN) : 0;
 
     const int wrow = warp * 16 * MW;  // this warp's first row within the tile
 
     if (nblocks == 0) {  // every row sees no key: o = 0, lse = -inf
 #pragma unroll
-        for (int mi = 0; mi < MW; ++mi) tc_store_empty_rows<D>(o, lse, m0 + wrow + mi * 16, Lq, g, t);
+        for (int mi = 0; mi < MW; ++mi)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int row = m0 + wrow + mi * 16 + g + 8 * r;
+                if (row >= Lq) continue;
+#pragma unroll
+                for (int dt = 0; dt < DT; ++dt)
+                    *reinterpret_cast<uint32_t*>(o + (size_t)row * D + dt * 8 + 2 * t) = 0u;
+                if (t == 0) lse[row] = tc_neg_inf();
+            }
         return;
     }
 
@@ -98,9 +152,12 @@ attn_fwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
     uint32_t qf[QREG ? MW : 1][QREG ? KT : 1][4];
     float acc[MW][DT][4];
     float m_i[MW][2], l_i[MW][2];  // running max (base-2, scaled) and this lane's partial row sum
-    zero_frags(acc);
 #pragma unroll
     for (int mi = 0; mi < MW; ++mi) {
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[mi][dt][c] = 0.f;
         m_i[mi][0] = m_i[mi][1] = tc_neg_inf();
         l_i[mi][0] = l_i[mi][1] = 0.f;
     }
@@ -110,12 +167,17 @@ attn_fwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
         const int n0 = jb * BN;
         cp_async_wait<0>();
         __syncthreads();  // K_j/V_j visible to all; everyone is done with the buffer reloaded next
+        // ldmatrix x4 address for A (16x16 at rows r, cols c): lane -> row r + lane%16,
+        // col c + (lane/16)*8 (matrices: rows 0-7|8-15 x cols 0-7|8-15 = a0a1, a2a3, a4a5, a6a7).
+        auto q_addr = [&](int mi, int kk) {
+            return smem_u32(sQ + (wrow + mi * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+        };
         if constexpr (QREG) {
             if (jb == 0) {
 #pragma unroll
                 for (int mi = 0; mi < MW; ++mi)
 #pragma unroll
-                    for (int kk = 0; kk < KT; ++kk) tc_ldsm_a<LD>(qf[mi][kk], sQ, wrow + mi * 16, kk * 16, lane);
+                    for (int kk = 0; kk < KT; ++kk) ldmatrix_x4(qf[mi][kk], q_addr(mi, kk));
             }
         }
         if (jb + 1 < nblocks) {  // prefetch K_{j+1}, V_{j+1} into the other buffer
@@ -126,10 +188,16 @@ attn_fwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
         const __half* Kj = sK + buf * BN * LD;
         const __half* Vj = sV + buf * BN * LD;
 
-        // S = Q_i K_j^T: K_j's rows are B's columns (tc_ldsm_bt); one B ldmatrix x4 covers two n8
-        // tiles at one k16 step and feeds the MW m16 tiles.
+        // S = Q_i K_j^T. B[k][n] = K_j[n][k]: K_j's rows are B's columns, so plain ldmatrix; one x4
+        // covers two n8 tiles (keys n..n+7 and n+8..n+15) at one k16 step: lane -> key
+        // 16*np + lane%8 + (lane/16)*8, col 16*kk + ((lane/8)%2)*8.
         float s[MW][NT][4];
-        zero_frags(s);
+#pragma unroll
+        for (int mi = 0; mi < MW; ++mi)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) s[mi][nt][c] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < KT; ++kk) {
             uint32_t qa[MW][4];
@@ -139,40 +207,97 @@ attn_fwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
 #pragma unroll
                     for (int c = 0; c < 4; ++c) qa[mi][c] = qf[mi][kk][c];
                 } else {
-                    tc_ldsm_a<LD>(qa[mi], sQ, wrow + mi * 16, kk * 16, lane);
+                    ldmatrix_x4(qa[mi], q_addr(mi, kk));
                 }
             }
 #pragma unroll
             for (int np = 0; np < NT / 2; ++np) {
                 uint32_t b[4];
-                tc_ldsm_bt<LD>(b, Kj, np * 16, kk * 16, lane);
+                ldmatrix_x4(b, smem_u32(Kj + (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 +
+                                        ((lane / 8) % 2) * 8));
+                const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
 #pragma unroll
-                for (int mi = 0; mi < MW; ++mi) mma_16816_x2(s[mi][2 * np], s[mi][2 * np + 1], qa[mi], b);
+                for (int mi = 0; mi < MW; ++mi) {
+                    mma_16816(s[mi][2 * np], qa[mi], b0);
+                    mma_16816(s[mi][2 * np + 1], qa[mi], b1);
+                }
             }
         }
 
-        // Scale to base 2 and mask (only tiles crossing kv_len or the diagonal pay for the test);
-        // online softmax: S becomes P, acc and l_i rescale.
+        // Scale to base 2 and mask. Only tiles crossing kv_len or the diagonal pay for the test.
         const bool edge = (n0 + BN > kv_len) || (causal && n0 + BN - 1 > m0 + wrow);
 #pragma unroll
         for (int mi = 0; mi < MW; ++mi)
-            tc_scale_mask(s[mi], scale_log2, edge, m0 + wrow + mi * 16, n0, kv_len, causal, g, t);
 #pragma unroll
-        for (int mi = 0; mi < MW; ++mi) tc_online_softmax(s[mi], acc[mi], m_i[mi], l_i[mi]);
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) {
+                    float x = s[mi][nt][c] * scale_log2;
+                    if (edge) {
+                        const int row = m0 + wrow + mi * 16 + g + 8 * (c / 2);
+                        const int col = n0 + nt * 8 + 2 * t + (c % 2);
+                        if (col >= kv_len || (causal && col > row)) x = tc_neg_inf();
+                    }
+                    s[mi][nt][c] = x;
+                }
 
-        // acc += P V_j: P (fp16) from the S fragments (pack_a_from_c), V_j row-major in smem
-        // (tc_ldsm_b, .trans); one B ldmatrix x4 covers two d-tiles and feeds the MW m16 tiles.
+        // Online softmax: m_i <- max(m_i, rowmax S); acc and l_i rescale by exp2(m_old - m_new).
+#pragma unroll
+        for (int mi = 0; mi < MW; ++mi)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                float mx = m_i[mi][r];
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mi][nt][2 * r], s[mi][nt][2 * r + 1]));
+                mx = tc_quad_max(mx);
+                // A row with every key so far masked keeps max -inf; subtracting 0 instead keeps
+                // exp2(-inf - -inf) = NaN out (p = 0, alpha = 0 there, as the reference's l = 0).
+                const float m_use = mx == tc_neg_inf() ? 0.f : mx;
+                const float alpha = exp2f(m_i[mi][r] - m_use);
+                m_i[mi][r] = mx;
+                float rs = 0.f;
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+                    const float p0 = exp2f(s[mi][nt][2 * r] - m_use);
+                    const float p1 = exp2f(s[mi][nt][2 * r + 1] - m_use);
+                    s[mi][nt][2 * r] = p0;
+                    s[mi][nt][2 * r + 1] = p1;
+                    rs += p0 + p1;
+                }
+                // l_i sums the fp32 P (as numpy_ref); the quad reduction waits until the end.
+                l_i[mi][r] = l_i[mi][r] * alpha + rs;
+#pragma unroll
+                for (int dt = 0; dt < DT; ++dt) {
+                    acc[mi][dt][2 * r] *= alpha;
+                    acc[mi][dt][2 * r + 1] *= alpha;
+                }
+            }
+
+        // acc += P V_j. P (fp16) from the S fragments: for keys 16kk..16kk+15 the A fragment is
+        // {S[2kk][0,1], S[2kk][2,3], S[2kk+1][0,1], S[2kk+1][2,3]}. B[k][n] = V_j[k][n] is row-major
+        // in smem, so ldmatrix .trans: lane -> key 16kk + lane%8 + ((lane/8)%2)*8,
+        // col 16*dp + (lane/16)*8; b[0..1] feed d-tile 2dp, b[2..3] d-tile 2dp+1.
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
             uint32_t pa[MW][4];
 #pragma unroll
-            for (int mi = 0; mi < MW; ++mi) pack_a_from_c(pa[mi], s[mi][2 * kk], s[mi][2 * kk + 1]);
+            for (int mi = 0; mi < MW; ++mi) {
+                pa[mi][0] = pack_half2(s[mi][2 * kk][0], s[mi][2 * kk][1]);
+                pa[mi][1] = pack_half2(s[mi][2 * kk][2], s[mi][2 * kk][3]);
+                pa[mi][2] = pack_half2(s[mi][2 * kk + 1][0], s[mi][2 * kk + 1][1]);
+                pa[mi][3] = pack_half2(s[mi][2 * kk + 1][2], s[mi][2 * kk + 1][3]);
+            }
 #pragma unroll
             for (int dp = 0; dp < D / 16; ++dp) {
                 uint32_t b[4];
-                tc_ldsm_b<LD>(b, Vj, kk * 16, dp * 16, lane);
+                ldmatrix_x4_trans(b, smem_u32(Vj + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD +
+                                              dp * 16 + (lane / 16) * 8));
+                const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
 #pragma unroll
-                for (int mi = 0; mi < MW; ++mi) mma_16816_x2(acc[mi][2 * dp], acc[mi][2 * dp + 1], pa[mi], b);
+                for (int mi = 0; mi < MW; ++mi) {
+                    mma_16816(acc[mi][2 * dp], pa[mi], b0);
+                    mma_16816(acc[mi][2 * dp + 1], pa[mi], b1);
+                }
             }
         }
     }
@@ -180,7 +305,20 @@ attn_fwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
 
     // Epilogue: o = acc / l_i, lse = (m_i + log2 l_i) ln 2; l_i = 0 -> o = 0, lse = -inf.
 #pragma unroll
-    for (int mi = 0; mi < MW; ++mi) tc_store_o_lse<D>(o, lse, acc[mi], m_i[mi], l_i[mi], m0 + wrow + mi * 16, Lq, g, t);
+    for (int mi = 0; mi < MW; ++mi)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const float l = tc_quad_sum(l_i[mi][r]);
+            const float inv = l > 0.f ? 1.f / l : 0.f;
+            const int row = m0 + wrow + mi * 16 + g + 8 * r;
+            if (row >= Lq) continue;
+            __half* orow = o + (size_t)row * D;
+#pragma unroll
+            for (int dt = 0; dt < DT; ++dt)
+                *reinterpret_cast<uint32_t*>(orow + dt * 8 + 2 * t) =
+                    pack_half2(acc[mi][dt][2 * r] * inv, acc[mi][dt][2 * r + 1] * inv);
+            if (t == 0) lse[row] = l > 0.f ? (m_i[mi][r] + __log2f(l)) * TFM_LN2 : tc_neg_inf();
+        }
 }
 
 TFM_EXPORT(attn_fwd_tc<32, 64, 2, true>)
@@ -229,17 +367,17 @@ TFM_EXPORT(attn_bwd_dot_tc<128>)
 // so the score fragments are S^T: sT[nt][0..1] = key g, queries 8nt + 2t + {0,1}; [2..3] = key g+8.
 // Per query block Q_i (BM rows; Q_i, dO_i double-buffered by cp.async, lse_i and D_i through
 // registers into smem):
-//   S^T  = K_j Q_i^T                 tc_warp_abt: A = K_j (plain ldmatrix), B = Q_i rows (plain)
+//   S^T  = K_j Q_i^T                 A = K_j (plain ldmatrix), B = Q_i rows (plain)
 //   P^T  = exp2(S^T * scale*log2e - lse_i*log2e), masked to 0
-//   dV  += P^T dO_i                  tc_warp_pv: A = fp16(P^T) from registers, B = dO_i (.trans)
-//   dP^T = V_j dO_i^T                tc_warp_abt: A = V_j (plain), B = dO_i rows (plain)
+//   dV  += P^T dO_i                  A = fp16(P^T) from registers, B = dO_i (.trans)
+//   dP^T = V_j dO_i^T                A = V_j (plain), B = dO_i rows (plain)
 //   dS^T = P^T (dP^T - D_i)
-//   dK  += dS^T Q_i                  tc_warp_pv: A = fp16(dS^T), B = Q_i (.trans)
+//   dK  += dS^T Q_i                  A = fp16(dS^T), B = Q_i (.trans)
 //   ATOMIC: dQ_i += dS K_j           dS^T staged in smem as fp16 [key][query]; A = dS (.trans of the
 //                                    staged tile), B = K_j (.trans); fp32 atomics into dq_acc.
 // dK is scaled once at the end; dQ's scale is applied when dq_acc is converted.
 template <int D, int BM, bool ATOMIC, int NW>
-__global__ void TC_LAUNCH_BOUNDS(NW * 32)
+__global__ void __launch_bounds__(NW * 32, 1)
 attn_bwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
             const __half* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ Dd,
             __half* __restrict__ dk, __half* __restrict__ dv, float* __restrict__ dq_acc,
@@ -277,7 +415,7 @@ attn_bwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
     if (ATOMIC) dq_acc += bh * Lq * D;
     const float scale_log2 = scale * TFM_LOG2E;
 
-    const int kv_len = tc_kv_len(kv_lens, b, Lk);
+    const int kv_len = min(Lk, max(kv_lens[b], 0));
     // With causal, queries i < n0 see none of these keys: start at the query block holding n0.
     const int i_start = causal ? (n0 / BM) * BM : 0;
     const int nblocks = (n0 < kv_len && i_start < Lq) ? tfm_cdiv(Lq - i_start, BM) : 0;
@@ -292,7 +430,12 @@ attn_bwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
     float lse_next = 0.f, d_next = 0.f;
     auto fetch_rowstats = [&](int m0) {
         const int row = m0 + tid;
-        if (tid < BM) tc_row_stats(lse, Dd, row, Lq, lse_next, d_next);
+        if (tid < BM) {
+            const float l = row < Lq ? lse[row] : tc_neg_inf();
+            // No-key rows (lse = -inf) and padding rows get +inf: exp2(x - inf) = 0 exactly.
+            lse_next = l == tc_neg_inf() ? __int_as_float(0x7f800000) : l * TFM_LOG2E;
+            d_next = row < Lq ? Dd[row] : 0.f;
+        }
     };
 
     if (nblocks > 0) {
@@ -326,7 +469,24 @@ attn_bwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
 
         // S^T = K_j Q_i^T (this warp's 16 keys x BM queries).
         float sT[MT][4];
-        tc_warp_abt<KT, MT, LD>(sT, sK, kw, Qi, lane);
+#pragma unroll
+        for (int nt = 0; nt < MT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) sT[nt][c] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KT; ++kk) {
+            uint32_t a[4];
+            ldmatrix_x4(a, smem_u32(sK + (kw + lane % 16) * LD + kk * 16 + (lane / 16) * 8));
+#pragma unroll
+            for (int np = 0; np < MT / 2; ++np) {
+                uint32_t b[4];
+                ldmatrix_x4(b, smem_u32(Qi + (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 +
+                                        ((lane / 8) % 2) * 8));
+                const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+                mma_16816(sT[2 * np], a, b0);
+                mma_16816(sT[2 * np + 1], a, b1);
+            }
+        }
 
         // P^T = exp2(S^T scale log2e - lse log2e); masks only on tiles crossing kv_len or the diagonal.
         const bool edge = (n0 + BN > kv_len) || (causal && n0 + kw + 15 > m0);
@@ -344,18 +504,65 @@ attn_bwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
             }
 
         // dV_j += P^T dO_i.
-        tc_warp_pv<BM / 16, DT, LD>(dV, sT, dOi, lane);
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk) {
+            const uint32_t pa[4] = {pack_half2(sT[2 * kk][0], sT[2 * kk][1]),
+                                    pack_half2(sT[2 * kk][2], sT[2 * kk][3]),
+                                    pack_half2(sT[2 * kk + 1][0], sT[2 * kk + 1][1]),
+                                    pack_half2(sT[2 * kk + 1][2], sT[2 * kk + 1][3])};
+#pragma unroll
+            for (int dp = 0; dp < D / 16; ++dp) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, smem_u32(dOi + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD +
+                                              dp * 16 + (lane / 16) * 8));
+                const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+                mma_16816(dV[2 * dp], pa, b0);
+                mma_16816(dV[2 * dp + 1], pa, b1);
+            }
+        }
 
         // dP^T = V_j dO_i^T, then dS^T = P^T (dP^T - D_i) in place.
         float dsT[MT][4];
-        tc_warp_abt<KT, MT, LD>(dsT, sV, kw, dOi, lane);
+#pragma unroll
+        for (int nt = 0; nt < MT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) dsT[nt][c] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KT; ++kk) {
+            uint32_t a[4];
+            ldmatrix_x4(a, smem_u32(sV + (kw + lane % 16) * LD + kk * 16 + (lane / 16) * 8));
+#pragma unroll
+            for (int np = 0; np < MT / 2; ++np) {
+                uint32_t b[4];
+                ldmatrix_x4(b, smem_u32(dOi + (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 +
+                                        ((lane / 8) % 2) * 8));
+                const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+                mma_16816(dsT[2 * np], a, b0);
+                mma_16816(dsT[2 * np + 1], a, b1);
+            }
+        }
 #pragma unroll
         for (int nt = 0; nt < MT; ++nt)
 #pragma unroll
             for (int c = 0; c < 4; ++c) dsT[nt][c] = sT[nt][c] * (dsT[nt][c] - Di[nt * 8 + 2 * t + (c % 2)]);
 
         // dK_j += dS^T Q_i.
-        tc_warp_pv<BM / 16, DT, LD>(dK, dsT, Qi, lane);
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk) {
+            const uint32_t da[4] = {pack_half2(dsT[2 * kk][0], dsT[2 * kk][1]),
+                                    pack_half2(dsT[2 * kk][2], dsT[2 * kk][3]),
+                                    pack_half2(dsT[2 * kk + 1][0], dsT[2 * kk + 1][1]),
+                                    pack_half2(dsT[2 * kk + 1][2], dsT[2 * kk + 1][3])};
+#pragma unroll
+            for (int dp = 0; dp < D / 16; ++dp) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, smem_u32(Qi + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD +
+                                              dp * 16 + (lane / 16) * 8));
+                const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+                mma_16816(dK[2 * dp], da, b0);
+                mma_16816(dK[2 * dp + 1], da, b1);
+            }
+        }
 
         if constexpr (ATOMIC) {
             // Stage dS^T as fp16 [key][query]; the next loop's top __syncthreads protects it from
@@ -368,17 +575,21 @@ attn_bwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
                         pack_half2(dsT[nt][2 * r], dsT[nt][2 * r + 1]);
             __syncthreads();
             // dQ_i += dS K_j over the BN keys: (BM/16) x (D/16) output tiles of 16x16 dealt to the
-            // NW warps round-robin. A[query][key] = sdS[key][query] (tc_ldsm_a_trans),
-            // B = K_j[key][d] (tc_ldsm_b).
+            // NW warps round-robin. A[query][key] = sdS[key][query] (.trans): lane -> key
+            // 16kk + lane%8 + (lane/16)*8, query 16mt + ((lane/8)%2)*8. B = K_j[key][d] (.trans).
             for (int tile = warp; tile < (BM / 16) * (D / 16); tile += NW) {
                 const int mt = tile / (D / 16), dp = tile % (D / 16);
                 float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
                 for (int kk = 0; kk < BN / 16; ++kk) {
                     uint32_t a[4], b[4];
-                    tc_ldsm_a_trans<LDS>(a, sdS, kk * 16, mt * 16, lane);
-                    tc_ldsm_b<LD>(b, sK, kk * 16, dp * 16, lane);
-                    mma_16816_x2(acc[0], acc[1], a, b);
+                    ldmatrix_x4_trans(a, smem_u32(sdS + (kk * 16 + lane % 8 + (lane / 16) * 8) * LDS +
+                                                  mt * 16 + ((lane / 8) % 2) * 8));
+                    ldmatrix_x4_trans(b, smem_u32(sK + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD +
+                                                  dp * 16 + (lane / 16) * 8));
+                    const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+                    mma_16816(acc[0], a, b0);
+                    mma_16816(acc[1], a, b1);
                 }
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
@@ -401,8 +612,6 @@ attn_bwd_tc(const __half* __restrict__ q, const __half* __restrict__ k, const __
     for (int r = 0; r < 2; ++r) {
         const int key = n0 + kw + g + 8 * r;
         if (key >= Lk) continue;
-        // dK and dV interleaved per d-tile (two tc_store_row calls reorder the stores and change the
-        // SASS of this GPU-verified kernel).
 #pragma unroll
         for (int dt = 0; dt < DT; ++dt) {
             *reinterpret_cast<uint32_t*>(dk + (size_t)key * D + dt * 8 + 2 * t) =
@@ -457,9 +666,12 @@ attn_bwd_dq_tc(const __half* __restrict__ q, const __half* __restrict__ k, const
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int g = lane / 4, t = lane % 4;
-    const TcQueryTile qt = tc_query_tile<BM>(H, ntiles, causal);  // grid as in the forward
-    const int m0 = qt.m0, wrow = warp * 16;
-    const size_t bh = qt.bh;
+    const int bh_count = gridDim.x / ntiles;  // grid as in the forward
+    const int tile = blockIdx.x / bh_count, bhi = blockIdx.x % bh_count;
+    const int mblk = causal ? ntiles - 1 - tile : tile;
+    const int b = bhi / H;
+    const int m0 = mblk * BM, wrow = warp * 16;
+    const size_t bh = bhi;
     q += bh * Lq * D;
     dout += bh * Lq * D;
     dq += bh * Lq * D;
@@ -469,18 +681,25 @@ attn_bwd_dq_tc(const __half* __restrict__ q, const __half* __restrict__ k, const
     v += bh * Lk * D;
     const float scale_log2 = scale * TFM_LOG2E;
 
-    const TcKeys keys = tc_query_keys<BM, BN>(kv_lens, qt.b, Lk, m0, causal);
-    const int kv_len = keys.kv_len, nblocks = keys.nblocks;
+    const int kv_len = min(Lk, max(kv_lens[b], 0));
+    const int n_end = causal ? min(kv_len, m0 + BM) : kv_len;
+    const int nblocks = n_end > 0 ? tfm_cdiv(n_end, BN) : 0;
 
     // This lane's two rows: lse in base 2 (+inf for no-key and padding rows: P = 0) and D_i.
     float lrow[2], drow[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        tc_row_stats(lse, Dd, m0 + wrow + g + 8 * r, Lq, lrow[r], drow[r]);
+        const int row = m0 + wrow + g + 8 * r;
+        const float l = row < Lq ? lse[row] : tc_neg_inf();
+        lrow[r] = l == tc_neg_inf() ? __int_as_float(0x7f800000) : l * TFM_LOG2E;
+        drow[r] = row < Lq ? Dd[row] : 0.f;
     }
 
     float acc[DT][4];
-    zero_frags(acc);
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[dt][c] = 0.f;
 
     if (nblocks > 0) {
         tc_load_tile<BM, D, THREADS>(sQ, q, m0, Lq, tid);
@@ -497,8 +716,8 @@ attn_bwd_dq_tc(const __half* __restrict__ q, const __half* __restrict__ k, const
         if (jb == 0) {
 #pragma unroll
             for (int kk = 0; kk < KT; ++kk) {
-                tc_ldsm_a<LD>(qf[kk], sQ, wrow, kk * 16, lane);
-                tc_ldsm_a<LD>(dof[kk], sdO, wrow, kk * 16, lane);
+                ldmatrix_x4(qf[kk], smem_u32(sQ + (wrow + lane % 16) * LD + kk * 16 + (lane / 16) * 8));
+                ldmatrix_x4(dof[kk], smem_u32(sdO + (wrow + lane % 16) * LD + kk * 16 + (lane / 16) * 8));
             }
         }
         if (jb + 1 < nblocks) {
@@ -509,7 +728,6 @@ attn_bwd_dq_tc(const __half* __restrict__ q, const __half* __restrict__ k, const
         const __half* Kj = sK + buf * BN * LD;
         const __half* Vj = sV + buf * BN * LD;
 
-        // S = Q_i K_j^T and dP = dO_i V_j^T in one pass over k (K_j and V_j rows at the same offsets).
         float s[NT][4], dp[NT][4];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
@@ -520,10 +738,15 @@ attn_bwd_dq_tc(const __half* __restrict__ q, const __half* __restrict__ k, const
 #pragma unroll
             for (int np = 0; np < NT / 2; ++np) {
                 uint32_t b[4];
-                tc_ldsm_bt<LD>(b, Kj, np * 16, kk * 16, lane);
-                mma_16816_x2(s[2 * np], s[2 * np + 1], qf[kk], b);
-                tc_ldsm_bt<LD>(b, Vj, np * 16, kk * 16, lane);
-                mma_16816_x2(dp[2 * np], dp[2 * np + 1], dof[kk], b);
+                const int off = (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8;
+                ldmatrix_x4(b, smem_u32(Kj + off));
+                const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+                mma_16816(s[2 * np], qf[kk], b0);
+                mma_16816(s[2 * np + 1], qf[kk], b1);
+                ldmatrix_x4(b, smem_u32(Vj + off));
+                const uint32_t c0[2] = {b[0], b[1]}, c1[2] = {b[2], b[3]};
+                mma_16816(dp[2 * np], dof[kk], c0);
+                mma_16816(dp[2 * np + 1], dof[kk], c1);
             }
         const bool edge = (n0 + BN > kv_len) || (causal && n0 + BN - 1 > m0 + wrow);
 #pragma unroll
@@ -539,7 +762,21 @@ attn_bwd_dq_tc(const __half* __restrict__ q, const __half* __restrict__ k, const
                 }
                 s[nt][c] = p * (dp[nt][c] - drow[r]);  // dS
             }
-        tc_warp_pv<BN / 16, DT, LD>(acc, s, Kj, lane);  // dQ_i += dS K_j
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            const uint32_t da[4] = {pack_half2(s[2 * kk][0], s[2 * kk][1]), pack_half2(s[2 * kk][2], s[2 * kk][3]),
+                                    pack_half2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    pack_half2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int dpi = 0; dpi < D / 16; ++dpi) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, smem_u32(Kj + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD +
+                                              dpi * 16 + (lane / 16) * 8));
+                const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+                mma_16816(acc[2 * dpi], da, b0);
+                mma_16816(acc[2 * dpi + 1], da, b1);
+            }
+        }
     }
     cp_async_wait<0>();
 
@@ -547,7 +784,10 @@ attn_bwd_dq_tc(const __half* __restrict__ q, const __half* __restrict__ k, const
     for (int r = 0; r < 2; ++r) {
         const int row = m0 + wrow + g + 8 * r;
         if (row >= Lq) continue;
-        tc_store_row<D>(dq + (size_t)row * D, acc, r, scale, t);
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt)
+            *reinterpret_cast<uint32_t*>(dq + (size_t)row * D + dt * 8 + 2 * t) =
+                pack_half2(acc[dt][2 * r] * scale, acc[dt][2 * r + 1] * scale);
     }
 }
 

@@ -120,9 +120,11 @@ def load_tile(rows: int, D: int, g: np.ndarray, r0: int, limit: int) -> np.ndarr
     return s.reshape(-1)
 
 
-# ------------------------------------------------------------------------------------------ csrc/attention_tc.cuh
-# The kernels' shared helpers, one function each under the .cuh's name; fragments are (n8 tiles, 32
-# lanes, 4) fp32 arrays (a tile's registers across the warp), A/B fragments (32, 4|2, 2) fp16.
+# ------------------------------------------------------------------------------------------ shared steps
+# The steps the kernels of csrc/attention_tc.cu and attention_sm90.cu write inline, one function each
+# here (docs/attention_tc.md says why the kernels do not share them through a header); fragments are
+# (n8 tiles, 32 lanes, 4) fp32 arrays (a tile's registers across the warp), A/B fragments (32, 4|2, 2)
+# fp16.
 
 def tc_query_tile(tile, ntiles, causal, BM):
     """tc_query_tile's m0 (this emulation walks one (b, h), so only the tile remap is left)."""
