@@ -131,9 +131,10 @@ class Trees:
             self.trees[rev] = d / "csrc"
         return self.trees[rev]
 
-    def build(self, rel: str, rev: str) -> tuple[dict, dict] | None:
-        """(ptxas figures, SASS) per mangled kernel name; None when the source is absent at rev."""
-        key = (rel, rev)
+    def build(self, rel: str, rev: str, nvrtc: bool = False) -> tuple[dict, dict] | None:
+        """(ptxas figures, SASS) per mangled kernel name; None when the source is absent at rev.
+        nvrtc: compiled as the CuPy backend compiles it (NVRTC, CuPy's options, sm_90 cubin)."""
+        key = (rel, rev, nvrtc)
         if key not in self.built:
             csrc = self.tree(rev)
             src = csrc / Path(rel).relative_to("csrc")
@@ -141,6 +142,14 @@ class Trees:
                 self.built[key] = None
                 return None
             out = self.tmp / f"{len(self.built)}.cubin"
+            if nvrtc:
+                from tfm_kernels import _backend
+
+                inner = str(Path(rel).relative_to("csrc"))
+                cub, _, log = _sass.nvrtc_cubin(inner, _backend.parse_exports(src.read_text()), 90, csrc=csrc)
+                out.write_bytes(cub)
+                self.built[key] = (_sass.parse_ptxas(log), _sass.dump_sass.__wrapped__(str(out)))
+                return self.built[key]
             done = subprocess.run(nvcc_args(self.reports[rel], src, csrc, out), capture_output=True, text=True)
             if done.returncode != 0:
                 sys.exit(f"nvcc failed on {rel} at {rev}:\n{done.stderr[-3000:]}")
@@ -213,7 +222,7 @@ def search(trees: Trees, rel: str, revs: list[str]) -> int:
     return 0
 
 
-def audit(trees: Trees, rev: str) -> int:
+def audit(trees: Trees, rev: str, nvrtc: bool = False) -> int:
     from tfm_kernels import _registry
 
     # (source, kernel at rev as 'name<args>') -> identical / same-insts / differs / added;
@@ -222,11 +231,12 @@ def audit(trees: Trees, rev: str) -> int:
     # arguments extend its own (attention_bwd_dkdv<32, true> -> <32, true, 4>).
     status: dict[tuple[str, str], str] = {}
     rank = {"identical": 0, "same-insts": 1, "differs": 2}
-    print(f"## Run-1 fingerprints and the kernels at {rev}\n")
+    path = "the CuPy backend's (NVRTC " + _nvrtc_version() + ")" if nvrtc else "the extension's (nvcc)"
+    print(f"## Run-1 fingerprints and the kernels at {rev}: {path} machine code\n")
     for rel, fp in FINGERPRINTS.items():
         run1 = _sass.parse_ptxas(trees.reports[rel])
-        old, new = trees.build(rel, fp), trees.build(rel, rev)
-        diff = fingerprint_diff(run1, old[0])
+        diff = fingerprint_diff(run1, trees.build(rel, fp)[0])  # the fingerprint is nvcc's report
+        old, new = trees.build(rel, fp, nvrtc), trees.build(rel, rev, nvrtc)
         print(f"{rel}: fingerprint {fp}: " + (f"reproduces run 1's ptxas report exactly ({len(run1)} kernels)"
                                                if not diff else f"{len(diff)} figure(s) differ: {diff[:3]}"))
         olds = {canon(d): old[1][m] for m, d in demangle(sorted(old[1])).items()}
@@ -285,11 +295,22 @@ def audit(trees: Trees, rev: str) -> int:
     return 0
 
 
+def _nvrtc_version() -> str:
+    from cuda.bindings import nvrtc
+
+    _, major, minor = nvrtc.nvrtcVersion()
+    return f"{major}.{minor}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rev", default="HEAD", help="revision to compare against run 1 (default HEAD)")
     ap.add_argument("--search", nargs="+", metavar=("SOURCE", "REV"),
                     help="check which of these revisions reproduce run 1's report for SOURCE")
+    ap.add_argument("--nvrtc", action="store_true",
+                    help="compare the CuPy backend's code (NVRTC) instead of the extension's (nvcc): "
+                         "the two compilers emit different SASS for one source, and run 1 passed on "
+                         "both. Use the NVRTC run 1 had (13.0: pip install nvidia-cuda-nvrtc==13.0.88)")
     args = ap.parse_args()
     if _sass.cuobjdump() is None:
         sys.exit("cuobjdump/nvdisasm not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
@@ -297,7 +318,7 @@ def main() -> int:
         trees = Trees(Path(tmp), run1_reports())
         if args.search:
             return search(trees, args.search[0], args.search[1:])
-        return audit(trees, args.rev)
+        return audit(trees, args.rev, args.nvrtc)
 
 
 if __name__ == "__main__":

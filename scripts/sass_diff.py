@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Does a source change alter the machine code? Compiles csrc/ sources at a base revision and in the
-working tree with the extension build's exact nvcc command, disassembles both, and compares every
-kernel's SASS.
+working tree with the extension build's exact nvcc command (and, with --nvrtc, as the CuPy backend
+compiles them), disassembles both, and compares every kernel's SASS.
 
     python scripts/sass_diff.py                      # every csrc/*.cu, working tree vs HEAD
     python scripts/sass_diff.py --base 4a9683c csrc/softmax.cu csrc/attention_tc.cu
@@ -106,6 +106,34 @@ def report(rel: Path, base: str, old: dict[str, str], new: dict[str, str], conte
     return bad
 
 
+def nvrtc_sass(inner: Path, csrc: Path, tmp: Path) -> dict[str, str]:
+    """{kernel: SASS} of csrc/<inner> compiled as the CuPy backend compiles it (NVRTC, CuPy's options,
+    sm_90 cubin), for every name its own TFM_EXPORT lines list."""
+    from tfm_kernels import _backend
+
+    names = _backend.parse_exports((csrc / inner).read_text())
+    cub, _, _ = _sass.nvrtc_cubin(str(inner), names, 90, csrc=csrc)
+    out = tmp / (str(inner).replace("/", "__") + f".{abs(hash(str(csrc)))}.cubin")
+    out.write_bytes(cub)
+    return _sass.dump_sass.__wrapped__(str(out))
+
+
+def compare_nvrtc(old_csrc: Path, new_csrc: Path, rels: list[Path], base: str = "base",
+                  context: int = 12) -> int:
+    """As compare(), for the CuPy backend's compiler: NVRTC (whichever cuda.bindings loads)."""
+    bad = 0
+    with tempfile.TemporaryDirectory() as tmp, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        jobs = []
+        for rel in rels:
+            inner = Path(rel).relative_to("csrc")
+            old = pool.submit(nvrtc_sass, inner, old_csrc, Path(tmp)) if (old_csrc / inner).is_file() else None
+            jobs.append((rel, old, pool.submit(nvrtc_sass, inner, new_csrc, Path(tmp))))
+        for rel, old, new in jobs:
+            bad += report(Path(f"{rel} [NVRTC]"), base, old.result() if old else {}, new.result(), context)
+    return bad
+
+
 def compare(old_csrc: Path, new_csrc: Path, rels: list[Path], base: str = "base",
             context: int = 12) -> int:
     """Compile every source (a path relative to the repository root, under csrc/) from both trees
@@ -136,6 +164,9 @@ def main() -> int:
     ap.add_argument("sources", nargs="*", help="csrc/*.cu files (default: all)")
     ap.add_argument("--base", default="HEAD", help="git revision to compare against (default HEAD)")
     ap.add_argument("--context", type=int, default=12, help="diff lines shown per differing kernel")
+    ap.add_argument("--nvrtc", action="store_true",
+                    help="also compare the CuPy backend's code (NVRTC): nvcc and NVRTC emit different "
+                         "SASS for the same source, so each path needs its own proof")
     args = ap.parse_args()
     if _sass.cuobjdump() is None:
         sys.exit("cuobjdump/nvdisasm not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
@@ -146,6 +177,8 @@ def main() -> int:
                              capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=tar, check=True)
         bad = compare(Path(tmp) / "csrc", ROOT / "csrc", rels, args.base, args.context)
+        if args.nvrtc:
+            bad += compare_nvrtc(Path(tmp) / "csrc", ROOT / "csrc", rels, args.base, args.context)
     print("SASS unchanged" if bad == 0 else f"{bad} kernel(s) changed, added or removed")
     return 1 if bad else 0
 

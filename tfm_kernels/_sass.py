@@ -187,22 +187,31 @@ def parse_ptxas(log: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def nvrtc_cubin(source: str, names: list[str], cc: int = 90) -> tuple[bytes, dict[str, str], str]:
+def nvrtc_cubin(source: str, names: list[str], cc: int = 90,
+                csrc: Path | None = None) -> tuple[bytes, dict[str, str], str]:
     """Compile ``csrc/<source>`` for the name expressions ``names`` exactly as the CuPy backend does
-    on a device of compute capability ``cc`` (its NVRTC options, a cubin); no GPU needed.
+    on a device of compute capability ``cc`` (its NVRTC options, a cubin); no GPU needed. ``csrc``:
+    another copy of the sources (scripts/sass_diff.py --nvrtc compiles an older revision's).
     Returns (cubin, {name expression: mangled name}, the ptxas -v log)."""
     from cuda.bindings import nvrtc
 
     from . import _backend
+
+    here = _backend.csrc_dir()
+    code = _backend.nvrtc_code(source)
+    opts_list = _backend.cupy_nvrtc_options(source, cc)
+    if csrc is not None and Path(csrc).resolve() != here.resolve():
+        path = (Path(csrc) / source).resolve()
+        code = f'#line 1 "{path}"\n' + path.read_text()
+        opts_list = tuple(f"-I{csrc}" if o == f"-I{here}" else o for o in opts_list)
 
     def ok(res, what):
         if res[0] != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             raise RuntimeError(f"NVRTC {what} failed on {source}: {res[0]}")
         return res[1] if len(res) > 1 else None
 
-    opts = [o.encode() for o in _backend.cupy_nvrtc_options(source, cc) + ("--ptxas-options=-v",)]
-    prog = ok(nvrtc.nvrtcCreateProgram(_backend.nvrtc_code(source).encode(), source.encode(), 0, [], []),
-              "create")
+    opts = [o.encode() for o in opts_list + ("--ptxas-options=-v",)]
+    prog = ok(nvrtc.nvrtcCreateProgram(code.encode(), source.encode(), 0, [], []), "create")
     try:
         for n in names:
             ok(nvrtc.nvrtcAddNameExpression(prog, n.encode()), f"name expression {n}")
