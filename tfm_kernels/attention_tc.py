@@ -262,8 +262,7 @@ register(Variant(
     "A operand of P V; masks only on edge tiles",
     _forward, dtypes=("float16",), supports=_supports,
     kernels=tuple((SOURCE, fwd_kernel(d)) for d in HEAD_DIMS), hot=True,
-    measured="H200 (GPU run 1): fwd D=128 N=4096 B4 H16: 237 TFLOP/s; 0.67x SDPA flash (355)"
-             "; sm_90 machine code identical to run 1's (scripts/run1_identity.py)"))
+    measured="H200 (GPU run 1): fwd D=128 N=4096 B4 H16: 237 TFLOP/s; 0.67x SDPA flash (355)"))
 register(Variant(
     "attention_forward", 13, "tc_m128",
     "as 10_tc with 128-row query tiles (2 m16 tiles per warp) at every head dim: at D = 96/128 Q_i "
@@ -272,7 +271,7 @@ register(Variant(
     _forward13, dtypes=("float16",), supports=_supports,
     kernels=tuple((SOURCE, fwd_kernel(d, 13)) for d in HEAD_DIMS), hot=True,
     measured="H200 (GPU run 1): fwd D=128 N=4096 B4 H16: 270 TFLOP/s, 1.14x 10_tc (237); "
-             "0.76x SDPA flash (355); sm_90 machine code identical to run 1's (scripts/run1_identity.py)"))
+             "0.76x SDPA flash (355)"))
 register(Variant(
     "attention_forward", 14, "wgmma",
     "Hopper: S = Q K^T by wgmma m64n128k16 from 128-byte-swizzled smem, P V by wgmma with P in "
@@ -300,4 +299,4 @@ register(Variant(
     kernels=_DOT + tuple((SOURCE, bwd_kernel(d, False)) for d in HEAD_DIMS)
     + tuple((SOURCE, dq_kernel(d)) for d in HEAD_DIMS), hot=True,
     measured="H200 (GPU run 1): fwd+bwd causal D=128 N=4096 B4 H16: 195 TFLOP/s, 1.25x 11_tc; "
-             "0.72x SDPA flash (269); sm_90 machine code identical to run 1's (scripts/run1_identity.py)"))
+             "0.72x SDPA flash (269)"))
