@@ -6,13 +6,11 @@
 //   ldmatrix_x4[_trans] four 8x8 b16 matrices from shared memory into the mma fragment layout;
 //                       lanes 8j..8j+7 give the 8 row addresses of matrix j (16 bytes each)
 //   mma_16816           mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32: D = A*B + D, fp32 acc
-//   mma_16816_x2        the two n8 tiles one ldmatrix_x4 of B feeds
 //   zero_frags          accumulator fragments (float[N][4], float[M][N][4]) set to 0
 //   cp_async_16         16-byte global->shared copy, zero-filled when the predicate is false (edge
 //                       tiles: an out-of-range chunk reads 0 bytes and writes 16 zero bytes)
 //   cp_async_commit / cp_async_wait<N>
-//   pack_half2, pack_a_from_c
-//                       fp32 -> fp16x2; an A fragment from the C fragments of two adjacent n8 tiles
+//   pack_half2          two fp32 -> fp16x2 (round to nearest)
 // Hopper (sm_90a only; the *_sm90 helpers exist only where __CUDA_ARCH_FEAT_SM90_ALL is defined,
 // so a file compiled for plain sm_80/sm_90 can include this header):
 //   wgmma descriptors, wgmma.fence / commit_group / wait_group, mbarrier, TMA 2-D loads,
@@ -70,15 +68,6 @@ static __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// Two n8 tiles that share A and one ldmatrix x4 of B (matrices 0-1: tile 0, 2-3: tile 1):
-// d0 += A * b[0..1], d1 += A * b[2..3].
-static __device__ __forceinline__ void mma_16816_x2(float (&d0)[4], float (&d1)[4], const uint32_t (&a)[4],
-                                                    const uint32_t (&b)[4]) {
-    const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-    mma_16816(d0, a, b0);
-    mma_16816(d1, a, b1);
-}
-
 // Accumulator fragments set to 0 (one n8 tile is float[4]; arrays of them, 2-D or 3-D).
 template <int N>
 static __device__ __forceinline__ void zero_frags(float (&x)[N][4]) {
@@ -118,16 +107,6 @@ static __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
     uint32_t r;
     asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
-}
-
-// The A fragment (16x16) of columns 16kk..16kk+15 of a product held as fp32 C fragments c0, c1 of
-// the n8 tiles 2kk, 2kk+1: by the tables above, {c0[0,1], c0[2,3], c1[0,1], c1[2,3]} as fp16 pairs
-// is exactly the A layout, so softmax(S) feeds P V without leaving registers (FlashAttention-2).
-static __device__ __forceinline__ void pack_a_from_c(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
-    a[0] = pack_half2(c0[0], c0[1]);
-    a[1] = pack_half2(c0[2], c0[3]);
-    a[2] = pack_half2(c1[0], c1[1]);
-    a[3] = pack_half2(c1[2], c1[3]);
 }
 
 // Epilogue: store the fp32 pair (v0, v1) at C[row][col..col+1], guarded against the matrix edge.

@@ -159,13 +159,13 @@ def tc_ldsm_b(s, k0, n0, LD):
 
 
 def mma_16816_x2(d0, d1, a, b):
-    """mma.cuh mma_16816_x2: d0 += A b[0..1], d1 += A b[2..3]."""
+    """Two n8 tiles that share A and one ldmatrix x4 of B: d0 += A b[0..1], d1 += A b[2..3]."""
     mma_16816(d0, a, b[:, 0:2])
     mma_16816(d1, a, b[:, 2:4])
 
 
 def pack_a_from_c(c0, c1):
-    """mma.cuh pack_a_from_c: the A fragment (32, 4, 2) fp16 from the (32, 4) fp32 C fragments of two
+    """The A fragment (32, 4, 2) fp16 from the (32, 4) fp32 C fragments of two
     adjacent n8 tiles: {c0[0,1], c0[2,3], c1[0,1], c1[2,3]}."""
     return np.stack([pack_half2(c0[:, 0], c0[:, 1]), pack_half2(c0[:, 2], c0[:, 3]),
                      pack_half2(c1[:, 0], c1[:, 1]), pack_half2(c1[:, 2], c1[:, 3])], axis=1)
