@@ -96,6 +96,10 @@ class Variant:
 
 _REGISTRY: dict[str, dict[str, Variant]] = {}
 
+# What a variant's `measured` says when its kernels are byte for byte the ones GPU run 1 built and
+# ran, on both backends (scripts/run1_identity.py, with and without --nvrtc).
+RUN1_CODE = "machine code identical to run 1's (scripts/run1_identity.py)"
+
 
 def register(variant: Variant) -> Variant:
     """Add a variant; its key must be new within its op."""

@@ -70,7 +70,7 @@ import numbers
 import numpy as np
 
 from . import _validate
-from ._registry import Launch, Variant, choose, register
+from ._registry import RUN1_CODE, Launch, Variant, choose, register
 
 SOURCE = "attention.cu"
 FLOAT_DTYPES = ("float32", "float16")
@@ -481,14 +481,14 @@ register(Variant(
     "(B*H*Lq*Lk floats), masking and lse by two small kernels",
     _naive_forward, dtypes=("float32",), supports=_naive_supports, kernels=_NAIVE_KERNELS,
     measured=_RUN1 + "25.8 TFLOP/s fwd D=128 N=2048 B=8 H=16 (0.57x SDPA efficient, 0.90x SDPA math); "
-    "machine code identical to run 1's (scripts/run1_identity.py)"))
+    + RUN1_CODE))
 register(Variant(
     "attention_forward", 2, "flash",
     "fp32 FlashAttention-2: K_j/V_j tiles in shared memory, online softmax in registers, one pass; "
     "no Lq x Lk buffer, causal and kv_lens blocks skipped",
     _flash_forward, dtypes=("float32",), supports=_flash_supports, kernels=_FLASH_KERNELS_FWD,
     hot=True, measured=_RUN1 + "34.6 TFLOP/s fwd D=128 N=2048 B=8 H=16 (0.76x SDPA efficient 45.4, "
-    "1.21x SDPA math); machine code identical to run 1's (scripts/run1_identity.py)"))
+    "1.21x SDPA math); " + RUN1_CODE))
 _NEVER_RUN = ("never run on a GPU: added after GPU run 1 (H200, 2026-11-29); compiled, ptxas-checked "
               "and emulated thread by thread on the CPU only")
 register(Variant(
@@ -509,7 +509,7 @@ register(Variant(
     "dQ = scale dS K, dK = scale dS^T Q; S, P, dP, dS materialized",
     _naive_backward, dtypes=("float32",), supports=_naive_supports, kernels=_NAIVE_KERNELS,
     measured=_RUN1 + "8.9 TFLOP/s fwd+bwd D=64 N=1024 B=16 H=16 causal (0.30x SDPA efficient); "
-    "machine code identical to run 1's (scripts/run1_identity.py)"))
+    + RUN1_CODE))
 register(Variant(
     "attention_backward", 2, "flash",
     "fp32 FlashAttention-2 backward: CTA per key block, P from lse, dK_j/dV_j in registers, "

@@ -28,7 +28,7 @@ import struct
 
 import numpy as np
 
-from ._registry import Launch, Variant, register
+from ._registry import RUN1_CODE, Launch, Variant, register
 
 SOURCE_MMA = "matmul_tc.cu"
 SOURCE_SM90 = "matmul_sm90.cu"
@@ -128,20 +128,19 @@ def _register_mma(number: int, name: str, stages: int, swizzle: bool, hot: bool,
 
 
 _RUN1 = "H200, tfm-kernels bench --quick, GPU run 1 (2026-11-29)"
-_RUN1_CODE = "machine code identical to run 1's (scripts/run1_identity.py)"
 
 _register_mma(
     10, "mma_sync", stages=1, swizzle=False, hot=False,
     description="fp16 tensor cores: mma.sync m16n8k16 on ldmatrix fragments, fp32 accumulators, "
                 "128x128x32 CTA tile, 4 warps of 64x64, one shared-memory stage (load, wait, compute)",
-    measured="122.9 TFLOP/s at 8192^3 fp16 NN, 16% of cuBLAS (763.7); " + _RUN1 + "; " + _RUN1_CODE,
+    measured="122.9 TFLOP/s at 8192^3 fp16 NN, 16% of cuBLAS (763.7); " + _RUN1 + "; " + RUN1_CODE,
 )
 _register_mma(
     11, "mma_pipelined", stages=4, swizzle=True, hot=True,
     description="+ 4-stage cp.async pipeline (3 tiles in flight during each compute) and XOR-swizzled "
                 "shared tiles: conflict-free ldmatrix and cp.async stores",
     measured="329.1 TFLOP/s at 8192^3 fp16 NN, 2.7x variant 10, 43% of cuBLAS (763.7); " + _RUN1 + "; "
-             + _RUN1_CODE,
+             + RUN1_CODE,
 )
 
 

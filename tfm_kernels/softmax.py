@@ -38,7 +38,7 @@ import math
 import numpy as np
 
 from . import _validate
-from ._registry import Launch, Variant, choose, register
+from ._registry import RUN1_CODE, Launch, Variant, choose, register
 
 SOURCE = "softmax.cu"
 DTYPES = ("float32", "float16")
@@ -359,7 +359,7 @@ BACKWARD = [
 # Measured on an NVIDIA H200 (GPU run 1, 2026-11-29, `tfm-kernels bench --quick`, ext backend, CUDA
 # events, median; copy ceiling measured in the same run: 4161 GB/s). Effective bandwidth = the
 # minimum bytes (costs.py) / time; "torch" = torch.softmax / torch._softmax_backward_data, same run.
-_RUN1 = "H200 run 1, machine code identical to run 1's (scripts/run1_identity.py); tfm-kernels bench --quick: "
+_RUN1 = "H200 run 1, " + RUN1_CODE + "; tfm-kernels bench --quick: "
 MEASURED = {
     ("softmax", 1): _RUN1 + "8192x8192 fp32 175 GB/s (4% of copy, 0.09x torch)",
     ("softmax", 2): _RUN1 + "8192x8192 fp32 2667 GB/s (64%, 1.38x torch); 65536x1024 2493 GB/s (60%)",
