@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -96,23 +95,9 @@ def run1_reports() -> dict[str, str]:
 
 
 def nvcc_args(report: str, src: Path, csrc: Path, out: Path) -> list[str]:
-    """Run 1's recorded command for one cubin: -c/-o/-I/host flags dropped, the first sm_XX gencode
-    kept (run 1 built one real arch per source), -Xptxas -v kept for the fingerprint."""
-    cmd = shlex.split(report.splitlines()[0][2:])
-    nvcc = cmd[0] if Path(cmd[0]).is_file() else (shutil.which("nvcc") or cmd[0])
-    args, i, rest = [nvcc], 0, cmd[1:]
-    while i < len(rest):
-        a = rest[i]
-        if a in ("-o", "-Xcompiler"):
-            i += 2
-            continue
-        if a == "-c" or a.endswith(".cu") or a.startswith("-I") or a.startswith("-gencode"):
-            i += 1
-            continue
-        args.append(a)
-        i += 1
-    sm = next(a for a in cmd if a.startswith("-gencode") and "code=sm_" in a)
-    return args + [sm, "-cubin", f"-I{csrc}", str(src), "-o", str(out)]
+    """Run 1's recorded command for one cubin, -Xptxas -v kept for the fingerprint (run 1 built one
+    real arch per source, so the kept target is that one)."""
+    return _sass.cubin_command(shlex.split(report.splitlines()[0][2:]), src, csrc, out, ptxas_v=True)
 
 
 class Trees:
@@ -168,22 +153,12 @@ def fingerprint_diff(run1: dict, mine: dict) -> list[str]:
     return lines
 
 
-_WORD = re.compile(r"/\* (0x[0-9a-f]{16}) \*/")
-
-
-def encoding(sass: str) -> list[str]:
-    """The kernel's instruction words in order (two 64-bit words per instruction: the bytes).
-    Not the listing's text: cuobjdump pads columns to the longest instruction of the whole file,
-    so an unchanged kernel's text changes when another kernel in the file gains a longer line."""
-    return _WORD.findall(sass)
-
-
 def classify(old: str | None, new: str | None) -> str:
     if old is None:
         return "added"
     if new is None:
         return "removed"
-    if encoding(old) == encoding(new):
+    if _sass.words(old) == _sass.words(new):
         return "identical"
     return "same-insts" if _sass.normalize(old) == _sass.normalize(new) else "differs"
 

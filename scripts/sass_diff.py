@@ -26,7 +26,6 @@ import argparse
 import concurrent.futures
 import difflib
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -52,28 +51,8 @@ def recorded_command(src: Path) -> list[str]:
 
 
 def cubin(cmd: list[str], src: Path, csrc: Path, out: Path) -> Path:
-    """Recompile `src` to a cubin with the recorded command: -c/-o replaced, -I pointed at `csrc`,
-    the host-side -Xcompiler flags and -Xptxas -v dropped (they do not change device code)."""
-    args = [cmd[0]]
-    rest = cmd[1:]
-    i = 0
-    while i < len(rest):
-        a = rest[i]
-        if a in ("-o", "-Xcompiler", "-Xptxas"):
-            i += 2
-            continue
-        if a == "-c" or a.endswith(".cu") or a.startswith("-I"):
-            i += 1
-            continue
-        args.append(a)
-        i += 1
-    # One cubin holds one architecture: keep the highest real sm_XX target of the gencode list
-    # (sm_90 of the default "80;90": the H200's code).
-    gencodes = [a for a in args if a.startswith("-gencode") and "code=sm_" in a]
-    sm = max(gencodes, key=lambda g: int(re.sub(r"\D", "", g.split("code=sm_")[1])))
-    args = [a for a in args if not a.startswith("-gencode")] + [sm]
-    args += ["-cubin", f"-I{csrc}", str(src), "-o", str(out)]
-    done = subprocess.run(args, capture_output=True, text=True)
+    """Recompile `src` to a cubin with the recorded command (tfm_kernels._sass.cubin_command)."""
+    done = subprocess.run(_sass.cubin_command(cmd, src, csrc, out), capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"nvcc failed on {src}:\n{done.stderr[-4000:]}")
     return out

@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["cuobjdump", "dump_sass", "words", "normalize", "opcode", "loops", "nvrtc_cubin", "parse_ptxas"]
+__all__ = ["cuobjdump", "dump_sass", "cubin_command", "words", "normalize", "opcode", "loops", "nvrtc_cubin", "parse_ptxas"]
 
 
 def _wheel_bin() -> Path | None:
@@ -90,6 +90,31 @@ def dump_sass(path: str) -> dict[str, str]:
         body = body.split("\nFatbin ")[0]
         funcs[name.strip()] = funcs.get(name.strip(), "") + body
     return funcs
+
+
+def cubin_command(cmd: list[str], src: Path, csrc: Path, out: Path, ptxas_v: bool = False) -> list[str]:
+    """A recorded nvcc build command (an extension build's, from a build/ptxas report's first line)
+    turned into one that compiles `src` to a cubin `out` with `csrc` as include folder: -c/-o/-I and
+    the host-side -Xcompiler flags dropped, -Xptxas -v kept only with `ptxas_v` (the figures a
+    fingerprint compares), and of the gencode list the highest real sm_XX target (one cubin holds
+    one architecture; sm_90 of the default "80;90", the H200's code). A recorded nvcc path that does
+    not exist here is replaced by the nvcc on PATH."""
+    nvcc = cmd[0] if Path(cmd[0]).is_file() else (shutil.which("nvcc") or cmd[0])
+    args, rest, i = [nvcc], cmd[1:], 0
+    while i < len(rest):
+        a = rest[i]
+        if a in ("-o", "-Xcompiler") or (a == "-Xptxas" and not ptxas_v):
+            i += 2
+            continue
+        if a == "-c" or a.endswith(".cu") or a.startswith("-I"):
+            i += 1
+            continue
+        args.append(a)
+        i += 1
+    gencodes = [a for a in args if a.startswith("-gencode") and "code=sm_" in a]
+    sm = max(gencodes, key=lambda g: int(re.sub(r"\D", "", g.split("code=sm_")[1])))
+    return [a for a in args if not a.startswith("-gencode")] + [sm, "-cubin", f"-I{csrc}", str(src),
+                                                                 "-o", str(out)]
 
 
 _ADDR = re.compile(r"/\*[0-9a-f]{4,}\*/")          # /*01a0*/ instruction address
