@@ -153,16 +153,6 @@ def fingerprint_diff(run1: dict, mine: dict) -> list[str]:
     return lines
 
 
-def classify(old: str | None, new: str | None) -> str:
-    if old is None:
-        return "added"
-    if new is None:
-        return "removed"
-    if _sass.words(old) == _sass.words(new):
-        return "identical"
-    return "same-insts" if _sass.normalize(old) == _sass.normalize(new) else "differs"
-
-
 def demangle(names: list[str]) -> dict[str, str]:
     """mangled -> 'name<args>' (c++filt without the return type and parameter list)."""
     out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True,
@@ -220,14 +210,14 @@ def audit(trees: Trees, rev: str, nvrtc: bool = False) -> int:
         fresh = set(news) - set(olds)
         counts: dict[str, int] = {}
         for k in sorted(set(olds) & set(news)):
-            status[(rel, k)] = classify(olds[k], news[k])
+            status[(rel, k)] = _sass.classify(olds[k], news[k])
         for g in list(gone):
             cands = [a for a in fresh if a.startswith(g[:-1] + ",")]
             if not cands:
                 continue
-            a = min(cands, key=lambda a: (rank[classify(olds[g], news[a])],
+            a = min(cands, key=lambda a: (rank[_sass.classify(olds[g], news[a])],
                                           abs(len(_sass.normalize(olds[g])) - len(_sass.normalize(news[a])))))
-            status[(rel, a)] = classify(olds[g], news[a])
+            status[(rel, a)] = _sass.classify(olds[g], news[a])
             print(f"    {status[(rel, a)]:<11} {a} (run 1: {g})")
             fresh.discard(a)
             gone.remove(g)

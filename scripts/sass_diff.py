@@ -64,17 +64,18 @@ def report(rel: Path, base: str, old: dict[str, str], new: dict[str, str], conte
     counts = {"identical": 0, "same-insts": 0}
     print(f"== {rel} ({base} -> new): {len(old)} -> {len(new)} kernels")
     for name in sorted(set(old) | set(new)):
-        if name not in new:
-            print(f"  removed     {name}")
-            bad += 1
-        elif name not in old:
-            print(f"  added       {name} ({len(_sass.normalize(new[name]))} instructions)")
-            bad += 1
-        elif _sass.words(old[name]) == _sass.words(new[name]):
+        verdict = _sass.classify(old.get(name), new.get(name))
+        if verdict == "identical":
             counts["identical"] += 1
-        elif _sass.normalize(old[name]) == _sass.normalize(new[name]):
+        elif verdict == "same-insts":
             counts["same-insts"] += 1
             print(f"  same-insts  {name}")
+        elif verdict == "removed":
+            print(f"  removed     {name}")
+            bad += 1
+        elif verdict == "added":
+            print(f"  added       {name} ({len(_sass.normalize(new[name]))} instructions)")
+            bad += 1
         else:
             a, b = _sass.normalize(old[name]), _sass.normalize(new[name])
             bad += 1

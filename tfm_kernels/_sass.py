@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["cuobjdump", "dump_sass", "cubin_command", "words", "normalize", "opcode", "loops", "nvrtc_cubin", "parse_ptxas"]
+__all__ = ["cuobjdump", "dump_sass", "cubin_command", "classify", "words", "normalize", "opcode", "loops", "nvrtc_cubin", "parse_ptxas"]
 
 
 def _wheel_bin() -> Path | None:
@@ -118,14 +118,27 @@ def cubin_command(cmd: list[str], src: Path, csrc: Path, out: Path, ptxas_v: boo
 
 
 _ADDR = re.compile(r"/\*[0-9a-f]{4,}\*/")          # /*01a0*/ instruction address
-_ENC = re.compile(r"/\* 0x[0-9a-f]{16} \*/")        # /* 0x000fe20000000800 */ encoding word
+_ENC = re.compile(r"/\* (0x[0-9a-f]{16}) \*/")      # /* 0x000fe20000000800 */ encoding word
 
 
 def words(sass: str) -> list[str]:
     """The instruction words (the hex encodings cuobjdump prints beside each instruction): equal
     lists mean byte-identical code. Comparing the text instead would depend on cuobjdump's column
     padding, which follows the longest line of the whole file."""
-    return re.findall(r"/\* (0x[0-9a-f]{16}) \*/", sass)
+    return _ENC.findall(sass)
+
+
+def classify(old: str | None, new: str | None) -> str:
+    """One kernel's SASS at two revisions (None: absent there): "added", "removed", "identical"
+    (the same instruction words, i.e. bytes), "same-insts" (the same instructions, other scheduling
+    control words) or "differs"."""
+    if old is None:
+        return "added"
+    if new is None:
+        return "removed"
+    if words(old) == words(new):
+        return "identical"
+    return "same-insts" if normalize(old) == normalize(new) else "differs"
 
 
 def normalize(sass: str) -> list[str]:
