@@ -558,14 +558,14 @@ TFM_EXPORT(matmul_warptile<128, 128, 8, 32, 64, 2, 4, 4, 256, true, false>)
 TFM_EXPORT(matmul_warptile<128, 128, 8, 32, 64, 2, 4, 4, 256, true, true>)
 
 // ============================================================================ cp.async helpers (8, 9)
-// 4 bytes global -> shared, zero-filled when pred is false (src-size 0: nothing is read). .ca is the
-// only cache mode cp.async allows below 16 bytes; the 4 neighbours a warp copies in one
-// instruction share L1 lines.
+// 4 bytes global -> shared, zero-filled when pred is false (src-size 0: nothing is read); .ca, the only
+// cache mode cp.async allows below 16 bytes (the 4 neighbours a warp copies share L1 lines).
+#if defined(__CUDACC__)  // the host emulation (tests/cuda_host/cuda_host.h) has its own
 static __device__ __forceinline__ void cp_async_4(uint32_t smem, const void* gmem, bool pred) {
     const int src_bytes = pred ? 4 : 0;
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem), "l"(gmem), "r"(src_bytes));
 }
-
+#endif  // on the blank line's place: NVRTC's code for the TF32 kernels moved with their line numbers
 // tile_load_vec4 without the register round trip: the copies land in shared memory asynchronously
 // (visible after cp_async_wait + __syncthreads). A straight tile moves in 16-byte chunks when vec
 // (each chunk wholly inside or outside the matrix, the outside ones zero-filled); a transposed tile
@@ -715,8 +715,8 @@ TFM_EXPORT(matmul_cp_async<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, true, true>)
 // then hit banks 20*(l/4) + l%4 mod 32, all 32 distinct. Fed by the same cp.async ring as variant 8.
 // Fragments (PTX ISA, mma.m16n8k8 .tf32; g = lane/4, t = lane%4):
 //   A 16x8: a0 = A[g][t], a1 = A[g+8][t], a2 = A[g][t+4], a3 = A[g+8][t+4]
-//   B 8x8:  b0 = B[t][g], b1 = B[t+4][g]
-//   C 16x8: c0 = C[g][2t], c1 = C[g][2t+1], c2 = C[g+8][2t], c3 = C[g+8][2t+1]
+//   B 8x8:  b0 = B[t][g], b1 = B[t+4][g];  C 16x8: c0,c1 = C[g][2t..2t+1], c2,c3 = C[g+8][2t..2t+1]
+#if defined(__CUDACC__)  // the host emulation (tests/cuda_host/cuda_host.h) has its own
 static __device__ __forceinline__ uint32_t to_tf32(float x) {
     uint32_t r;
     asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
@@ -731,7 +731,7 @@ static __device__ __forceinline__ void mma_1688_tf32(float (&d)[4], const uint32
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
-
+#endif
 template <int BM, int BN, int BK, int WARPS_M, int WARPS_N, int STAGES, bool TA, bool TB>
 __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
     matmul_tf32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,

@@ -32,6 +32,9 @@ static __device__ __forceinline__ uint32_t smem_u32(const void* p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// The host emulation (tests/cuda_host/cuda_host.h, g++: no __CUDACC__) defines its own versions of
+// the inline-PTX helpers below: ldmatrix_*, mma_16816, cp_async_*, pack_half2.
+#if defined(__CUDACC__)
 // ---------------------------------------------------------------------------------- ldmatrix
 static __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -68,6 +71,8 @@ static __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+#endif  // __CUDACC__
+
 // Accumulator fragments set to 0 (one n8 tile is float[4]; arrays of them, 2-D or 3-D).
 template <int N>
 static __device__ __forceinline__ void zero_frags(float (&x)[N][4]) {
@@ -82,6 +87,7 @@ static __device__ __forceinline__ void zero_frags(float (&x)[M][N][4]) {
     for (int i = 0; i < M; ++i) zero_frags(x[i]);
 }
 
+#if defined(__CUDACC__)
 // ---------------------------------------------------------------------------------- cp.async
 // 16 bytes global -> shared. pred false: src-size 0, so nothing is read and the 16 destination
 // bytes are zero-filled; gmem must still be a valid-looking address (callers pass the base).
@@ -108,6 +114,8 @@ static __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
     asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
 }
+
+#endif  // __CUDACC__
 
 // Epilogue: store the fp32 pair (v0, v1) at C[row][col..col+1], guarded against the matrix edge.
 // pair_ok: col is even and every row of C starts 2-element aligned, so the pair is one 8-byte

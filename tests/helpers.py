@@ -46,7 +46,8 @@ def errors(out, ref) -> tuple[float, float, float]:
     assert out.shape == ref.shape, f"shape {out.shape} != reference {ref.shape}"
     # Same non-finite pattern (-inf lse rows) is agreement; anything else non-finite is an error.
     both_inf = np.isinf(out) & np.isinf(ref) & (np.sign(out) == np.sign(ref))
-    diff = np.where(both_inf, 0.0, np.abs(out - ref))
+    with np.errstate(invalid="ignore"):  # inf - inf where both_inf; replaced by 0 below
+        diff = np.where(both_inf, 0.0, np.abs(out - ref))
     diff = np.where(np.isnan(diff), np.inf, diff)
     scale = float(np.max(np.abs(np.where(np.isfinite(ref), ref, 0.0)), initial=0.0))
     return float(np.max(diff, initial=0.0)), float(np.mean(diff)) if diff.size else 0.0, scale

@@ -1,10 +1,12 @@
 """tests/test_softmax_emulation.py: csrc/softmax.cu itself, compiled for the CPU and run through
 every softmax variant's own launch plan, against numpy_ref. No GPU needed (g++ >= 12).
 
-tests/_emulate_softmax.py builds the real kernel source with a small shim: a thread per CUDA
-thread, one block at a time (one cluster of blocks at a time for forward 7, each block with its own
-shared memory, the others reaching it through cluster_map), barriers for __syncthreads, the cluster
-barrier and the two phases of each warp shuffle, _Float16 for __half. The variants' fn (tfm_kernels/softmax.py) plan their launches from
+tests/_emulate_cuda.py builds the real kernel source on tests/cuda_host/cuda_host.h: a fiber per
+CUDA thread, one block at a time (one cluster of blocks at a time for forward 7, each block with its
+own shared memory, the others reaching it through cluster_map), barriers for __syncthreads and the
+cluster barrier, warp shuffles computed for the whole warp, _Float16 for __half. Each case runs
+with the threads scheduled first to last and again last to first, so a missing barrier shows. The
+variants' fn (tfm_kernels/softmax.py) plan their launches from
 NumPy buffers' addresses exactly as from device pointers, so the vector-path decisions, the grouped
 rows, the grid-stride loops (grid capped at 3 blocks here) and the -inf handling all run as
 written. Every kernel csrc/softmax.cu exports must run at least once. Marked slow (about two minutes
@@ -39,14 +41,14 @@ EMU_CLUSTER_SHAPES = [(3, 1), (3, 17), (1, 4097), (2, 32768), (1, 40000), (2, 13
 EMU_PATTERNS = (("normal", (0, 0, 0)), ("masked", (1, 1, 1)), ("large", (0, 1, 0)))
 
 
-@pytest.fixture(scope="module")
-def host_emulation(tmp_path_factory):
-    import _emulate_softmax as emu
+@pytest.fixture(scope="module", params=["forward", "reverse"])
+def host_emulation(request):
+    import _emulate_cuda as emu
 
-    dll, why = emu.build(tmp_path_factory.mktemp("softmax_emu"))
-    if dll is None:
-        pytest.skip(f"host emulation unavailable: {why}")
-    return emu, emu.HostBackend(dll)
+    lib = emu.build(["softmax.cu"])["softmax.cu"]
+    if isinstance(lib, str):
+        pytest.skip(f"host emulation unavailable: {lib}")
+    return emu, emu.HostBackend(request.param, {"softmax.cu": lib})
 
 
 def _host_view(a, off):
@@ -77,7 +79,7 @@ def test_host_emulation_of_every_kernel(variant, host_emulation, rng, monkeypatc
                     x = _inputs(rng, rows, cols, dtype, kind)
                     xv, _ = _host_view(x, offs[0])
                     ov, obuf = _host_view(np.full(x.shape, np.nan, dtype), offs[1])
-                    variant.fn(be, emu.HostArray(xv), emu.HostArray(ov))
+                    variant.fn(be, emu.host_array(xv), emu.host_array(ov))
                     _check_fwd(ov.copy(), x, dtype, what)
                     o = offs[1]
                 else:
@@ -85,7 +87,7 @@ def test_host_emulation_of_every_kernel(variant, host_emulation, rng, monkeypatc
                     dyv, _ = _host_view(dy, offs[0])
                     yv, _ = _host_view(y, offs[1])
                     ov, obuf = _host_view(np.full(y.shape, np.nan, dtype), offs[2])
-                    variant.fn(be, emu.HostArray(dyv), emu.HostArray(yv), emu.HostArray(ov))
+                    variant.fn(be, emu.host_array(dyv), emu.host_array(yv), emu.host_array(ov))
                     _check_bwd(ov.copy(), dy, y, dtype, what)
                     o = offs[2]
                 assert np.isnan(obuf[:o]).all() and np.isnan(obuf[o + rows * cols:]).all(), \
@@ -111,7 +113,7 @@ def test_host_emulation_cluster_slices(host_emulation, rng, monkeypatch):
                 x = cluster_slice_inputs(rng, rows, cols, dtype)
                 xv, _ = _host_view(x, off)
                 ov, obuf = _host_view(np.full(x.shape, np.nan, dtype), off)
-                v.fn(be, emu.HostArray(xv), emu.HostArray(ov))
+                v.fn(be, emu.host_array(xv), emu.host_array(ov))
                 what = f"{v.qualname} emulated {DTYPE_IDS[dtype]} {rows}x{cols} slices offset {off}"
                 _check_fwd(ov.copy(), x, dtype, what)
                 assert np.isnan(obuf[:off]).all() and np.isnan(obuf[off + x.size:]).all(), f"{what}: wrote outside out"

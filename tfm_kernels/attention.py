@@ -489,8 +489,8 @@ register(Variant(
     _flash_forward, dtypes=("float32",), supports=_flash_supports, kernels=_FLASH_KERNELS_FWD,
     hot=True, measured=_RUN1 + "34.6 TFLOP/s fwd D=128 N=2048 B=8 H=16 (0.76x SDPA efficient 45.4, "
     "1.21x SDPA math); " + RUN1_CODE))
-_NEVER_RUN = ("never run on a GPU: added after GPU run 1 (H200, 2026-11-29); compiled, ptxas-checked "
-              "and emulated thread by thread on the CPU only")
+_NEVER_RUN = ("never run on a GPU: added after GPU run 1 (H200, 2026-11-29); compiled, ptxas-checked, "
+              "and its source passes the host emulation (tests/test_attention_emulation.py) only")
 register(Variant(
     "attention_forward", 3, "flash_r8",
     "as 2_flash with 128-row query blocks and 8 rows per thread: ~1.4x fewer shared-memory loads "

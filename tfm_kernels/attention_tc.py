@@ -161,11 +161,12 @@ def _backward(be, do, q, k, v, o, lse, kv_lens, causal, scale, dq, dk, dv, deter
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     rows = B * H * Lq
-    d_rows = cupy.empty((rows,), dtype=cupy.float32)                # D_i = rowsum(dO_i * O_i)
+    xp = cupy.get_array_module(o)                                    # NumPy under the host emulation
+    d_rows = xp.empty((rows,), dtype=np.float32)                     # D_i = rowsum(dO_i * O_i)
     # 11 accumulates dQ in fp32 by atomics (fp16 atomics would round every partial sum); the
     # preprocessing pass zeroes it while it reads dO and O anyway. 12 needs no accumulator (the
     # pointer is passed but never touched).
-    dq_acc = d_rows if deterministic else cupy.empty((B, H, Lq, D), dtype=cupy.float32)
+    dq_acc = d_rows if deterministic else xp.empty((B, H, Lq, D), dtype=np.float32)
     be.launch(Launch(SOURCE, f"attn_bwd_dot_tc<{D}>", (_cdiv(rows, 8), 1, 1), (256, 1, 1),
                      (do, o, d_rows, dq_acc, np.int32(rows), np.int32(not deterministic))))
     nw = BWD_WARPS[not deterministic]

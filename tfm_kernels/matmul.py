@@ -292,7 +292,8 @@ for _n in (1, 2, 3, 4, 5, 6, 8, 9):
 # Variant 7's 256-thread map was written after run 1 and has not run on a GPU: never the default
 # (8 outranks it anyway) until a GPU run clears it.
 _EXTRA = {7: {"unverified": "re-shaped after GPU run 1 (256 threads, 32x64 warp tiles); this form "
-                            "has passed CPU emulation and SASS checks only"}}
+                            "has passed the host emulation of its source (tests/test_matmul_emulation.py) and SASS "
+                            "checks only"}}
 for _n, _name, _plan, _hot, _desc in LADDER:
     _register_fp32(_n, _name, _plan, _hot, _desc, measured=MEASURED[_n], extra=_EXTRA.get(_n, {}))
 _register_fp32(*TF32, measured=MEASURED[9], extra={"opt_in": True, "rtol": 1e-3})

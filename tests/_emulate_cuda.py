@@ -1,0 +1,219 @@
+"""Host emulation of csrc/: the real kernel sources compiled by g++ and run on the CPU.
+
+What it is for: the kernels' own logic (index maps, edge guards, vector heads and tails, grid-stride
+loops, barriers, warp shuffles, ldmatrix/mma.sync fragments, cp.async pipelines, -inf handling,
+fp16 conversions) checked against numpy_ref on a machine without a GPU, through each variant's own
+launch plan. tests/cuda_host/cuda_host.h says how a launch runs (a fiber per CUDA thread, one CTA or
+cluster at a time, poisoned shared memory, deferred cp.async, warp collectives computed at the
+warp's release) and what it cannot see.
+
+How a source is built: its text with every `__shared__` declaration rewritten (a function-scope
+`__shared__ T x[n];` becomes a per-CTA allocation in the emulated shared arena, `extern __shared__
+T x[];` the launch's dynamic shared memory), after `#include "cuda_host.h"` and with a `#line 1`
+so compiler messages name the real file, plus a dispatch entry for every TFM_EXPORT name
+expression. The inline-PTX helpers of csrc/mma.cuh and csrc/matmul.cu are compiled under
+__CUDACC__ only; cuda_host.h defines their host versions. The sm_90a sources (wgmma, TMA,
+mbarrier) are not emulated here (tests/_emulate_*_tc.py re-enact them in NumPy).
+
+    be = HostBackend()                        # builds on first use, cached under build/emulation/
+    variant.fn(be, host_array(x), host_array(out))
+    be.launched                               # the kernels that ran
+
+A failed launch (deadlock, divergent warp collective, shared address out of range, a parameter of
+the wrong size, CUDA's launch limits) raises EmulationError with the emulator's message. Needs g++
+>= 12 (C++20, `_Float16` on x86-64).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from tfm_kernels._backend import parse_exports
+
+ROOT = Path(__file__).resolve().parents[1]
+CSRC = ROOT / "csrc"
+SHIM = Path(__file__).resolve().parent / "cuda_host"
+CACHE = ROOT / "build" / "emulation"
+CXXFLAGS = ("-std=c++20", "-O1", "-fPIC", "-shared", "-w")
+# Sources the emulator cannot run: wgmma/TMA/mbarrier (sm_90a) have no host version.
+NOT_EMULATED = {"matmul_sm90.cu": "sm_90a (wgmma, TMA)", "attention_sm90.cu": "sm_90a (wgmma)"}
+
+# `extern __shared__ [__align__(n)] T name[];`
+_DYN = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([\w:<>, ]+?)\s+(\w+)\s*\[\s*\]\s*;")
+# `__shared__ [__align__(n)] T name[count];` and `__shared__ T name;`
+_STATIC = re.compile(r"__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([\w:<>, ]+?)\s+(\w+)\s*(?:\[([^\]]+)\])?\s*;")
+
+
+class EmulationError(AssertionError):
+    """A launch the emulator refused or stopped; the message says why and where."""
+
+
+def rewrite_shared(text: str) -> str:
+    """Every `__shared__` declaration of a kernel source turned into the emulator's per-CTA shared
+    arena (cuda_host.h: emu::dynamic_smem, emu::static_smem). Keeps every line where it was."""
+    text = _DYN.sub(lambda m: f"{m[1]}* const {m[2]} = reinterpret_cast<{m[1]}*>(emu::dynamic_smem());", text)
+
+    def static(m):
+        t, name, count = m[1], m[2], m[3]
+        if count is None:
+            return f"{t}& {name} = *emu::static_smem<{t}>(__PRETTY_FUNCTION__, __LINE__, 1);"
+        return f"{t}* const {name} = emu::static_smem<{t}>(__PRETTY_FUNCTION__, __LINE__, ({count}));"
+
+    return _STATIC.sub(static, text)
+
+
+def translation_unit(source: str) -> str:
+    """The C++ text g++ compiles for csrc/<source> (or for `source` itself, an absolute path): shim,
+    rewritten source, dispatch table."""
+    path = Path(source) if Path(source).is_absolute() else CSRC / source
+    text = path.read_text()
+    names = parse_exports(text)
+    lines = ['#include "cuda_host.h"', f'#line 1 "{path}"', rewrite_shared(text), "#include <cstring>",
+             'extern "C" int emu_launch(const char* name, const unsigned* c, void** args, const int* sizes, int n) {',
+             "    const emu::Config cfg{{c[0], c[1], c[2]}, {c[3], c[4], c[5]}, c[6], c[7], static_cast<int>(c[8])};"]
+    for n in names:
+        lines.append(f'    if (!std::strcmp(name, "{n}")) return emu::launch(&{n}, cfg, args, sizes, n);')
+    lines += ["    return 1;", "}", ""]
+    return "\n".join(lines)
+
+
+def _key(source: str, unit: str, cxx: str) -> str:
+    h = hashlib.sha256(unit.encode())
+    for p in sorted(SHIM.glob("*.h")) + sorted(CSRC.glob("*.cuh")):
+        h.update(p.read_bytes())
+    h.update(" ".join((cxx,) + CXXFLAGS).encode())
+    return f"{Path(source).stem}-{h.hexdigest()[:16]}"
+
+
+def _compile_cmd(cxx: str, cpp: Path, lib: Path) -> list[str]:
+    return [cxx, *CXXFLAGS, f"-I{SHIM}", f"-I{CSRC}", str(cpp), "-o", str(lib)]
+
+
+def build(sources, cache: Path = CACHE) -> dict[str, Path | str]:
+    """Compile the emulation of each source (in parallel, cached by content). Returns, per source,
+    the shared library's path or a string saying why there is none."""
+    cxx = shutil.which("g++")
+    out: dict[str, Path | str] = {}
+    if cxx is None:
+        return {s: "g++ not found" for s in sources}
+    cache.mkdir(parents=True, exist_ok=True)
+    running = []
+    for s in sources:
+        if Path(s).name in NOT_EMULATED:
+            out[s] = f"{s} is {NOT_EMULATED[Path(s).name]}: not emulated"
+            continue
+        unit = translation_unit(s)
+        key = _key(s, unit, cxx)
+        lib = cache / f"{key}.so"
+        out[s] = lib
+        if not lib.exists():
+            cpp = cache / f"{key}.cpp"
+            cpp.write_text(unit)
+            tmp = lib.with_suffix(".tmp.so")
+            running.append((s, lib, tmp, subprocess.Popen(_compile_cmd(cxx, cpp, tmp), stdout=subprocess.PIPE,
+                                                          stderr=subprocess.STDOUT, text=True)))
+    for s, lib, tmp, p in running:
+        log = p.communicate()[0]
+        if p.returncode != 0:
+            out[s] = f"g++ could not build the emulation of {s}:\n{log[-4000:]}"
+        else:
+            tmp.replace(lib)
+    return out
+
+
+class _Ptr:
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+
+class HostArray(np.ndarray):
+    """A NumPy array that also answers ``.data.ptr`` (its address), as a CuPy array does: the
+    variants' launch plans read it for their alignment decisions."""
+
+    @property
+    def data(self):  # noqa: D401 - mirrors cupy.ndarray.data
+        return _Ptr(self.ctypes.data)
+
+
+def host_array(a: np.ndarray) -> HostArray:
+    return np.asarray(a).view(HostArray)
+
+
+def _pack(a):
+    """(ctypes object holding the parameter's bytes, its size)."""
+    if isinstance(a, np.ndarray):
+        return ctypes.c_void_p(a.ctypes.data), 8
+    if isinstance(a, np.generic):
+        raw = a.tobytes()
+        return (ctypes.c_char * len(raw)).from_buffer_copy(raw), len(raw)
+    raise TypeError(f"launch argument of type {type(a).__name__}: the emulator takes NumPy arrays and "
+                    "NumPy scalars (a TMA descriptor means an sm_90a kernel, which it cannot run)")
+
+
+# Kernels launched as thread-block clusters: name prefix -> index of the cluster size among the
+# template arguments (csrc/softmax.cu: softmax_fwd_cluster<T, VEC, NT, C, E>).
+CLUSTER_ARG = {"softmax_fwd_cluster<": 3}
+
+
+def cluster_size(name: str) -> int:
+    for prefix, i in CLUSTER_ARG.items():
+        if name.startswith(prefix):
+            return int(name[name.index("<") + 1:name.rindex(">")].split(",")[i])
+    return 1
+
+
+class HostBackend:
+    """A stand-in for tfm_kernels._backend's backends whose ``launch`` runs the emulated kernel.
+    order: "forward" runs each CTA's threads first to last between barriers, "reverse" last to
+    first (run a case in both to expose a missing barrier)."""
+
+    name = "host-emulation"
+    cc = 90
+
+    def __init__(self, order: str = "forward", libs: dict[str, Path | str] | None = None):
+        assert order in ("forward", "reverse")
+        self.order = order
+        self._paths = dict(libs or {})
+        self._dlls: dict[str, ctypes.CDLL] = {}
+        self.launched: set[str] = set()
+        self.launches: list = []
+
+    def _dll(self, source: str) -> ctypes.CDLL:
+        if source not in self._dlls:
+            if source not in self._paths:
+                self._paths.update(build([source]))
+            lib = self._paths[source]
+            if isinstance(lib, str):
+                raise EmulationError(lib)
+            dll = ctypes.CDLL(str(lib))
+            dll.emu_launch.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_void_p),
+                                       ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+            dll.emu_launch.restype = ctypes.c_int
+            dll.emu_error.restype = ctypes.c_char_p
+            self._dlls[source] = dll
+        return self._dlls[source]
+
+    def launch(self, launch) -> None:
+        dll = self._dll(launch.source)
+        packed = [_pack(a) for a in launch.args]
+        args = (ctypes.c_void_p * max(1, len(packed)))(*[ctypes.addressof(o) for o, _ in packed])
+        sizes = (ctypes.c_int * max(1, len(packed)))(*[n for _, n in packed])
+        cfg = (ctypes.c_uint * 9)(*launch.grid, *launch.block, int(launch.smem), cluster_size(launch.kernel),
+                                  1 if self.order == "reverse" else 0)
+        rc = dll.emu_launch(launch.kernel.encode(), cfg, args, sizes, len(packed))
+        if rc == 1:
+            raise EmulationError(f"{launch.kernel} is not exported by csrc/{launch.source}")
+        if rc != 0:
+            raise EmulationError(f"csrc/{launch.source} {launch.kernel} grid {tuple(launch.grid)} block "
+                                 f"{tuple(launch.block)} smem {launch.smem}: {dll.emu_error().decode()}")
+        self.launched.add(launch.kernel)
+        self.launches.append(launch)

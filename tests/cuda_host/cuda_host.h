@@ -1,0 +1,722 @@
+// cuda_host.h: just enough of CUDA, on the CPU, to run this project's kernel sources as written.
+//
+// tests/_emulate_cuda.py compiles a csrc/*.cu file with g++ after this header, so a kernel's own
+// index maps, edge guards, barriers, shuffles, ldmatrix/mma fragments and cp.async pipelines are
+// checked against numpy_ref on a machine without a GPU. How it runs a launch:
+//   * One CTA at a time (one cluster of CTAs at a time for __cluster_dims__ kernels), blocks in
+//     (z, y, x) order. Each CUDA thread is a fiber (ucontext) with its own stack, all on the calling
+//     OS thread: deterministic, and a switch costs no kernel thread.
+//   * A fiber runs until it reaches a barrier (__syncthreads, a cluster barrier) or a warp collective
+//     (shuffle, ldmatrix, mma.sync, __syncwarp). The scheduler takes one warp at a time and runs it
+//     as far as it goes: its lanes in turn until each waits; a collective all its lanes reached is
+//     computed for the 32 at once (as the hardware does: ldmatrix reads shared memory as one
+//     warp-wide access) and the warp goes on, until every lane waits at a CTA barrier or has
+//     exited. Then the next warp. When no warp can move, CTA and cluster barriers whose live
+//     threads have all arrived are released. So the order matters only where a kernel lacks a
+//     barrier: the tests run every launch in both orders (first warp and lane first, then last
+//     first), and a missing barrier between a write and another thread's read, or before another
+//     warp overwrites what a slower one still reads, shows in one of them.
+//   * Shared memory: one arena per CTA, poisoned with 0xff bytes (NaN in fp32 and fp16) before every
+//     CTA. Dynamic shared memory (the launch's smem bytes) starts at offset 0 and is followed by a
+//     canary that must survive the CTA; static __shared__ arrays are carved after it on first use.
+//     More than 227 KiB in all fails the launch, as on an H100/H200. smem_u32-style 32-bit
+//     addresses (what ldmatrix and cp.async take) are offsets into the arena, bounds-checked.
+//   * cp.async copies are deferred: they land only at the cp.async.wait_group that retires their
+//     group (the latest a GPU may land them), so a read before the wait sees poison.
+//   * Failures (deadlock, divergent warp collective, a collective with exited lanes, a shared
+//     address out of range, a parameter of the wrong size, launch limits) stop the launch and come
+//     back to Python as a message; nothing aborts the process.
+// Not emulated: global-memory races between CTAs (one CTA runs at a time), memory-model subtleties
+// below a barrier, warp-synchronous code without *_sync, timing, and the sm_90a instructions
+// (wgmma, TMA, mbarrier: the sm_90a sources have their own NumPy emulations).
+#pragma once
+
+#include <ucontext.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdarg>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "cuda_fp16.h"
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __restrict__ __restrict
+#define __align__(n) alignas(n)
+#define __cluster_dims__(...)
+#define __grid_constant__
+
+using std::max;
+using std::min;
+
+struct emu_uint3 { unsigned x = 0, y = 0, z = 0; };
+inline emu_uint3 threadIdx, blockIdx, blockDim, gridDim;
+
+// ------------------------------------------------------------------------------ vector types
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) uint2 { unsigned x, y; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(8) int2 { int x, y; };
+struct alignas(16) int4 { int x, y, z, w; };
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+inline float2 __half22float2(__half2 h) { return {static_cast<float>(h.x), static_cast<float>(h.y)}; }
+
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline float __uint_as_float(unsigned i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
+inline unsigned __float_as_uint(float f) { unsigned i; std::memcpy(&i, &f, 4); return i; }
+inline float __expf(float x) { return expf(x); }
+inline float __logf(float x) { return logf(x); }
+inline float __log2f(float x) { return log2f(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+
+namespace emu {
+
+constexpr std::size_t kSmemMax = 227 * 1024;   // per-CTA opt-in maximum on sm_90
+constexpr std::size_t kCanary = 256;           // bytes after the dynamic region that must survive
+constexpr std::size_t kArena = kSmemMax + kCanary;
+constexpr int kMaxCluster = 8;
+constexpr std::size_t kStack = 256 * 1024;
+constexpr unsigned char kCanaryByte = 0xa5;
+
+enum class Wait { none, cta, warp, cluster };
+
+// A warp collective's completion: every lane's input (in[lane]) to every lane's output
+// (out[lane]), run once when the whole warp has arrived. Returns an error message or nullptr.
+using Complete = const char* (*)(const unsigned char (*in)[48], unsigned char (*out)[16], int arg);
+
+struct Fiber {
+    ucontext_t ctx;
+    unsigned char* stack = nullptr;
+    emu_uint3 tid;
+    int cta = 0, lane = 0, warp = 0;
+    bool done = false;
+    Wait wait = Wait::none;
+    Complete fn = nullptr;
+    int arg = 0;
+    struct Copy { unsigned char* dst; unsigned char bytes[16]; int n; };
+    std::vector<std::vector<Copy>> groups;  // committed cp.async groups, oldest first
+    std::vector<Copy> open;                 // issued since the last commit
+};
+
+struct Warp {
+    unsigned parity = 0;
+    alignas(16) unsigned char in[2][32][48];
+    alignas(16) unsigned char out[2][32][16];
+};
+
+struct Static { const void* fn; int line; std::size_t off; };
+
+struct Cta {
+    unsigned char* smem = nullptr;
+    std::size_t dyn = 0, used = 0;  // dynamic bytes; end of the static allocations
+    std::vector<Static> statics;
+    std::vector<Warp> warps;
+    emu_uint3 bid;
+};
+
+struct State {
+    std::vector<Fiber> fibers;  // the current cluster's threads, CTA by CTA
+    Cta ctas[kMaxCluster];
+    int ncta = 1;
+    unsigned nthreads = 0;      // per CTA
+    Fiber* cur = nullptr;
+    ucontext_t sched;
+    bool failed = false;
+    std::string err;
+    std::function<void()> body;
+    std::vector<unsigned char*> stacks;
+    alignas(1024) unsigned char arena[kMaxCluster][kArena];
+};
+inline State* S = new State;  // never freed: fibers' stacks may outlive a failed launch
+
+inline std::string format(const char* fmt, va_list ap) {
+    char buf[1024];
+    std::vsnprintf(buf, sizeof buf, fmt, ap);
+    return buf;
+}
+
+inline std::string where() {
+    if (!S->cur) return "";
+    const Fiber& f = *S->cur;
+    const Cta& c = S->ctas[f.cta];
+    char buf[160];
+    std::snprintf(buf, sizeof buf, " (block (%u,%u,%u), thread (%u,%u,%u))", c.bid.x, c.bid.y, c.bid.z,
+                  f.tid.x, f.tid.y, f.tid.z);
+    return buf;
+}
+
+// Stop the launch from inside a kernel: back to the scheduler, never to return.
+[[noreturn]] inline void fail(const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    S->err = format(fmt, ap) + where();
+    va_end(ap);
+    S->failed = true;
+    Fiber* f = S->cur;
+    swapcontext(&f->ctx, &S->sched);
+    __builtin_unreachable();
+}
+
+inline void yield(Wait w) {
+    Fiber* f = S->cur;
+    f->wait = w;
+    swapcontext(&f->ctx, &S->sched);
+}
+
+// ------------------------------------------------------------------------------ shared memory
+inline Cta& cta() { return S->ctas[S->cur->cta]; }
+
+inline void* dynamic_smem() { return cta().smem; }
+
+// A function-scope `__shared__ T name[count]` (tests/_emulate_cuda.py rewrites the declaration to
+// this call): one allocation per CTA per declaration, keyed by the enclosing function's
+// __PRETTY_FUNCTION__ (distinct per template instantiation) and the line.
+template <typename T>
+inline T* static_smem(const char* fn, int line, std::size_t count) {
+    Cta& c = cta();
+    for (const Static& s : c.statics)
+        if (s.fn == fn && s.line == line) return reinterpret_cast<T*>(c.smem + s.off);
+    const std::size_t off = (c.used + 127) & ~std::size_t(127);
+    const std::size_t bytes = sizeof(T) * count;
+    if (off + bytes - kCanary > kSmemMax)
+        fail("__shared__ at line %d: %zu bytes of dynamic + static shared memory exceed 227 KiB", line,
+             off + bytes - kCanary);
+    c.used = off + bytes;
+    c.statics.push_back({fn, line, off});
+    return reinterpret_cast<T*>(c.smem + off);
+}
+
+// What __cvta_generic_to_shared gives: the offset in this CTA's shared window.
+inline std::size_t shared_offset(const void* p) {
+    const unsigned char* b = static_cast<const unsigned char*>(p);
+    Cta& c = cta();
+    if (b < c.smem || b >= c.smem + c.used) fail("__cvta_generic_to_shared of %p: not this CTA's shared memory", p);
+    return static_cast<std::size_t>(b - c.smem);
+}
+
+// The bytes at a 32-bit shared address, checked: inside the CTA's allocation, not in the canary
+// after the dynamic region, aligned to `align`.
+inline unsigned char* shared_at(const Cta& c, uint32_t a, std::size_t n, std::size_t align, const char* what) {
+    if (a % align) return nullptr;
+    if (a + n > c.used || (a < c.dyn + kCanary && a + n > c.dyn)) return nullptr;
+    (void)what;
+    return c.smem + a;
+}
+
+// ------------------------------------------------------------------------------ warp collectives
+template <typename Out, typename In>
+inline Out collective(Complete fn, int arg, const In& in) {
+    static_assert(sizeof(In) <= 48 && sizeof(Out) <= 16, "collective slot sizes");
+    Fiber* f = S->cur;
+    Warp& w = cta().warps[f->warp];
+    const unsigned p = w.parity;
+    std::memcpy(w.in[p][f->lane], &in, sizeof(In));
+    f->fn = fn;
+    f->arg = arg;
+    yield(Wait::warp);
+    Out out;
+    std::memcpy(&out, w.out[p][f->lane], sizeof(Out));
+    return out;
+}
+
+struct ShflIn { uint64_t bits; int src; };
+
+inline const char* complete_shfl(const unsigned char (*in)[48], unsigned char (*out)[16], int) {
+    for (int l = 0; l < 32; ++l) {
+        ShflIn s;
+        std::memcpy(&s, in[l], sizeof s);
+        ShflIn t;
+        std::memcpy(&t, in[s.src], sizeof t);
+        std::memcpy(out[l], &t.bits, 8);
+    }
+    return nullptr;
+}
+
+inline const char* complete_nothing(const unsigned char (*)[48], unsigned char (*)[16], int) { return nullptr; }
+
+template <typename T>
+inline T shfl(unsigned mask, T v, int src) {
+    static_assert(sizeof(T) <= 8, "shuffle of more than 8 bytes");
+    if (mask != 0xffffffffu) fail("shuffle with mask %#x: only full-warp shuffles are emulated", mask);
+    ShflIn s{0, src};
+    std::memcpy(&s.bits, &v, sizeof(T));
+    const uint64_t r = collective<uint64_t>(complete_shfl, 0, s);
+    T out;
+    std::memcpy(&out, &r, sizeof(T));
+    return out;
+}
+
+inline int lane() { return S->cur->lane; }
+
+}  // namespace emu
+
+// ------------------------------------------------------------------------------ CUDA intrinsics
+inline void __syncthreads() { emu::yield(emu::Wait::cta); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    if (mask != 0xffffffffu) emu::fail("__syncwarp with mask %#x: only the full warp is emulated", mask);
+    emu::collective<int>(emu::complete_nothing, 0, 0);
+}
+inline void __threadfence_block() {}
+inline void __threadfence() {}
+[[noreturn]] inline void __trap() { emu::fail("__trap()"); }
+inline long long clock64() { static long long t = 0; return ++t; }
+
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+    const int l = emu::lane();
+    const int src = l ^ lane_mask;
+    return emu::shfl(mask, v, (src & ~(width - 1)) == (l & ~(width - 1)) ? src : l);
+}
+template <typename T>
+inline T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
+    const int l = emu::lane();
+    return emu::shfl(mask, v, (l & ~(width - 1)) + (src_lane & (width - 1)));
+}
+template <typename T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+    const int l = emu::lane();
+    const int src = l + static_cast<int>(delta);
+    return emu::shfl(mask, v, (src & ~(width - 1)) == (l & ~(width - 1)) ? src : l);
+}
+template <typename T>
+inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+    const int l = emu::lane();
+    const int src = l - static_cast<int>(delta);
+    return emu::shfl(mask, v, src >= (l & ~(width - 1)) ? src : l);
+}
+
+// One CTA runs at a time and its threads never interleave inside a statement, so a plain
+// read-modify-write is atomic here.
+inline float atomicAdd(float* p, float v) { const float o = *p; *p = o + v; return o; }
+inline int atomicAdd(int* p, int v) { const int o = *p; *p = o + v; return o; }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { const unsigned o = *p; *p = o + v; return o; }
+inline float2 atomicAdd(float2* p, float2 v) {
+    const float2 o = *p;
+    *p = make_float2(o.x + v.x, o.y + v.y);
+    return o;
+}
+inline float4 atomicAdd(float4* p, float4 v) {
+    const float4 o = *p;
+    *p = make_float4(o.x + v.x, o.y + v.y, o.z + v.z, o.w + v.w);
+    return o;
+}
+
+inline std::size_t __cvta_generic_to_shared(const void* p) { return emu::shared_offset(p); }
+
+// ------------------------------------------------------------------------------ thread-block clusters
+// (csrc/softmax.cu declares its own device versions under __CUDACC__; these stand in for them.)
+inline unsigned cluster_ctarank() { return static_cast<unsigned>(emu::S->cur->cta); }
+inline void cluster_sync() { emu::yield(emu::Wait::cluster); }
+inline void cluster_sync_relaxed() { emu::yield(emu::Wait::cluster); }
+template <typename P>
+inline const P* cluster_map(const P* p, unsigned rank) {
+    const std::size_t off = emu::shared_offset(p);
+    if (rank >= static_cast<unsigned>(emu::S->ncta)) emu::fail("cluster_map to rank %u of a %d-CTA cluster", rank, emu::S->ncta);
+    return reinterpret_cast<const P*>(emu::S->ctas[rank].smem + off);
+}
+template <typename S_>
+inline S_& cta_shared() {
+    return *emu::static_smem<S_>(__PRETTY_FUNCTION__, __LINE__, 1);
+}
+
+// ------------------------------------------------------------------------------ tensor-core and copy
+// The inline-PTX helpers of csrc/mma.cuh and csrc/matmul.cu (theirs are compiled under __CUDACC__
+// only). Fragment layouts as the PTX ISA states them (mma.cuh's header comment); g = lane/4,
+// t = lane%4.
+namespace emu {
+
+inline float half_bits_to_float(uint16_t b) {
+    _Float16 h;
+    std::memcpy(&h, &b, 2);
+    return static_cast<float>(h);
+}
+
+// ldmatrix .x1/.x2/.x4 [.trans]: lanes 8j..8j+7 give the row addresses of matrix j (16 bytes each,
+// 16-byte aligned). arg = nmat * 2 + trans.
+inline const char* complete_ldmatrix(const unsigned char (*in)[48], unsigned char (*out)[16], int arg) {
+    const int nmat = arg / 2;
+    const bool trans = arg & 1;
+    const Cta& c = S->ctas[S->cur ? S->cur->cta : 0];
+    unsigned char* row[32];
+    for (int l = 0; l < 8 * nmat; ++l) {
+        uint32_t a;
+        std::memcpy(&a, in[l], 4);
+        row[l] = shared_at(c, a, 16, 16, "ldmatrix");
+        if (!row[l]) return "ldmatrix: a row address out of the CTA's shared memory or not 16-byte aligned";
+    }
+    for (int l = 0; l < 32; ++l) {
+        for (int j = 0; j < nmat; ++j) {
+            uint32_t r;
+            if (!trans) {
+                std::memcpy(&r, row[8 * j + l / 4] + 4 * (l % 4), 4);
+            } else {
+                uint16_t lo, hi;
+                std::memcpy(&lo, row[8 * j + 2 * (l % 4)] + 2 * (l / 4), 2);
+                std::memcpy(&hi, row[8 * j + 2 * (l % 4) + 1] + 2 * (l / 4), 2);
+                r = lo | (static_cast<uint32_t>(hi) << 16);
+            }
+            std::memcpy(out[l] + 4 * j, &r, 4);
+        }
+    }
+    return nullptr;
+}
+
+template <int N>
+inline void ldmatrix(uint32_t (&r)[N], uint32_t addr, bool trans) {
+    struct R { uint32_t v[4]; };
+    const R out = collective<R>(complete_ldmatrix, N * 2 + (trans ? 1 : 0), addr);
+    for (int j = 0; j < N; ++j) r[j] = out.v[j];
+}
+
+struct MmaIn { uint32_t a[4], b[2]; float c[4]; };
+
+// mma.sync m16n8k16 f16 (arg 0) or m16n8k8 tf32 (arg 1), fp32 accumulate: the products are exact in
+// fp32; they are summed in k order onto C.
+inline const char* complete_mma(const unsigned char (*in)[48], unsigned char (*out)[16], int tf32) {
+    float A[16][16], B[16][8], C[16][8];
+    for (int l = 0; l < 32; ++l) {
+        MmaIn m;
+        std::memcpy(&m, in[l], sizeof m);
+        const int g = l / 4, t = l % 4;
+        if (!tf32) {
+            for (int i = 0; i < 4; ++i) {
+                const int r = g + 8 * (i % 2), k = 2 * t + 8 * (i / 2);
+                A[r][k] = half_bits_to_float(m.a[i] & 0xffff);
+                A[r][k + 1] = half_bits_to_float(m.a[i] >> 16);
+            }
+            for (int i = 0; i < 2; ++i) {
+                B[2 * t + 8 * i][g] = half_bits_to_float(m.b[i] & 0xffff);
+                B[2 * t + 8 * i + 1][g] = half_bits_to_float(m.b[i] >> 16);
+            }
+        } else {
+            for (int i = 0; i < 4; ++i) std::memcpy(&A[g + 8 * (i % 2)][t + 4 * (i / 2)], &m.a[i], 4);
+            for (int i = 0; i < 2; ++i) std::memcpy(&B[t + 4 * i][g], &m.b[i], 4);
+        }
+        C[g][2 * t] = m.c[0];
+        C[g][2 * t + 1] = m.c[1];
+        C[g + 8][2 * t] = m.c[2];
+        C[g + 8][2 * t + 1] = m.c[3];
+    }
+    const int K = tf32 ? 8 : 16;
+    for (int l = 0; l < 32; ++l) {
+        const int g = l / 4, t = l % 4;
+        float d[4];
+        for (int i = 0; i < 4; ++i) {
+            const int r = g + 8 * (i / 2), n = 2 * t + i % 2;
+            float s = C[r][n];
+            for (int k = 0; k < K; ++k) s += A[r][k] * B[k][n];
+            d[i] = s;
+        }
+        std::memcpy(out[l], d, 16);
+    }
+    return nullptr;
+}
+
+inline void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], int tf32) {
+    MmaIn m;
+    std::memcpy(m.a, a, 16);
+    std::memcpy(m.b, b, 8);
+    std::memcpy(m.c, d, 16);
+    struct D { float v[4]; };
+    const D r = collective<D>(complete_mma, tf32, m);
+    std::memcpy(d, r.v, 16);
+}
+
+// cp.async: snapshot the source now (or zeros for a false predicate), land at the wait.
+inline void cp_async(uint32_t smem, const void* gmem, int n, bool pred) {
+    unsigned char* dst = shared_at(cta(), smem, n, n, "cp.async");
+    if (!dst) fail("cp.async of %d bytes to shared address %u: out of the CTA's shared memory or misaligned", n, smem);
+    Fiber::Copy c{dst, {}, n};
+    if (pred) {
+        if (reinterpret_cast<uintptr_t>(gmem) % n) fail("cp.async of %d bytes from a misaligned global address %p", n, gmem);
+        std::memcpy(c.bytes, gmem, n);
+    }
+    S->cur->open.push_back(c);
+}
+
+}  // namespace emu
+
+inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) { emu::ldmatrix(r, addr, false); }
+inline void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) { emu::ldmatrix(r, addr, true); }
+inline void ldmatrix_x2(uint32_t (&r)[2], uint32_t addr) { emu::ldmatrix(r, addr, false); }
+inline void ldmatrix_x2_trans(uint32_t (&r)[2], uint32_t addr) { emu::ldmatrix(r, addr, true); }
+inline void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) { emu::mma(d, a, b, 0); }
+inline void mma_1688_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) { emu::mma(d, a, b, 1); }
+inline void cp_async_16(uint32_t smem, const void* gmem, bool pred) { emu::cp_async(smem, gmem, 16, pred); }
+inline void cp_async_4(uint32_t smem, const void* gmem, bool pred) { emu::cp_async(smem, gmem, 4, pred); }
+inline void cp_async_commit() {
+    emu::Fiber* f = emu::S->cur;
+    f->groups.push_back(std::move(f->open));
+    f->open.clear();
+}
+template <int N>
+inline void cp_async_wait() {
+    emu::Fiber* f = emu::S->cur;
+    while (f->groups.size() > static_cast<std::size_t>(N)) {
+        for (const auto& c : f->groups.front()) std::memcpy(c.dst, c.bytes, c.n);
+        f->groups.erase(f->groups.begin());
+    }
+}
+// cvt.rna.tf32.f32: round to 10 mantissa bits, ties away from zero (the result is an fp32 bit
+// pattern with the low 13 bits clear). Inf and NaN pass through.
+inline uint32_t to_tf32(float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & ~0x1fffu;
+    return u;
+}
+// cvt.rn.f16x2.f32: low half = lo.
+inline uint32_t pack_half2(float lo, float hi) {
+    const _Float16 l = static_cast<_Float16>(lo), h = static_cast<_Float16>(hi);
+    uint16_t a, b;
+    std::memcpy(&a, &l, 2);
+    std::memcpy(&b, &h, 2);
+    return a | (static_cast<uint32_t>(b) << 16);
+}
+
+// ------------------------------------------------------------------------------ launch
+namespace emu {
+
+struct Config {
+    unsigned grid[3], block[3];
+    unsigned smem, cluster;
+    int reverse;  // the last CTA, warp and lane first
+};
+
+inline void fiber_entry() {
+    S->body();
+    S->cur->done = true;
+}  // returns to uc_link, the scheduler
+
+inline int fail_launch(const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    S->err = format(fmt, ap);
+    va_end(ap);
+    return 3;
+}
+
+// Release warp `w` of CTA `c` if every live lane waits at a warp collective: 1 released, 0 not
+// ready, -1 an error (in why).
+inline int release_warp(int c, unsigned w, std::string& why) {
+    const unsigned nt = S->nthreads, w0 = 32 * w;
+    Fiber* lanes = &S->fibers[c * nt + w0];
+    const unsigned n = std::min(32u, nt - w0);
+    unsigned alive = 0, waiting = 0;
+    for (unsigned l = 0; l < n; ++l) {
+        alive += !lanes[l].done;
+        waiting += lanes[l].wait == Wait::warp;
+    }
+    if (waiting == 0 || waiting != alive) return 0;
+    if (alive != 32) {
+        why = "a warp collective with " + std::to_string(32 - alive) + " lanes absent (exited or no thread)";
+        return -1;
+    }
+    for (unsigned l = 1; l < 32; ++l)
+        if (lanes[l].fn != lanes[0].fn || lanes[l].arg != lanes[0].arg) {
+            why = "lanes of one warp at different warp collectives (divergent shuffle/ldmatrix/mma)";
+            return -1;
+        }
+    Warp& W = S->ctas[c].warps[w];
+    S->cur = &lanes[0];
+    const char* e = lanes[0].fn(W.in[W.parity], W.out[W.parity], lanes[0].arg);
+    S->cur = nullptr;
+    if (e) {
+        why = e;
+        return -1;
+    }
+    W.parity ^= 1;
+    for (unsigned l = 0; l < 32; ++l) lanes[l].wait = Wait::none;
+    return 1;
+}
+
+// Release every CTA or cluster barrier all of whose live threads wait at it; false if none could
+// be (why says what everyone waits for).
+inline bool release(std::string& why) {
+    bool any = false;
+    const unsigned nt = S->nthreads;
+    for (int c = 0; c < S->ncta; ++c) {
+        Fiber* fs = &S->fibers[c * nt];
+        unsigned alive = 0, waiting = 0;
+        for (unsigned t = 0; t < nt; ++t) {
+            alive += !fs[t].done;
+            waiting += fs[t].wait == Wait::cta;
+        }
+        if (waiting && waiting == alive) {
+            for (unsigned t = 0; t < nt; ++t) fs[t].wait = Wait::none;
+            any = true;
+        }
+    }
+    unsigned alive = 0, waiting = 0;
+    for (const Fiber& f : S->fibers) {
+        alive += !f.done;
+        waiting += f.wait == Wait::cluster;
+    }
+    if (waiting && waiting == alive) {
+        for (Fiber& f : S->fibers) f.wait = Wait::none;
+        any = true;
+    }
+    if (!any) {
+        unsigned at_cta = 0, at_warp = 0, at_cluster = 0, done = 0;
+        for (const Fiber& f : S->fibers) {
+            done += f.done;
+            at_cta += f.wait == Wait::cta;
+            at_warp += f.wait == Wait::warp;
+            at_cluster += f.wait == Wait::cluster;
+        }
+        why = "deadlock: " + std::to_string(at_cta) + " threads at __syncthreads, " + std::to_string(at_warp) +
+              " at a warp collective, " + std::to_string(at_cluster) + " at a cluster barrier, " +
+              std::to_string(done) + " exited";
+    }
+    return any;
+}
+
+// One cluster of CTAs (blocks b0 .. b0+ncta-1 along x of row (y, z)).
+inline int run_cluster(const Config& cfg, unsigned bx0, unsigned by, unsigned bz) {
+    const unsigned nt = cfg.block[0] * cfg.block[1] * cfg.block[2];
+    S->nthreads = nt;
+    S->ncta = static_cast<int>(cfg.cluster);
+    const std::size_t total = nt * cfg.cluster;
+    while (S->stacks.size() < total) {
+        void* p = mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) return fail_launch("could not map a fiber stack");
+        S->stacks.push_back(static_cast<unsigned char*>(p));
+    }
+    for (int c = 0; c < S->ncta; ++c) {
+        Cta& C = S->ctas[c];
+        C.smem = S->arena[c];
+        C.dyn = cfg.smem;
+        C.used = cfg.smem + kCanary;
+        C.statics.clear();
+        C.warps.assign((nt + 31) / 32, Warp{});
+        C.bid = {bx0 + c, by, bz};
+        std::memset(C.smem, 0xff, kArena);
+        std::memset(C.smem + cfg.smem, kCanaryByte, kCanary);
+    }
+    S->fibers.assign(total, Fiber{});
+    for (std::size_t i = 0; i < total; ++i) {
+        Fiber& f = S->fibers[i];
+        const unsigned t = static_cast<unsigned>(i % nt);
+        f.cta = static_cast<int>(i / nt);
+        f.tid = {t % cfg.block[0], (t / cfg.block[0]) % cfg.block[1], t / (cfg.block[0] * cfg.block[1])};
+        f.warp = static_cast<int>(t / 32);
+        f.lane = static_cast<int>(t % 32);
+        f.stack = S->stacks[i];
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack;
+        f.ctx.uc_stack.ss_size = kStack;
+        f.ctx.uc_link = &S->sched;
+        makecontext(&f.ctx, fiber_entry, 0);
+    }
+    // Warp by warp, each as far as it can go: its lanes run in order until each waits or exits;
+    // a warp collective they all reached is completed at once and the warp goes on, so one warp
+    // reaches its next CTA barrier before the next warp starts. Then CTA and cluster barriers
+    // whose threads have all arrived are released, and the round repeats. Reverse: the last CTA,
+    // warp and lane first.
+    std::string why;
+    const unsigned nwarps = (nt + 31) / 32;
+    for (;;) {
+        for (unsigned k = 0; k < S->ncta * nwarps; ++k) {
+            const unsigned kw = cfg.reverse ? S->ncta * nwarps - 1 - k : k;
+            const int c = static_cast<int>(kw / nwarps);
+            const unsigned w = kw % nwarps, n = std::min(32u, nt - 32 * w);
+            for (;;) {
+                for (unsigned l = 0; l < n; ++l) {
+                    Fiber& f = S->fibers[c * nt + 32 * w + (cfg.reverse ? n - 1 - l : l)];
+                    if (f.done || f.wait != Wait::none) continue;
+                    S->cur = &f;
+                    threadIdx = f.tid;
+                    blockIdx = S->ctas[f.cta].bid;
+                    swapcontext(&S->sched, &f.ctx);
+                    S->cur = nullptr;
+                    if (S->failed) return 3;
+                }
+                const int r = release_warp(c, w, why);
+                if (r < 0) {
+                    const Cta& C = S->ctas[c];
+                    return fail_launch("%s in block (%u,%u,%u), warp %u", why.c_str(), C.bid.x, C.bid.y, C.bid.z, w);
+                }
+                if (r == 0) break;
+            }
+        }
+        bool all_done = true;
+        for (const Fiber& f : S->fibers) all_done = all_done && f.done;
+        if (all_done) break;
+        if (!release(why)) {
+            char buf[96];
+            std::snprintf(buf, sizeof buf, " in block (%u,%u,%u)", bx0, by, bz);
+            return fail_launch("%s%s", why.c_str(), buf);
+        }
+    }
+    for (int c = 0; c < S->ncta; ++c) {
+        const Cta& C = S->ctas[c];
+        for (std::size_t i = 0; i < kCanary; ++i)
+            if (C.smem[C.dyn + i] != kCanaryByte)
+                return fail_launch("block (%u,%u,%u) wrote past its %u bytes of dynamic shared memory", C.bid.x,
+                                   C.bid.y, C.bid.z, cfg.smem);
+    }
+    return 0;
+}
+
+inline int run(const Config& cfg) {
+    S->failed = false;
+    S->err.clear();
+    const unsigned long long nt = 1ull * cfg.block[0] * cfg.block[1] * cfg.block[2];
+    if (nt == 0 || nt > 1024 || cfg.block[2] > 64)
+        return fail_launch("block (%u,%u,%u): 1 to 1024 threads, z at most 64", cfg.block[0], cfg.block[1], cfg.block[2]);
+    if (cfg.grid[0] == 0 || cfg.grid[1] == 0 || cfg.grid[2] == 0 || cfg.grid[0] > 0x7fffffffu || cfg.grid[1] > 65535 ||
+        cfg.grid[2] > 65535)
+        return fail_launch("grid (%u,%u,%u) out of CUDA's limits", cfg.grid[0], cfg.grid[1], cfg.grid[2]);
+    if (cfg.smem > kSmemMax) return fail_launch("%u bytes of dynamic shared memory: over 227 KiB", cfg.smem);
+    if (cfg.cluster < 1 || cfg.cluster > kMaxCluster) return fail_launch("cluster of %u CTAs", cfg.cluster);
+    if (cfg.grid[0] % cfg.cluster) return fail_launch("grid.x %u is not a whole number of %u-CTA clusters", cfg.grid[0], cfg.cluster);
+    gridDim = {cfg.grid[0], cfg.grid[1], cfg.grid[2]};
+    blockDim = {cfg.block[0], cfg.block[1], cfg.block[2]};
+    for (unsigned z = 0; z < cfg.grid[2]; ++z)
+        for (unsigned y = 0; y < cfg.grid[1]; ++y)
+            for (unsigned x = 0; x < cfg.grid[0]; x += cfg.cluster)
+                if (int rc = run_cluster(cfg, x, y, z)) return rc;
+    return 0;
+}
+
+template <typename... P, std::size_t... I>
+inline void call(void (*k)(P...), void** args, std::index_sequence<I...>) {
+    k(*static_cast<std::remove_cv_t<std::remove_reference_t<P>>*>(args[I])...);
+}
+
+// Launch kernel k: args[i] points at parameter i's bytes (cudaLaunchKernel's convention), sizes[i]
+// is how many the caller packed (checked against the kernel's parameter).
+template <typename... P>
+inline int launch(void (*k)(P...), const Config& cfg, void** args, const int* sizes, int nargs) {
+    constexpr std::size_t n = sizeof...(P);
+    if (static_cast<std::size_t>(nargs) != n) return fail_launch("the kernel takes %zu parameters, the launch gave %d", n, nargs);
+    const std::size_t want[] = {sizeof(std::remove_cv_t<std::remove_reference_t<P>>)..., 0};
+    for (std::size_t i = 0; i < n; ++i)
+        if (static_cast<std::size_t>(sizes[i]) != want[i])
+            return fail_launch("parameter %zu is %zu bytes, the launch packed %d", i, want[i], sizes[i]);
+    S->body = [=] { call(k, args, std::index_sequence_for<P...>{}); };
+    return run(cfg);
+}
+
+}  // namespace emu
+
+extern "C" const char* emu_error() { return emu::S->err.c_str(); }

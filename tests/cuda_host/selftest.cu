@@ -1,0 +1,67 @@
+// selftest.cu: kernels with known faults, for tests/test_emulation.py to check that the host
+// emulation (cuda_host.h) reports each one instead of passing it or crashing. Not a project kernel.
+#include "common.cuh"
+#include "mma.cuh"
+
+// Each thread writes its slot, then reads its neighbour's: right only with the barrier between.
+template <bool BARRIER>
+__global__ void st_neighbour(float* out, int n) {
+    __shared__ float s[256];
+    const int t = threadIdx.x;
+    s[t] = static_cast<float>(t);
+    if (BARRIER) __syncthreads();
+    out[t] = s[(t + 33) % n];
+}
+TFM_EXPORT(st_neighbour<true>)
+TFM_EXPORT(st_neighbour<false>)
+
+// Half a warp shuffles while the other half waits at a CTA barrier (kind 0), or at __syncwarp
+// (kind 1): the first never completes, the second pairs different collectives.
+__global__ void st_divergent(float* out, int kind) {
+    float v = static_cast<float>(threadIdx.x);
+    if (threadIdx.x % 32 < 16) v = __shfl_xor_sync(0xffffffffu, v, 1);
+    else if (kind == 0) __syncthreads();
+    else __syncwarp();
+    out[threadIdx.x] = v;
+}
+TFM_EXPORT(st_divergent)
+
+// One 16-byte cp.async per thread into shared memory, then a barrier and a read back; WAIT false
+// skips the cp.async.wait_group, so the copy has not landed when it is read.
+template <bool WAIT>
+__global__ void st_cp_async(const float* in, float* out) {
+    extern __shared__ __align__(16) float dyn[];
+    const int t = threadIdx.x;
+    cp_async_16(smem_u32(dyn + 4 * t), in + 4 * t, true);
+    cp_async_commit();
+    if (WAIT) cp_async_wait<0>();
+    __syncthreads();
+    for (int i = 0; i < 4; ++i) out[4 * t + i] = dyn[4 * t + i];
+}
+TFM_EXPORT(st_cp_async<true>)
+TFM_EXPORT(st_cp_async<false>)
+
+// Writes dynamic shared memory at element `at` (past the launch's smem when at >= smem / 4).
+__global__ void st_dyn_write(float* out, int at) {
+    extern __shared__ float dyn[];
+    if (threadIdx.x == 0) dyn[at] = 1.0f;
+    __syncthreads();
+    out[threadIdx.x] = 0.0f;
+}
+TFM_EXPORT(st_dyn_write)
+
+// ldmatrix with row addresses `skew` bytes past 16-byte aligned rows of a 64-byte tile (skew 0:
+// in range; 8: misaligned; 4096: beyond the allocation).
+__global__ void st_ldmatrix(float* out, int skew) {
+    extern __shared__ __align__(16) unsigned char raw[];
+    uint32_t r[4];
+    ldmatrix_x4(r, smem_u32(raw) + 16 * (threadIdx.x % 4) + skew);
+    out[threadIdx.x] = static_cast<float>(r[0] & 1);
+}
+TFM_EXPORT(st_ldmatrix)
+
+__global__ void st_trap(float* out) {
+    if (threadIdx.x == 5) __trap();
+    out[threadIdx.x] = 1.0f;
+}
+TFM_EXPORT(st_trap)

@@ -1,0 +1,128 @@
+"""tests/test_emulation.py: the host emulation itself (tests/_emulate_cuda.py, tests/cuda_host/).
+
+The emulation tests of each op (test_softmax_emulation.py, test_matmul_emulation.py,
+test_attention_emulation.py) are only as good as the emulator's eye for faults. Here it runs
+tests/cuda_host/selftest.cu, small kernels with known faults, and must report each: a missing
+barrier (a wrong result in at least one thread order), a warp collective some lanes never reach
+(deadlock) or pair with a different one, a read of a cp.async copy before its wait, a write past
+the launch's dynamic shared memory, ldmatrix rows misaligned or out of range, __trap, a parameter
+of the wrong size, CUDA's launch limits; and the correct versions pass. Also the source rewrite of
+`__shared__` declarations, on every declaration form csrc/ uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfm_kernels._registry import Launch
+
+emu = pytest.importorskip("_emulate_cuda")
+
+SELFTEST = str(Path(__file__).resolve().parent / "cuda_host" / "selftest.cu")
+
+
+@pytest.fixture(scope="module")
+def lib():
+    built = emu.build([SELFTEST])[SELFTEST]
+    if isinstance(built, str):
+        pytest.skip(f"host emulation unavailable: {built}")
+    return built
+
+
+def _launch(lib, order, kernel, block, args, smem=0, grid=(1, 1, 1)):
+    be = emu.HostBackend(order, {SELFTEST: lib})
+    be.launch(Launch(SELFTEST, kernel, grid, block, args, smem))
+
+
+ORDERS = ("forward", "reverse")
+
+
+def test_barrier_makes_the_difference(lib):
+    n = 64
+    for order in ORDERS:
+        out = np.full(n, -1.0, np.float32)
+        _launch(lib, order, "st_neighbour<true>", (n, 1, 1), (out, np.int32(n)))
+        np.testing.assert_array_equal(out, (np.arange(n) + 33) % n)
+    wrong = []
+    for order in ORDERS:
+        out = np.full(n, -1.0, np.float32)
+        _launch(lib, order, "st_neighbour<false>", (n, 1, 1), (out, np.int32(n)))
+        wrong.append(not np.array_equal(out, (np.arange(n) + 33) % n))
+    assert all(wrong), "a missing barrier went unseen in some thread order"
+
+
+@pytest.mark.parametrize("kind, message", [(0, "deadlock"), (1, "different warp collectives")])
+def test_divergent_warp_collectives(lib, kind, message):
+    out = np.zeros(64, np.float32)
+    with pytest.raises(emu.EmulationError, match=message):
+        _launch(lib, "forward", "st_divergent", (64, 1, 1), (out, np.int32(kind)))
+
+
+def test_cp_async_lands_at_its_wait(lib):
+    x = np.arange(4 * 64, dtype=np.float32) + 1
+    out = np.zeros_like(x)
+    _launch(lib, "forward", "st_cp_async<true>", (64, 1, 1), (x, out), smem=x.nbytes)
+    np.testing.assert_array_equal(out, x)
+    _launch(lib, "forward", "st_cp_async<false>", (64, 1, 1), (x, out), smem=x.nbytes)
+    assert np.isnan(out).all(), "a cp.async copy was visible before its wait_group"
+
+
+def test_dynamic_shared_memory_bounds(lib):
+    out = np.zeros(32, np.float32)
+    _launch(lib, "forward", "st_dyn_write", (32, 1, 1), (out, np.int32(63)), smem=256)
+    with pytest.raises(emu.EmulationError, match="wrote past its 256 bytes of dynamic shared memory"):
+        _launch(lib, "forward", "st_dyn_write", (32, 1, 1), (out, np.int32(64)), smem=256)
+
+
+@pytest.mark.parametrize("skew, ok", [(0, True), (8, False), (4096, False)])
+def test_ldmatrix_addresses(lib, skew, ok):
+    out = np.zeros(32, np.float32)
+    if ok:
+        _launch(lib, "forward", "st_ldmatrix", (32, 1, 1), (out, np.int32(skew)), smem=64)
+    else:
+        with pytest.raises(emu.EmulationError, match="ldmatrix: a row address"):
+            _launch(lib, "forward", "st_ldmatrix", (32, 1, 1), (out, np.int32(skew)), smem=64)
+
+
+def test_trap_parameters_and_limits(lib):
+    out = np.zeros(64, np.float32)
+    with pytest.raises(emu.EmulationError, match=r"__trap\(\).*thread \(5,0,0\)"):
+        _launch(lib, "forward", "st_trap", (64, 1, 1), (out,))
+    with pytest.raises(emu.EmulationError, match="parameter 1 is 4 bytes, the launch packed 8"):
+        _launch(lib, "forward", "st_neighbour<true>", (64, 1, 1), (out, np.int64(64)))
+    with pytest.raises(emu.EmulationError, match="takes 2 parameters, the launch gave 1"):
+        _launch(lib, "forward", "st_neighbour<true>", (64, 1, 1), (out,))
+    with pytest.raises(emu.EmulationError, match="1 to 1024 threads"):
+        _launch(lib, "forward", "st_trap", (2048, 1, 1), (out,))
+    with pytest.raises(emu.EmulationError, match="over 227 KiB"):
+        _launch(lib, "forward", "st_dyn_write", (32, 1, 1), (out, np.int32(0)), smem=228 * 1024)
+    with pytest.raises(emu.EmulationError, match="not exported"):
+        _launch(lib, "forward", "st_nothing", (32, 1, 1), (out,))
+
+
+def test_rewrite_shared_declarations():
+    src = ("    __shared__ float As[BS * LD];  // As[m][k]\n"
+           "    __shared__ __align__(16) float Bs[BK * WT::LDB];\n"
+           "    __shared__ S s;\n"
+           "    extern __shared__ float4 dyn_smem4[];\n"
+           "    extern __shared__ __align__(128) unsigned char smem_raw[];\n")
+    got = emu.rewrite_shared(src).splitlines()
+    assert got == [
+        "    float* const As = emu::static_smem<float>(__PRETTY_FUNCTION__, __LINE__, (BS * LD));  // As[m][k]",
+        "    float* const Bs = emu::static_smem<float>(__PRETTY_FUNCTION__, __LINE__, (BK * WT::LDB));",
+        "    S& s = *emu::static_smem<S>(__PRETTY_FUNCTION__, __LINE__, 1);",
+        "    float4* const dyn_smem4 = reinterpret_cast<float4*>(emu::dynamic_smem());",
+        "    unsigned char* const smem_raw = reinterpret_cast<unsigned char*>(emu::dynamic_smem());",
+    ]
+
+
+def test_not_emulated_is_exactly_sm90a():
+    """The sources the emulator leaves out (emu.NOT_EMULATED) are exactly those marked sm_90a
+    (wgmma, TMA, mbarrier): a new plain source is emulated, or this fails."""
+    from tfm_kernels import _backend
+
+    sm90a = {s for s in _backend.sources() if _backend.source_arch(_backend._source_text(s)) == "sm_90a"}
+    assert sm90a == set(emu.NOT_EMULATED)

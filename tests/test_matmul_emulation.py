@@ -1,0 +1,118 @@
+"""tests/test_matmul_emulation.py: csrc/matmul.cu and csrc/matmul_tc.cu themselves, compiled for
+the CPU and run through every variant's own launch plan, against numpy_ref. No GPU needed (g++ >= 12).
+
+tests/_emulate_cuda.py builds each source on tests/cuda_host/cuda_host.h: a fiber per CUDA thread,
+one CTA at a time, shared memory poisoned with NaN before each CTA, cp.async copies landing only at
+the wait that retires them, ldmatrix and mma.sync computed for the whole warp from the PTX ISA's
+fragment layouts. So the fp32 ladder (1-9, TF32 included) and the fp16 mma.sync variants (10, 11)
+run their real index maps, edge guards, vector/scalar tile paths and cp.async rings here. Each case
+runs with each CTA's threads scheduled first to last and again last to first: a missing barrier
+between a shared-memory write and another thread's read shows in one of the two. The wgmma
+variants (12, 13; sm_90a) are not emulated (tests/_emulate_matmul_tc.py re-enacts them in NumPy).
+
+Shapes are smaller than the GPU tests' (an emulated thread costs a microsecond per barrier), but
+cover what the kernels branch on: a tile's edge in every dimension, K below and not a multiple of
+BK, the multi-stage rings' prologue with fewer k-tiles than stages, aligned and misaligned rows
+(16-byte vector paths and their scalar fallbacks), batches, all four layouts, both fp16 output
+dtypes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import numpy_ref
+import tfm_kernels
+from helpers import POISON, assert_close_fp32, assert_close_lowprec
+from test_matmul import LAYOUT_IDS, LAYOUTS, round_tf32
+
+emu = pytest.importorskip("_emulate_cuda")
+
+SOURCES = ("matmul.cu", "matmul_tc.cu")
+VARIANTS = [v for v in tfm_kernels.variants("matmul") if {s for s, _ in v.kernels} <= set(SOURCES)]
+
+# (M, N, K): one element; smaller than every tile with K < BK; ragged edges everywhere with K = 17
+# (one partial k-tile) and 67 (a ring shorter than its stages, then a tail); the 128-tiles' edge.
+SHAPES = [(1, 1, 1), (7, 5, 3), (33, 18, 17), (20, 36, 67), (129, 130, 40)]
+# Multiples of 8 in every dimension: the aligned 16-byte (and cp.async 16) paths.
+ALIGNED = [(16, 24, 40), (136, 64, 72)]
+
+
+@pytest.fixture(scope="module")
+def libs():
+    built = emu.build(SOURCES)
+    for s, lib in built.items():
+        if isinstance(lib, str):
+            pytest.skip(f"host emulation unavailable: {lib}")
+    return built
+
+
+@pytest.fixture(params=["forward", "reverse"])
+def be(request, libs):
+    return emu.HostBackend(request.param, libs)
+
+
+def _operands(rng, M, N, K, ta, tb, dtype, batch=0):
+    lead = (batch,) if batch else ()
+    a = rng.standard_normal(lead + ((K, M) if ta else (M, K))).astype(dtype)
+    b = rng.standard_normal(lead + ((N, K) if tb else (K, N))).astype(dtype)
+    return a, b
+
+
+def _view(a, off):
+    """`a` copied `off` elements into a NaN-filled buffer with 64 NaN guard elements after it
+    (off = 1: every row start misaligned for 16-byte loads)."""
+    buf = np.full(a.size + off + 64, np.nan, a.dtype)
+    v = buf[off:off + a.size].reshape(a.shape)
+    v[...] = a
+    return emu.host_array(v), buf
+
+
+def _run(be, variant, a, b, ta, tb, out_dtype, off=0):
+    M = a.shape[-1] if ta else a.shape[-2]
+    N = b.shape[-2] if tb else b.shape[-1]
+    av, _ = _view(a, off)
+    bv, _ = _view(b, off)
+    out, obuf = _view(np.full(a.shape[:-2] + (M, N), POISON, out_dtype), off)
+    variant.fn(be, av, bv, ta, tb, out)
+    tail = obuf[off + out.size:]
+    assert np.isnan(obuf[:off]).all() and np.isnan(tail).all(), "wrote outside out"
+    return np.array(out)
+
+
+def _check(variant, out, a, b, ta, tb, what):
+    K = a.shape[-2] if ta else a.shape[-1]
+    ref = numpy_ref.matmul(a.astype(np.float64), b.astype(np.float64), ta, tb)
+    if a.dtype == np.float16:
+        base = numpy_ref.matmul(a.astype(np.float32), b.astype(np.float32), ta, tb).astype(out.dtype)
+        assert_close_lowprec(out, ref, base, what=what)
+    elif variant.extra.get("opt_in"):  # TF32: exact against TF32-rounded inputs, documented bound otherwise
+        ref_t = numpy_ref.matmul(round_tf32(a).astype(np.float64), round_tf32(b).astype(np.float64), ta, tb)
+        assert_close_fp32(out, ref_t, reduction=K, what=f"{what} vs TF32-rounded inputs")
+        assert_close_fp32(out, ref, reduction=K, rtol=variant.extra["rtol"], what=f"{what} vs exact")
+    else:
+        assert_close_fp32(out, ref, reduction=K, what=what)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ta, tb", LAYOUTS, ids=LAYOUT_IDS)
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.key)
+def test_host_emulation(variant, ta, tb, be, rng):
+    """Every emulable variant, one layout, every shape above (aligned and misaligned buffers where
+    the variant has vector paths), a batch of 2; the kernels of this layout all ran."""
+    dtype = np.float16 if "float16" in variant.dtypes else np.float32
+    out_dtypes = (np.float16, np.float32) if dtype == np.float16 else (np.float32,)
+    cases = [(s, 0, 0) for s in SHAPES] + [(s, 0, 1) for s in ALIGNED] + [((33, 18, 17), 2, 0)]
+    if variant.number >= 6:
+        cases += [(s, 0, 0) for s in ALIGNED]
+    for (M, N, K), batch, off in cases:
+        a, b = _operands(rng, M, N, K, ta, tb, dtype, batch)
+        for od in out_dtypes:
+            what = (f"{variant.qualname} emulated ({be.order}) M={M} N={N} K={K} batch={batch} ta={ta} tb={tb} "
+                    f"out={np.dtype(od).name} offset={off}")
+            out = _run(be, variant, a, b, ta, tb, od, off)
+            _check(variant, out, a, b, ta, tb, what)
+    suffix = f"{'true' if ta else 'false'}, {'true' if tb else 'false'}>"
+    mine = {k for _, k in variant.kernels if suffix in k}
+    assert mine <= be.launched, sorted(mine - be.launched)
