@@ -106,7 +106,7 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
         cp_async_wait<0>();
         // cp.async wrote through the generic proxy; wgmma reads shared memory through the async
         // proxy: make the writes visible to it before the barrier publishes them.
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        fence_proxy_async_smem();
         __syncthreads();
         if (jb + 1 < nblocks) {
             load(sK + (buf ^ 1) * KV_BYTES, k, BN, n0 + BN, kv_len);

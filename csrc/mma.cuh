@@ -219,7 +219,7 @@ static __device__ __forceinline__ void tma_load_3d(void* dst, const TmaDesc* des
 
 #endif  // sm_90
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if defined(__CUDACC__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)  // the host emulation has its own
 
 // ----------------------------------------------------------------------------------- wgmma
 // Shared-memory matrix descriptor (PTX ISA "Matrix Descriptor Format"): start address, leading
@@ -324,7 +324,7 @@ static __device__ __forceinline__ void setmaxnreg_inc() {
 // fragment layout (4 x f16x2: rows g / g+8, cols 2t.. / 2t+8..), which is what packing the fp32
 // accumulator pairs of two adjacent n8 tiles gives: attention's P = softmax(S) goes from the S
 // accumulators into the P V product without touching shared memory. TB: 1 = B is N-major.
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if defined(__CUDACC__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 template <int TB>
 static __device__ __forceinline__ void wgmma_rs_m64n64k16_f16(float (&d)[32], const uint32_t (&a)[4],
                                                              uint64_t desc_b) {
@@ -368,3 +368,14 @@ static __device__ __forceinline__ void wgmma_rs_m64n128k16_f16(float (&d)[64], c
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(TB));
 }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+// cp.async and plain stores write shared memory through the generic proxy; wgmma and TMA read it
+// through the async proxy. This fence makes this thread's generic writes visible to the async
+// proxy (a barrier then publishes them to the other threads' wgmmas). Appended at the end of the
+// file so that no line above it moves, and sm_90a-only: NVRTC 13.0's code for a matmul.cu kernel
+// (plain sm_90) changed when this unused function was visible there (docs/plumbing.md).
+#if defined(__CUDACC__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+static __device__ __forceinline__ void fence_proxy_async_smem() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+#endif

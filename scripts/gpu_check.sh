@@ -70,10 +70,13 @@ step build 130 "$LOGS/build.txt" "$PY" setup.py build_ext --inplace
 GPU_OK=$("$PY" -c "import json,sys; print(int(json.load(open(sys.argv[1]))['device']['ok']))" "$W/info.json" 2>/dev/null || echo 0)
 
 # --- 2. tests, sanitizers, check: side by side ----------------------------------------------------
-# The GPU test files (those using the `backend` fixture) and test_build.py (NVRTC with this machine's
-# NVRTC and CuPy's real options); the CPU-only reference tests are CI's job and would only compete.
+# The GPU test files (those with a test taking the `backend` fixture) and test_build.py (NVRTC with
+# this machine's NVRTC and CuPy's real options); the CPU-only tests (the reference, the SASS reads,
+# the host emulation) are CI's job and would only compete. GPU_TESTS is the one rule; the summary
+# below reads it too.
+export GPU_TESTS='def test_\w*\([^)]*\bbackend\b'
 run_tests() {  # one pytest process per test file, 6 at a time; a per-file log and junit XML
-    { echo tests/test_build.py; grep -l -E '\bbackend\b' tests/test_*.py; } | sort -u | xargs -P 6 -I{} sh -c '
+    { echo tests/test_build.py; grep -l -E "$GPU_TESTS" tests/test_*.py; } | sort -u | xargs -P 6 -I{} sh -c '
         b=$(basename "$3" .py)
         timeout --kill-after=5 180 "$0" -m pytest -q -rs -p no:cacheprovider "$3" \
             --junitxml="$1/junit/$b.xml" > "$2/pytest_$b.txt" 2>&1
@@ -175,7 +178,7 @@ for path in sorted(glob.glob(os.path.join(W, "junit", "*.xml"))):
             c["passed"] += 1
 ran_files = {os.path.basename(p)[:-4] for p in glob.glob(os.path.join(W, "junit", "*.xml"))}
 all_files = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "tests", "test_*.py"))
-             if p.endswith("test_build.py") or re.search(r"\bbackend\b", open(p).read())}
+             if p.endswith("test_build.py") or re.search(os.environ["GPU_TESTS"], open(p).read())}
 not_run = sorted(all_files - ran_files)
 
 # sanitizers

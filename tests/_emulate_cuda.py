@@ -12,8 +12,9 @@ How a source is built: its text with every `__shared__` declaration rewritten (a
 T x[];` the launch's dynamic shared memory), after `#include "cuda_host.h"` and with a `#line 1`
 so compiler messages name the real file, plus a dispatch entry for every TFM_EXPORT name
 expression. The inline-PTX helpers of csrc/mma.cuh and csrc/matmul.cu are compiled under
-__CUDACC__ only; cuda_host.h defines their host versions. The sm_90a sources (wgmma, TMA,
-mbarrier) are not emulated here (tests/_emulate_*_tc.py re-enact them in NumPy).
+__CUDACC__ only; cuda_host.h defines their host versions, mbarrier, TMA and wgmma included (the
+sm_90a sources are built with __CUDA_ARCH_FEAT_SM90_ALL defined, and their launch plans take
+`tma_descriptor` below in place of the driver's encoder).
 
     be = HostBackend()                        # builds on first use, cached under build/emulation/
     variant.fn(be, host_array(x), host_array(out))
@@ -35,15 +36,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tfm_kernels._backend import parse_exports
+from tfm_kernels._backend import parse_exports, source_arch
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 SHIM = Path(__file__).resolve().parent / "cuda_host"
 CACHE = ROOT / "build" / "emulation"
-CXXFLAGS = ("-std=c++20", "-O1", "-fPIC", "-shared", "-w")
-# Sources the emulator cannot run: wgmma/TMA/mbarrier (sm_90a) have no host version.
-NOT_EMULATED = {"matmul_sm90.cu": "sm_90a (wgmma, TMA)", "attention_sm90.cu": "sm_90a (wgmma)"}
+CXXFLAGS = ("-std=c++20", "-O1", "-fPIC", "-shared", "-w", "-Wno-psabi")
+# Sources the emulator cannot run (none today), with the reason.
+NOT_EMULATED: dict[str, str] = {}
 
 # `extern __shared__ [__align__(n)] T name[];`
 _DYN = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([\w:<>, ]+?)\s+(\w+)\s*\[\s*\]\s*;")
@@ -92,8 +93,11 @@ def _key(source: str, unit: str, cxx: str) -> str:
     return f"{Path(source).stem}-{h.hexdigest()[:16]}"
 
 
-def _compile_cmd(cxx: str, cpp: Path, lib: Path) -> list[str]:
-    return [cxx, *CXXFLAGS, f"-I{SHIM}", f"-I{CSRC}", str(cpp), "-o", str(lib)]
+def _compile_cmd(cxx: str, cpp: Path, lib: Path, sm90a: bool) -> list[str]:
+    # An sm_90a source's kernel bodies sit under __CUDA_ARCH_FEAT_SM90_ALL (nvcc defines it for
+    # compute_90a); the host emulation defines it too and brings mbarrier/TMA/wgmma.
+    extra = ["-D__CUDA_ARCH_FEAT_SM90_ALL"] if sm90a else []
+    return [cxx, *CXXFLAGS, *extra, f"-I{SHIM}", f"-I{CSRC}", str(cpp), "-o", str(lib)]
 
 
 def build(sources, cache: Path = CACHE) -> dict[str, Path | str]:
@@ -110,14 +114,16 @@ def build(sources, cache: Path = CACHE) -> dict[str, Path | str]:
             out[s] = f"{s} is {NOT_EMULATED[Path(s).name]}: not emulated"
             continue
         unit = translation_unit(s)
-        key = _key(s, unit, cxx)
+        path = Path(s) if Path(s).is_absolute() else CSRC / s
+        sm90a = source_arch(path.read_text()) == "sm_90a"
+        key = _key(s, unit + str(sm90a), cxx)
         lib = cache / f"{key}.so"
         out[s] = lib
         if not lib.exists():
             cpp = cache / f"{key}.cpp"
             cpp.write_text(unit)
             tmp = lib.with_suffix(".tmp.so")
-            running.append((s, lib, tmp, subprocess.Popen(_compile_cmd(cxx, cpp, tmp), stdout=subprocess.PIPE,
+            running.append((s, lib, tmp, subprocess.Popen(_compile_cmd(cxx, cpp, tmp, sm90a), stdout=subprocess.PIPE,
                                                           stderr=subprocess.STDOUT, text=True)))
     for s, lib, tmp, p in running:
         log = p.communicate()[0]
@@ -135,28 +141,70 @@ class _Ptr:
         self.ptr = ptr
 
 
+class _Device:
+    id = 0
+
+
 class HostArray(np.ndarray):
-    """A NumPy array that also answers ``.data.ptr`` (its address), as a CuPy array does: the
-    variants' launch plans read it for their alignment decisions."""
+    """A NumPy array that also answers ``.data.ptr`` (its address) and ``.device.id``, as a CuPy
+    array does: the variants' launch plans read them (alignment decisions, TMA descriptors, the
+    SM count)."""
 
     @property
     def data(self):  # noqa: D401 - mirrors cupy.ndarray.data
         return _Ptr(self.ctypes.data)
+
+    @property
+    def device(self):
+        return _Device()
 
 
 def host_array(a: np.ndarray) -> HostArray:
     return np.asarray(a).view(HostArray)
 
 
+class _Aligned:
+    """`raw` in a ctypes buffer at a 64-byte aligned address (a TmaDesc is alignas(64))."""
+
+    def __init__(self, raw: bytes):
+        self.buf = ctypes.create_string_buffer(len(raw) + 64)
+        self.addr = (ctypes.addressof(self.buf) + 63) & ~63
+        ctypes.memmove(self.addr, raw, len(raw))
+
+
 def _pack(a):
-    """(ctypes object holding the parameter's bytes, its size)."""
+    """(keep-alive object, address of the parameter's bytes, their size)."""
     if isinstance(a, np.ndarray):
-        return ctypes.c_void_p(a.ctypes.data), 8
+        o = ctypes.c_void_p(a.ctypes.data)
+        return o, ctypes.addressof(o), 8
     if isinstance(a, np.generic):
         raw = a.tobytes()
-        return (ctypes.c_char * len(raw)).from_buffer_copy(raw), len(raw)
-    raise TypeError(f"launch argument of type {type(a).__name__}: the emulator takes NumPy arrays and "
-                    "NumPy scalars (a TMA descriptor means an sm_90a kernel, which it cannot run)")
+        o = (ctypes.c_char * len(raw)).from_buffer_copy(raw)
+        return o, ctypes.addressof(o), len(raw)
+    if isinstance(a, bytes):  # a by-value struct: a TMA descriptor from tma_descriptor below
+        o = _Aligned(a)
+        return o, o.addr, len(a)
+    raise TypeError(f"launch argument of type {type(a).__name__}: the emulator takes NumPy arrays, NumPy "
+                    "scalars and TMA descriptors (bytes)")
+
+
+TMA_MAGIC = 0x54464D2D544D4131  # cuda_host.h emu::kTmaMagic
+
+
+def tma_descriptor(ptr: int, inner: int, outer: int, batch: int, box_inner: int, box_outer: int) -> bytes:
+    """The emulator's stand-in for tfm_kernels.matmul_tc.tma_descriptor (same arguments: a
+    C-contiguous fp16 tensor (batch, outer, inner) read in (box_outer x box_inner) boxes, 128-byte
+    swizzle, zero fill): cuda_host.h's tma_load_3d decodes it. Refuses what
+    cuTensorMapEncodeTiled refuses for these arguments: a global address not 16-byte aligned, a
+    row stride not a multiple of 16 bytes, a box dimension above 256, an inner box wider than the
+    128-byte swizzle span."""
+    import struct
+
+    if ptr % 16 or (inner * 2) % 16 or not (0 < box_inner * 2 <= 128) or not (0 < box_outer <= 256):
+        raise RuntimeError(f"cuTensorMapEncodeTiled (emulated) refuses a tensor of {batch} x {outer} x {inner} "
+                           f"halves at {ptr:#x}, box {box_outer} x {box_inner}")
+    return struct.pack("<QQ3Q2Q2I2I7Q", TMA_MAGIC, ptr, inner, outer, batch, inner * 2, inner * outer * 2,
+                       box_inner, box_outer, 2, 128, *([0] * 7))
 
 
 # Kernels launched as thread-block clusters: name prefix -> index of the cluster size among the
@@ -205,8 +253,8 @@ class HostBackend:
     def launch(self, launch) -> None:
         dll = self._dll(launch.source)
         packed = [_pack(a) for a in launch.args]
-        args = (ctypes.c_void_p * max(1, len(packed)))(*[ctypes.addressof(o) for o, _ in packed])
-        sizes = (ctypes.c_int * max(1, len(packed)))(*[n for _, n in packed])
+        args = (ctypes.c_void_p * max(1, len(packed)))(*[addr for _, addr, _ in packed])
+        sizes = (ctypes.c_int * max(1, len(packed)))(*[n for _, _, n in packed])
         cfg = (ctypes.c_uint * 9)(*launch.grid, *launch.block, int(launch.smem), cluster_size(launch.kernel),
                                   1 if self.order == "reverse" else 0)
         rc = dll.emu_launch(launch.kernel.encode(), cfg, args, sizes, len(packed))

@@ -7,11 +7,11 @@ one CTA at a time, NaN-poisoned shared memory, cp.async landing only at its wait
 mma.sync computed for the whole warp from the PTX ISA's fragment layouts, float atomics). So the
 fp32 flash kernels (forward 2-4, backward 2-4, the preprocessing pass), the naive variants (their
 mask and lse kernels, and this project's own default matmul and softmax kernels, emulated too) and
-the fp16 tensor-core kernels (forward 10, 13; backward 11, 12 with the dQ pass and conversion) run
-their real tiling, masking, online softmax, fragment shuffles and pipelines here. Each case runs
-with each CTA's warps and lanes scheduled first to last and again last to first, so a missing
-barrier between a write and another warp's read shows. Not here: forward 14 (wgmma, sm_90a;
-re-enacted in NumPy by tests/_emulate_attention_tc.py).
+the fp16 tensor-core kernels (forward 10, 13; backward 11, 12 with the dQ pass and conversion;
+forward 14, wgmma from shared-memory descriptors and from registers) run their real tiling,
+masking, online softmax, fragment shuffles and pipelines here. Each case runs with each CTA's warps
+and lanes scheduled first to last and again last to first, so a missing barrier between a write
+and another warp's read shows.
 
 Tolerances are the GPU tests' (tests/test_attention.py, tests/test_attention_tc.py): fp32 ~1e-5
 relative to the summed terms, fp16 no worse than 2x the fp32-math NumPy baseline plus a floor.
@@ -34,7 +34,7 @@ att = importlib.import_module("tfm_kernels.attention")
 tc = importlib.import_module("tfm_kernels.attention_tc")
 mm = importlib.import_module("tfm_kernels.matmul")
 
-SOURCES = ("attention.cu", "attention_tc.cu", "matmul.cu", "softmax.cu")
+SOURCES = ("attention.cu", "attention_tc.cu", "attention_sm90.cu", "matmul.cu", "softmax.cu")
 EMULABLE = set(SOURCES)
 
 

@@ -5,8 +5,9 @@ test_attention_emulation.py) are only as good as the emulator's eye for faults. 
 tests/cuda_host/selftest.cu, small kernels with known faults, and must report each: a missing
 barrier (a wrong result in at least one thread order), a warp collective some lanes never reach
 (deadlock) or pair with a different one, a read of a cp.async copy before its wait, a write past
-the launch's dynamic shared memory, ldmatrix rows misaligned or out of range, __trap, a parameter
-of the wrong size, CUDA's launch limits; and the correct versions pass. Also the source rewrite of
+the launch's dynamic shared memory, ldmatrix rows misaligned or out of range, an mbarrier phase
+that never completes, __trap, a parameter of the wrong size, CUDA's
+launch limits; and the correct versions pass. Also the source rewrite of
 `__shared__` declarations, on every declaration form csrc/ uses.
 """
 
@@ -119,10 +120,25 @@ def test_rewrite_shared_declarations():
     ]
 
 
-def test_not_emulated_is_exactly_sm90a():
-    """The sources the emulator leaves out (emu.NOT_EMULATED) are exactly those marked sm_90a
-    (wgmma, TMA, mbarrier): a new plain source is emulated, or this fails."""
+@pytest.mark.parametrize("arrivals, message", [(2, None), (3, None), (1, "waiting on an mbarrier phase")])
+def test_mbarrier_phases(lib, arrivals, message):
+    out = np.zeros(64, np.float32)
+    args = ("st_mbarrier", (64, 1, 1), (out, np.int32(arrivals)))
+    if message is None:
+        _launch(lib, "forward", *args)
+        assert (out == 1).all()
+    else:
+        with pytest.raises(emu.EmulationError, match=message):
+            _launch(lib, "forward", *args)
+
+
+def test_every_source_is_emulated():
+    """No kernel source is left out (emu.NOT_EMULATED is empty), and each is built by an op's
+    emulation tests."""
+    import test_attention_emulation
+    import test_matmul_emulation
     from tfm_kernels import _backend
 
-    sm90a = {s for s in _backend.sources() if _backend.source_arch(_backend._source_text(s)) == "sm_90a"}
-    assert sm90a == set(emu.NOT_EMULATED)
+    assert not emu.NOT_EMULATED
+    covered = set(test_attention_emulation.SOURCES) | set(test_matmul_emulation.SOURCES) | {"softmax.cu"}
+    assert set(_backend.sources()) == covered

@@ -280,7 +280,8 @@ register(Variant(
     "cp.async (opt-in until seen correct and measured on a GPU: variant=14)",
     _forward_wgmma, dtypes=("float16",), supports=_wgmma_supports,
     kernels=tuple((SOURCE_SM90, wgmma_kernel(d)) for d in WGMMA_HEAD_DIMS), hot=True, arch=90,
-    extra={"opt_in": True, "unverified": "never run on a GPU: added after GPU run 1 (H200, 2026-11-29); compiled and emulated lane by lane on the CPU only"}))
+    extra={"opt_in": True, "unverified": "never run on a GPU: added after GPU run 1 (H200, 2026-11-29); compiled, and its source passes "
+                                              "the host emulation (tests/test_attention_emulation.py) only"}))
 register(Variant(
     "attention_backward", 11, "tc",
     "fp16 FlashAttention-2 backward on tensor cores: CTA (8 warps) per 128-key block, dK_j/dV_j in "

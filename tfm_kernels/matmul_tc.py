@@ -271,7 +271,8 @@ def _wgmma_supports(*, M, N, K, batch=1, trans_a=False, trans_b=False, align=256
 # GPU run 1 stopped both wgmma variants at a host-side TypeError (cuda-bindings' cuuint32_t), before
 # any launch; the fix came after that run, so neither has executed on a GPU yet.
 _WGMMA_UNVERIFIED = ("never run on a GPU: GPU run 1 (H200, 2026-11-29) stopped at a host-side TypeError "
-                     "before launching (fixed since); compiled, SASS-checked and emulated on the CPU only")
+                     "before launching (fixed since); compiled, SASS-checked, and its source passes the host emulation "
+                     "(mbarrier ring, TMA boxes, wgmma; tests/test_matmul_emulation.py) only")
 
 _WGMMA_KERNELS = tuple((SOURCE_SM90, wgmma_kernel_name(ta, tb, od)) for ta in (False, True)
                        for tb in (False, True) for od in ("float32", "float16"))

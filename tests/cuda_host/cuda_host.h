@@ -27,8 +27,8 @@
 //     address out of range, a parameter of the wrong size, launch limits) stop the launch and come
 //     back to Python as a message; nothing aborts the process.
 // Not emulated: global-memory races between CTAs (one CTA runs at a time), memory-model subtleties
-// below a barrier, warp-synchronous code without *_sync, timing, and the sm_90a instructions
-// (wgmma, TMA, mbarrier: the sm_90a sources have their own NumPy emulations).
+// below a barrier (proxy fences included), warp-synchronous code without *_sync, cluster
+// multicast, timing. The Hopper part (mbarrier, TMA, wgmma) is described where it is defined.
 #pragma once
 
 #include <ucontext.h>
@@ -97,7 +97,7 @@ constexpr int kMaxCluster = 8;
 constexpr std::size_t kStack = 256 * 1024;
 constexpr unsigned char kCanaryByte = 0xa5;
 
-enum class Wait { none, cta, warp, cluster };
+enum class Wait { none, cta, warp, cluster, group, poll };
 
 // A warp collective's completion: every lane's input (in[lane]) to every lane's output
 // (out[lane]), run once when the whole warp has arrived. Returns an error message or nullptr.
@@ -144,6 +144,8 @@ struct State {
     std::string err;
     std::function<void()> body;
     std::vector<unsigned char*> stacks;
+    bool tma_deferred = false;  // TMA bytes land at the barrier's wait (reverse order) or at once
+    long long progress = 0;     // anything that changed: a deadlock is a round that changes nothing
     alignas(1024) unsigned char arena[kMaxCluster][kArena];
 };
 inline State* S = new State;  // never freed: fibers' stacks may outlive a failed launch
@@ -179,6 +181,7 @@ inline std::string where() {
 inline void yield(Wait w) {
     Fiber* f = S->cur;
     f->wait = w;
+    if (w != Wait::poll) ++S->progress;
     swapcontext(&f->ctx, &S->sched);
 }
 
@@ -493,6 +496,295 @@ inline uint32_t pack_half2(float lo, float hi) {
     return a | (static_cast<uint32_t>(b) << 16);
 }
 
+
+// ------------------------------------------------------------------------------ Hopper (sm_90a)
+// mbarrier, TMA and wgmma, for the sm_90a sources (built with __CUDA_ARCH_FEAT_SM90_ALL defined;
+// mma.cuh's inline-PTX versions are compiled under __CUDACC__ only).
+//   * An mbarrier lives in a side table keyed by its shared address (init count, pending arrivals,
+//     transaction bytes, phase). mbar_wait polls: the thread yields and is retried on the next
+//     round; a round in which nothing anywhere changes is a deadlock.
+//   * TMA (tma_load_3d) decodes the emulator's own descriptor (tests/_emulate_cuda.py
+//     tma_descriptor: the CUtensorMap is opaque, the driver's encoder needs a GPU), gathers the
+//     box with zero fill outside the tensor, 128-byte swizzled by address bits as the hardware
+//     does. In the forward order the bytes land at once; in the reverse order they land only when
+//     a thread waits on the barrier with every arrival in (the latest they may), so a read before
+//     the wait sees poison, and (forward) a stage refilled while a wgmma may still read it is
+//     overwritten early.
+//   * wgmma is a warpgroup collective (128 threads). It is computed at the wgmma.wait_group that
+//     retires its group, from shared memory as it is then: a stage released before that wait can
+//     be overwritten first, and shows. Descriptors follow the 128-byte-swizzle canonical layouts
+//     (mma.cuh wgmma_desc_sw128): K-major element (r, k) at start + (r/8) SBO + (r%8) 128 + 2k;
+//     MN-major (mn, k) at start + 2 (mn%64) + (mn/64) LBO + (k%8) 128 + (k/8) SBO; then the
+//     address swizzle. The accumulator is the mma.sync C layout repeated along N, warp w owning
+//     rows 16w..16w+15; a register A operand is the mma.sync A layout of the same rows.
+namespace emu {
+
+struct EmuTma {  // the 128 bytes tests/_emulate_cuda.py tma_descriptor packs
+    uint64_t magic, base;
+    uint64_t dims[3];     // innermost first, elements
+    uint64_t strides[2];  // bytes, of dims 1 and 2
+    uint32_t box[2];      // inner, outer (elements)
+    uint32_t elem, swizzle;
+    uint64_t pad[7];
+};
+static_assert(sizeof(EmuTma) == 128, "TmaDesc is 128 bytes");
+constexpr uint64_t kTmaMagic = 0x54464d2d544d4131ull;  // "TFM-TMA1"
+
+struct TmaCopy { uint32_t dst; std::vector<unsigned char> bytes; };  // already swizzled, 16-byte chunks
+
+struct Mbar {
+    int count = 0, pending = 0;
+    long long tx = 0;
+    unsigned phase = 0;
+    std::vector<std::pair<uint32_t, std::vector<unsigned char>>> queued;  // (dst, 128-byte rows) chunks
+};
+
+inline std::vector<std::pair<uint32_t, Mbar>> g_mbars[kMaxCluster];
+inline std::vector<std::pair<uint32_t, Mbar>>& mbars() { return g_mbars[S->cur ? S->cur->cta : 0]; }
+
+inline long long& progress() { return S->progress; }
+
+inline Mbar& mbar_at(const void* bar, bool create = false) {
+    const std::size_t off = shared_offset(bar);
+    if (off % 8) fail("mbarrier at shared offset %zu: not 8-byte aligned", off);
+    for (auto& e : mbars())
+        if (e.first == off) return e.second;
+    if (!create) fail("mbarrier at shared offset %zu used before mbarrier.init", off);
+    mbars().push_back({static_cast<uint32_t>(off), Mbar{}});
+    return mbars().back().second;
+}
+
+inline void mbar_check(Mbar& m) {
+    if (m.pending == 0 && m.tx == 0) {
+        m.phase ^= 1;
+        m.pending = m.count;
+        ++progress();
+    }
+}
+
+inline void land(Mbar& m) {
+    Cta& c = cta();
+    for (auto& q : m.queued) {
+        std::memcpy(c.smem + q.first, q.second.data(), q.second.size());
+        m.tx -= static_cast<long long>(q.second.size());
+    }
+    if (!m.queued.empty()) ++progress();
+    m.queued.clear();
+}
+
+// ---- warpgroup collectives (wgmma issue / commit / wait)
+struct Wgmma {
+    int n = 0, tb = 0, ta = 0;
+    bool rs = false;
+    uint64_t da = 0, db = 0;
+    float* d[128];
+    uint32_t a[128][4];
+};
+struct GroupState {
+    std::vector<std::vector<Wgmma>> committed;
+    std::vector<Wgmma> open;
+};
+inline std::vector<GroupState> g_groups[kMaxCluster];
+inline std::vector<GroupState>& groups() { return g_groups[S->cur ? S->cur->cta : 0]; }
+
+struct GroupIn { int kind; int n, ta, tb; uint64_t da, db; float* d; uint32_t a[4]; };
+
+inline float smem_half(const Cta& c, uint32_t addr, bool& ok) {
+    addr ^= ((addr >> 7) & 7) << 4;  // 128-byte swizzle, by address bits
+    if (addr + 2 > c.used || addr % 2) { ok = false; return 0.f; }
+    uint16_t b;
+    std::memcpy(&b, c.smem + addr, 2);
+    return half_bits_to_float(b);
+}
+
+inline const char* wgmma_compute(const Wgmma& op) {
+    const Cta& c = cta();
+    auto field = [](uint64_t desc, int lo) { return static_cast<uint32_t>(((desc >> lo) & 0x3fff) << 4); };
+    if ((op.db >> 62) != 1 || (!op.rs && (op.da >> 62) != 1)) return "wgmma descriptor without the 128-byte swizzle layout";
+    // operand(mn, k) of a descriptor: K-major or MN-major
+    auto at = [&](uint64_t desc, bool mn_major, int mn, int k) -> uint32_t {
+        const uint32_t start = field(desc, 0), lbo = field(desc, 16), sbo = field(desc, 32);
+        return mn_major ? start + 2 * (mn % 64) + (mn / 64) * lbo + (k % 8) * 128 + (k / 8) * sbo
+                        : start + (mn / 8) * sbo + (mn % 8) * 128 + 2 * k;
+    };
+    static float A[64][16], B[256][16];
+    bool ok = true;
+    for (int m = 0; m < 64; ++m)
+        for (int k = 0; k < 16; ++k) {
+            if (op.rs) {  // warp m/16's mma.sync A fragment
+                const int w = m / 16, r = m % 16;
+                const int g = r % 8, hi = r / 8, kh = k / 8, t = (k % 8) / 2;
+                const uint32_t reg = op.a[32 * w + 4 * g + t][hi + 2 * kh];
+                A[m][k] = half_bits_to_float(k % 2 ? reg >> 16 : reg & 0xffff);
+            } else {
+                A[m][k] = smem_half(c, at(op.da, op.ta, m, k), ok);
+            }
+        }
+    for (int n = 0; n < op.n; ++n)
+        for (int k = 0; k < 16; ++k) B[n][k] = smem_half(c, at(op.db, op.tb, n, k), ok);
+    if (!ok) return "wgmma: a descriptor reaches outside the CTA's shared memory";
+    for (int tid = 0; tid < 128; ++tid) {
+        const int w = tid / 32, l = tid % 32, g = l / 4, t = l % 4;
+        for (int j = 0; j < op.n / 8; ++j)
+            for (int e = 0; e < 4; ++e) {
+                const int m = 16 * w + g + 8 * (e / 2), n = 8 * j + 2 * t + e % 2;
+                float s = op.d[tid][4 * j + e];
+                for (int k = 0; k < 16; ++k) s += A[m][k] * B[n][k];
+                op.d[tid][4 * j + e] = s;
+            }
+    }
+    return nullptr;
+}
+
+// kind 0: issue (arg = n), 1: commit, 2: wait (arg = groups allowed in flight)
+inline const char* complete_group(const unsigned char (*in)[64], int kind, int arg, int wgi) {
+    auto& gs = groups();
+    if (gs.size() <= static_cast<std::size_t>(wgi)) gs.resize(wgi + 1);
+    GroupState& st = gs[wgi];
+    if (kind == 0) {
+        Wgmma op;
+        GroupIn g0;
+        std::memcpy(&g0, in[0], sizeof g0);
+        op.n = g0.n; op.ta = g0.ta; op.tb = g0.tb; op.da = g0.da; op.db = g0.db; op.rs = g0.kind == 1;
+        for (int t = 0; t < 128; ++t) {
+            GroupIn g;
+            std::memcpy(&g, in[t], sizeof g);
+            if (g.da != g0.da || g.db != g0.db) return "wgmma: descriptors differ across the warpgroup";
+            op.d[t] = g.d;
+            std::memcpy(op.a[t], g.a, 16);
+        }
+        st.open.push_back(op);
+    } else if (kind == 1) {
+        st.committed.push_back(std::move(st.open));
+        st.open.clear();
+    } else {
+        while (st.committed.size() > static_cast<std::size_t>(arg)) {
+            for (const Wgmma& op : st.committed.front())
+                if (const char* e = wgmma_compute(op)) return e;
+            st.committed.erase(st.committed.begin());
+        }
+    }
+    ++progress();
+    (void)arg;
+    return nullptr;
+}
+
+}  // namespace emu
+
+// The warpgroup collective: deposit, wait for the 128 threads, completed once at the release.
+namespace emu {
+struct GroupSlots { int kind = -1, arg = 0; unsigned char in[128][64]; };
+inline std::vector<GroupSlots> g_group_slots[kMaxCluster];
+inline std::vector<GroupSlots>& group_slots() { return g_group_slots[S->cur ? S->cur->cta : 0]; }
+inline void group_op(int kind, int arg, const GroupIn& in) {
+    Fiber* f = S->cur;
+    const int t = static_cast<int>(f->tid.x + blockDim.x * (f->tid.y + blockDim.y * f->tid.z));
+    auto& gs = group_slots();
+    if (gs.size() <= static_cast<std::size_t>(t / 128)) gs.resize(t / 128 + 1);
+    std::memcpy(gs[t / 128].in[t % 128], &in, sizeof in);
+    f->fn = nullptr;
+    f->arg = kind * 1000000 + arg;
+    yield(Wait::group);
+}
+}  // namespace emu
+
+inline void mbar_init(uint64_t* bar, uint32_t arrivals) {
+    emu::Mbar& m = emu::mbar_at(bar, true);
+    m = emu::Mbar{};
+    m.count = m.pending = static_cast<int>(arrivals);
+    ++emu::progress();
+}
+inline void mbar_fence_init() {}
+inline void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+    emu::Mbar& m = emu::mbar_at(bar);
+    m.tx += bytes;
+    if (--m.pending < 0) emu::fail("mbarrier: an arrival beyond its count while the phase waits for transaction bytes");
+    ++emu::progress();
+    emu::mbar_check(m);
+}
+inline void mbar_arrive(uint64_t* bar) {
+    emu::Mbar& m = emu::mbar_at(bar);
+    if (--m.pending < 0) emu::fail("mbarrier: an arrival beyond its count while the phase waits for transaction bytes");
+    ++emu::progress();
+    emu::mbar_check(m);
+}
+inline bool mbar_try_wait_ptr(uint64_t* bar, uint32_t parity) {
+    emu::Mbar& m = emu::mbar_at(bar);
+    if (m.pending == 0 && !m.queued.empty()) {  // deferred TMA: the bytes land now, at the latest
+        emu::land(m);
+        emu::mbar_check(m);
+    }
+    return m.phase != (parity & 1);
+}
+inline void mbar_wait(uint64_t* bar, uint32_t parity) {
+    while (!mbar_try_wait_ptr(bar, parity)) emu::yield(emu::Wait::poll);
+}
+inline void tma_prefetch_desc(const void*) {}  // (mma.cuh's TmaDesc comes after this header)
+inline void tma_load_3d(void* dst, const void* desc, uint64_t* bar, int c0, int c1, int c2) {
+    emu::EmuTma t;
+    std::memcpy(&t, desc, sizeof t);
+    if (t.magic != emu::kTmaMagic) emu::fail("TMA descriptor not made by the emulator's tma_descriptor");
+    const std::size_t off = emu::shared_offset(dst);
+    const uint32_t row = t.box[0] * t.elem;
+    if (row != 128 || t.swizzle != 128) emu::fail("TMA: only 128-byte rows with the 128-byte swizzle are emulated");
+    if (off % 128) emu::fail("TMA destination at shared offset %zu: not 128-byte aligned", off);
+    const std::size_t bytes = static_cast<std::size_t>(row) * t.box[1];
+    if (off + bytes > emu::cta().used) emu::fail("TMA box of %zu bytes past the CTA's shared memory", bytes);
+    emu::Mbar& m = emu::mbar_at(bar);
+    for (uint32_t o = 0; o < t.box[1]; ++o) {
+        std::vector<unsigned char> chunk(row, 0);
+        const long long go = static_cast<long long>(c1) + o;
+        for (uint32_t i = 0; i < t.box[0]; ++i) {
+            const long long gi = static_cast<long long>(c0) + i;
+            if (gi < 0 || go < 0 || c2 < 0 || static_cast<uint64_t>(gi) >= t.dims[0] ||
+                static_cast<uint64_t>(go) >= t.dims[1] || static_cast<uint64_t>(c2) >= t.dims[2])
+                continue;  // zero fill
+            const auto* src = reinterpret_cast<const unsigned char*>(t.base) + c2 * t.strides[1] + go * t.strides[0] + gi * t.elem;
+            std::memcpy(&chunk[i * t.elem], src, t.elem);
+        }
+        for (uint32_t ch = 0; ch < row / 16; ++ch) {  // 16-byte chunks to their swizzled places
+            uint32_t a = static_cast<uint32_t>(off) + o * row + 16 * ch;
+            a ^= ((a >> 7) & 7) << 4;
+            std::vector<unsigned char> c16(chunk.begin() + 16 * ch, chunk.begin() + 16 * ch + 16);
+            if (emu::S->tma_deferred) {
+                m.queued.push_back({a, std::move(c16)});
+            } else {
+                std::memcpy(emu::cta().smem + a, c16.data(), 16);
+                m.tx -= 16;
+            }
+        }
+    }
+    ++emu::progress();
+    emu::mbar_check(m);
+}
+inline void fence_proxy_async_smem() {}
+template <int REGS> inline void setmaxnreg_dec() {}
+template <int REGS> inline void setmaxnreg_inc() {}
+inline void reg_fence(float&) {}
+inline uint64_t wgmma_desc_sw128(uint32_t smem_addr, uint32_t lbo, uint32_t sbo) {
+    return static_cast<uint64_t>((smem_addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>((lbo & 0x3FFFF) >> 4) << 16) |
+           (static_cast<uint64_t>((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);
+}
+inline void wgmma_fence() {}
+inline void wgmma_commit() { emu::group_op(1, 0, emu::GroupIn{}); }
+template <int N> inline void wgmma_wait() { emu::group_op(2, N, emu::GroupIn{}); }
+template <int TA, int TB>
+inline void wgmma_m64n256k16_f16(float (&d)[128], uint64_t da, uint64_t db) {
+    emu::group_op(0, 256, emu::GroupIn{0, 256, TA, TB, da, db, d, {}});
+}
+template <int TA, int TB>
+inline void wgmma_m64n128k16_f16(float (&d)[64], uint64_t da, uint64_t db) {
+    emu::group_op(0, 128, emu::GroupIn{0, 128, TA, TB, da, db, d, {}});
+}
+template <int TB>
+inline void wgmma_rs_m64n64k16_f16(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
+    emu::group_op(0, 64, emu::GroupIn{1, 64, 0, TB, 0, db, d, {a[0], a[1], a[2], a[3]}});
+}
+template <int TB>
+inline void wgmma_rs_m64n128k16_f16(float (&d)[64], const uint32_t (&a)[4], uint64_t db) {
+    emu::group_op(0, 128, emu::GroupIn{1, 128, 0, TB, 0, db, d, {a[0], a[1], a[2], a[3]}});
+}
+
 // ------------------------------------------------------------------------------ launch
 namespace emu {
 
@@ -505,6 +797,7 @@ struct Config {
 inline void fiber_entry() {
     S->body();
     S->cur->done = true;
+    ++S->progress;
 }  // returns to uc_link, the scheduler
 
 inline int fail_launch(const char* fmt, ...) {
@@ -549,6 +842,41 @@ inline int release_warp(int c, unsigned w, std::string& why) {
     return 1;
 }
 
+// Release warpgroup `wgi` of CTA `c` if every live thread of it waits at the same warpgroup
+// collective (wgmma issue, commit, wait): 1 released, 0 not ready, -1 an error (in why).
+inline int release_group(int c, unsigned wgi, std::string& why) {
+    const unsigned nt = S->nthreads, t0 = 128 * wgi;
+    if (t0 >= nt) return 0;
+    Fiber* fs = &S->fibers[c * nt + t0];
+    const unsigned n = std::min(128u, nt - t0);
+    unsigned alive = 0, waiting = 0;
+    for (unsigned t = 0; t < n; ++t) {
+        alive += !fs[t].done;
+        waiting += fs[t].wait == Wait::group;
+    }
+    if (waiting == 0 || waiting != alive) return 0;
+    if (alive != 128) {
+        why = "a warpgroup collective (wgmma) with " + std::to_string(128 - alive) + " threads absent";
+        return -1;
+    }
+    for (unsigned t = 1; t < 128; ++t)
+        if (fs[t].arg != fs[0].arg) {
+            why = "threads of one warpgroup at different wgmma operations";
+            return -1;
+        }
+    S->cur = &fs[0];
+    const int kind = fs[0].arg / 1000000, arg = fs[0].arg % 1000000;
+    const char* e = complete_group(g_group_slots[c][wgi].in, kind, arg, static_cast<int>(wgi));
+    S->cur = nullptr;
+    if (e) {
+        why = e;
+        return -1;
+    }
+    for (unsigned t = 0; t < 128; ++t) fs[t].wait = Wait::none;
+    ++S->progress;
+    return 1;
+}
+
 // Release every CTA or cluster barrier all of whose live threads wait at it; false if none could
 // be (why says what everyone waits for).
 inline bool release(std::string& why) {
@@ -576,16 +904,19 @@ inline bool release(std::string& why) {
         any = true;
     }
     if (!any) {
-        unsigned at_cta = 0, at_warp = 0, at_cluster = 0, done = 0;
+        unsigned at_cta = 0, at_warp = 0, at_cluster = 0, at_group = 0, polling = 0, done = 0;
         for (const Fiber& f : S->fibers) {
             done += f.done;
             at_cta += f.wait == Wait::cta;
             at_warp += f.wait == Wait::warp;
             at_cluster += f.wait == Wait::cluster;
+            at_group += f.wait == Wait::group;
+            polling += f.wait == Wait::poll;
         }
         why = "deadlock: " + std::to_string(at_cta) + " threads at __syncthreads, " + std::to_string(at_warp) +
-              " at a warp collective, " + std::to_string(at_cluster) + " at a cluster barrier, " +
-              std::to_string(done) + " exited";
+              " at a warp collective, " + std::to_string(at_group) + " at a warpgroup collective (wgmma), " +
+              std::to_string(polling) + " waiting on an mbarrier phase, " + std::to_string(at_cluster) +
+              " at a cluster barrier, " + std::to_string(done) + " exited";
     }
     return any;
 }
@@ -611,7 +942,11 @@ inline int run_cluster(const Config& cfg, unsigned bx0, unsigned by, unsigned bz
         C.bid = {bx0 + c, by, bz};
         std::memset(C.smem, 0xff, kArena);
         std::memset(C.smem + cfg.smem, kCanaryByte, kCanary);
+        g_mbars[c].clear();
+        g_groups[c].assign((nt + 127) / 128, GroupState{});
+        g_group_slots[c].assign((nt + 127) / 128, GroupSlots{});
     }
+    S->tma_deferred = cfg.reverse != 0;
     S->fibers.assign(total, Fiber{});
     for (std::size_t i = 0; i < total; ++i) {
         Fiber& f = S->fibers[i];
@@ -635,6 +970,9 @@ inline int run_cluster(const Config& cfg, unsigned bx0, unsigned by, unsigned bz
     std::string why;
     const unsigned nwarps = (nt + 31) / 32;
     for (;;) {
+        const long long before = S->progress;
+        for (Fiber& f : S->fibers)
+            if (f.wait == Wait::poll) f.wait = Wait::none;  // mbarrier waiters look again each round
         for (unsigned k = 0; k < S->ncta * nwarps; ++k) {
             const unsigned kw = cfg.reverse ? S->ncta * nwarps - 1 - k : k;
             const int c = static_cast<int>(kw / nwarps);
@@ -650,7 +988,8 @@ inline int run_cluster(const Config& cfg, unsigned bx0, unsigned by, unsigned bz
                     S->cur = nullptr;
                     if (S->failed) return 3;
                 }
-                const int r = release_warp(c, w, why);
+                int r = release_warp(c, w, why);
+                if (r == 0) r = release_group(c, w / 4, why);
                 if (r < 0) {
                     const Cta& C = S->ctas[c];
                     return fail_launch("%s in block (%u,%u,%u), warp %u", why.c_str(), C.bid.x, C.bid.y, C.bid.z, w);
@@ -661,7 +1000,12 @@ inline int run_cluster(const Config& cfg, unsigned bx0, unsigned by, unsigned bz
         bool all_done = true;
         for (const Fiber& f : S->fibers) all_done = all_done && f.done;
         if (all_done) break;
-        if (!release(why)) {
+        bool polling = false, runnable = false;  // (a warpgroup released late in the round: runnable)
+        for (const Fiber& f : S->fibers) {
+            polling = polling || f.wait == Wait::poll;
+            runnable = runnable || (!f.done && f.wait == Wait::none);
+        }
+        if (!release(why) && !runnable && (!polling || S->progress == before)) {
             char buf[96];
             std::snprintf(buf, sizeof buf, " in block (%u,%u,%u)", bx0, by, bz);
             return fail_launch("%s%s", why.c_str(), buf);

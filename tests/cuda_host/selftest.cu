@@ -65,3 +65,15 @@ __global__ void st_trap(float* out) {
     out[threadIdx.x] = 1.0f;
 }
 TFM_EXPORT(st_trap)
+
+// An mbarrier of count 2 given `arrivals` arrivals, then everyone waits for its phase 0: 2 and 3
+// complete it (the third arrival counts toward phase 1), 1 never does.
+__global__ void st_mbarrier(float* out, int arrivals) {
+    __shared__ uint64_t bar;
+    if (threadIdx.x == 0) mbar_init(&bar, 2);
+    __syncthreads();
+    if (static_cast<int>(threadIdx.x) < arrivals) mbar_arrive(&bar);
+    mbar_wait(&bar, 0);
+    out[threadIdx.x] = 1.0f;
+}
+TFM_EXPORT(st_mbarrier)
