@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -120,9 +121,9 @@ def build(sources, cache: Path = CACHE) -> dict[str, Path | str]:
         lib = cache / f"{key}.so"
         out[s] = lib
         if not lib.exists():
-            cpp = cache / f"{key}.cpp"
+            cpp = cache / f"{key}.{os.getpid()}.cpp"  # per process: concurrent test runs may build too
             cpp.write_text(unit)
-            tmp = lib.with_suffix(".tmp.so")
+            tmp = cache / f"{key}.{os.getpid()}.tmp.so"
             running.append((s, lib, tmp, subprocess.Popen(_compile_cmd(cxx, cpp, tmp, sm90a), stdout=subprocess.PIPE,
                                                           stderr=subprocess.STDOUT, text=True)))
     for s, lib, tmp, p in running:
@@ -131,6 +132,9 @@ def build(sources, cache: Path = CACHE) -> dict[str, Path | str]:
             out[s] = f"g++ could not build the emulation of {s}:\n{log[-4000:]}"
         else:
             tmp.replace(lib)
+            for old in cache.glob(f"{Path(s).stem}-*"):  # earlier builds of this source
+                if not old.name.startswith(lib.stem + "."):
+                    old.unlink(missing_ok=True)
     return out
 
 

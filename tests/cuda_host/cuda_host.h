@@ -808,27 +808,39 @@ inline int fail_launch(const char* fmt, ...) {
     return 3;
 }
 
-// Release warp `w` of CTA `c` if every live lane waits at a warp collective: 1 released, 0 not
-// ready, -1 an error (in why).
-inline int release_warp(int c, unsigned w, std::string& why) {
-    const unsigned nt = S->nthreads, w0 = 32 * w;
-    Fiber* lanes = &S->fibers[c * nt + w0];
-    const unsigned n = std::min(32u, nt - w0);
+// Threads [t0, t0 + size) of CTA c (a warp, a warpgroup): 1 if every live one waits at the same
+// collective of this `kind`, 0 if not all have arrived, -1 (why says) if some are absent (exited,
+// or the block is smaller) or they reached different collectives (divergence).
+inline int collective_ready(int c, unsigned t0, unsigned size, Wait kind, const char* what, std::string& why) {
+    const unsigned nt = S->nthreads;
+    if (t0 >= nt) return 0;
+    Fiber* fs = &S->fibers[c * nt + t0];
+    const unsigned n = std::min(size, nt - t0);
     unsigned alive = 0, waiting = 0;
-    for (unsigned l = 0; l < n; ++l) {
-        alive += !lanes[l].done;
-        waiting += lanes[l].wait == Wait::warp;
+    for (unsigned t = 0; t < n; ++t) {
+        alive += !fs[t].done;
+        waiting += fs[t].wait == kind;
     }
     if (waiting == 0 || waiting != alive) return 0;
-    if (alive != 32) {
-        why = "a warp collective with " + std::to_string(32 - alive) + " lanes absent (exited or no thread)";
+    if (alive != size) {
+        why = std::string("a ") + what + " collective with " + std::to_string(size - alive) +
+              " threads absent (exited, or no such thread)";
         return -1;
     }
-    for (unsigned l = 1; l < 32; ++l)
-        if (lanes[l].fn != lanes[0].fn || lanes[l].arg != lanes[0].arg) {
-            why = "lanes of one warp at different warp collectives (divergent shuffle/ldmatrix/mma)";
+    for (unsigned t = 1; t < size; ++t)
+        if (fs[t].fn != fs[0].fn || fs[t].arg != fs[0].arg) {
+            why = std::string("threads of one ") + what + " at different " + what + " collectives (divergence)";
             return -1;
         }
+    return 1;
+}
+
+// Release warp `w` of CTA `c` if its 32 lanes wait at one warp collective (shuffle, ldmatrix,
+// mma.sync, __syncwarp), computing it for all of them: 1 released, 0 not ready, -1 an error.
+inline int release_warp(int c, unsigned w, std::string& why) {
+    const int r = collective_ready(c, 32 * w, 32, Wait::warp, "warp", why);
+    if (r <= 0) return r;
+    Fiber* lanes = &S->fibers[c * S->nthreads + 32 * w];
     Warp& W = S->ctas[c].warps[w];
     S->cur = &lanes[0];
     const char* e = lanes[0].fn(W.in[W.parity], W.out[W.parity], lanes[0].arg);
@@ -842,28 +854,12 @@ inline int release_warp(int c, unsigned w, std::string& why) {
     return 1;
 }
 
-// Release warpgroup `wgi` of CTA `c` if every live thread of it waits at the same warpgroup
-// collective (wgmma issue, commit, wait): 1 released, 0 not ready, -1 an error (in why).
+// Release warpgroup `wgi` of CTA `c` if its 128 threads wait at one warpgroup collective (wgmma
+// issue, commit, wait): 1 released, 0 not ready, -1 an error.
 inline int release_group(int c, unsigned wgi, std::string& why) {
-    const unsigned nt = S->nthreads, t0 = 128 * wgi;
-    if (t0 >= nt) return 0;
-    Fiber* fs = &S->fibers[c * nt + t0];
-    const unsigned n = std::min(128u, nt - t0);
-    unsigned alive = 0, waiting = 0;
-    for (unsigned t = 0; t < n; ++t) {
-        alive += !fs[t].done;
-        waiting += fs[t].wait == Wait::group;
-    }
-    if (waiting == 0 || waiting != alive) return 0;
-    if (alive != 128) {
-        why = "a warpgroup collective (wgmma) with " + std::to_string(128 - alive) + " threads absent";
-        return -1;
-    }
-    for (unsigned t = 1; t < 128; ++t)
-        if (fs[t].arg != fs[0].arg) {
-            why = "threads of one warpgroup at different wgmma operations";
-            return -1;
-        }
+    const int r = collective_ready(c, 128 * wgi, 128, Wait::group, "warpgroup (wgmma)", why);
+    if (r <= 0) return r;
+    Fiber* fs = &S->fibers[c * S->nthreads + 128 * wgi];
     S->cur = &fs[0];
     const int kind = fs[0].arg / 1000000, arg = fs[0].arg % 1000000;
     const char* e = complete_group(g_group_slots[c][wgi].in, kind, arg, static_cast<int>(wgi));
