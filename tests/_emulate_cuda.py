@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import mmap
 import os
 import re
 import shutil
@@ -165,6 +166,36 @@ class HostArray(np.ndarray):
 
 def host_array(a: np.ndarray) -> HostArray:
     return np.asarray(a).view(HostArray)
+
+
+_PAGE = mmap.PAGESIZE
+
+
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc
+
+
+def guarded(a: np.ndarray, align: int | None = None) -> HostArray:
+    """A copy of `a` between two inaccessible pages: a kernel that reads or writes even one byte
+    past its end (or into the page before it) stops with an EmulationError naming the address.
+    align None: the last byte touches the page after (every overrun faults; the start is then
+    aligned only as far as a.nbytes allows). align n: the start n-byte aligned, so vector paths stay
+    on, and an overrun of less than n bytes may go unseen."""
+    a = np.ascontiguousarray(a)
+    pages = -(-(a.nbytes + (align or 1)) // _PAGE)
+    mm = mmap.mmap(-1, (pages + 2) * _PAGE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+    libc = _libc()
+    for at in (base, base + (pages + 1) * _PAGE):
+        if libc.mprotect(at, _PAGE, 0) != 0:  # PROT_NONE
+            raise OSError(ctypes.get_errno(), "mprotect")
+    end = base + (pages + 1) * _PAGE
+    start = end - a.nbytes if align is None else (end - a.nbytes) // align * align
+    out = np.frombuffer(mm, dtype=a.dtype, count=a.size, offset=start - base).reshape(a.shape).view(HostArray)
+    out[...] = a
+    return out
 
 
 class _Aligned:

@@ -122,10 +122,6 @@ def _info(dtype, B, H, Lq, Lk, D, causal):
     return dict(dtype=dtype, batch=B, heads=H, seqlen_q=Lq, seqlen_k=Lk, head_dim=D, causal=causal)
 
 
-def _nan(shape, dtype):
-    return emu.host_array(np.full(shape, np.nan, dtype))
-
-
 def _ids(cases):
     return [f"B{b}H{h}-{lq}x{lk}-D{d}-{'causal' if c else 'full'}-{'kv' if kv else 'nokv'}"
             for b, h, lq, lk, d, c, kv in cases]
@@ -136,25 +132,31 @@ def _ids(cases):
 def test_fp32(case, be, rng):
     """Every emulable fp32 variant, forward and backward, one case: o and lse (with the -inf rows
     where they belong), each gradient against the magnitude of its summed terms."""
+    _fp32(case, be, rng, emu.host_array)
+    _RESULTS[("fp32", case[:5], be.order)] = set(be.launched)
+
+
+def _fp32(case, be, rng, wrap):
+    """test_fp32's body; `wrap` places every array the kernels see (host_array, or guarded)."""
     B, H, Lq, Lk, D, causal, kv = case
     q = (1.5 * rng.standard_normal((B, H, Lq, D))).astype(np.float32)
     k, v = (rng.standard_normal((B, H, Lk, D)).astype(np.float32) for _ in range(2))
     do = rng.standard_normal((B, H, Lq, D)).astype(np.float32)
     scale = 1.3 / math.sqrt(D)  # not the default: the kernels must use the one they are given
     kvl = None if kv is None else np.array(kv)
-    kvl32 = emu.host_array(np.full(B, Lk, np.int32) if kvl is None else kvl.astype(np.int32))
+    kvl32 = wrap(np.full(B, Lk, np.int32) if kvl is None else kvl.astype(np.int32))
     f64 = lambda x: x.astype(np.float64)  # noqa: E731
     o_ref, lse_ref = numpy_ref.attention_forward(f64(q), f64(k), f64(v), causal=causal, kv_lens=kvl, scale=scale)
     o32, l32 = o_ref.astype(np.float32), lse_ref.astype(np.float32)
     g_ref = numpy_ref.attention_backward(f64(do), f64(q), f64(k), f64(v), f64(o32), f64(l32), causal=causal,
                                          kv_lens=kvl, scale=scale)
     terms = att.grad_term_scales(f64(do), f64(q), f64(k), f64(v), f64(o32), f64(l32), causal, kvl, scale)
-    qh, kh, vh, doh = (emu.host_array(x) for x in (q, k, v, do))
+    qh, kh, vh, doh = (wrap(x) for x in (q, k, v, do))
     ran = 0
     for var in FWD:
         if "float32" not in var.dtypes or var.reason_unsupported(**_info("float32", *case[:6])):
             continue
-        o, lse = _nan(q.shape, np.float32), _nan(q.shape[:3], np.float32)
+        o, lse = wrap(np.full(q.shape, np.nan, np.float32)), wrap(np.full(q.shape[:3], np.nan, np.float32))
         var.fn(be, qh, kh, vh, kvl32, causal, scale, o, lse)
         what = f"{var.qualname} emulated ({be.order})"
         assert_close_fp32(o, o_ref, rtol=1e-5, what=f"{what} o")
@@ -164,14 +166,13 @@ def test_fp32(case, be, rng):
     for var in BWD:
         if "float32" not in var.dtypes or var.reason_unsupported(**_info("float32", *case[:6])):
             continue
-        grads = [_nan(x.shape, np.float32) for x in (q, k, v)]
-        var.fn(be, doh, qh, kh, vh, emu.host_array(o32), emu.host_array(l32), kvl32, causal, scale, *grads)
+        grads = [wrap(np.full(x.shape, np.nan, np.float32)) for x in (q, k, v)]
+        var.fn(be, doh, qh, kh, vh, wrap(o32), wrap(l32), kvl32, causal, scale, *grads)
         for name, g, r, t, L in zip(("dq", "dk", "dv"), grads, g_ref, terms, (Lk, Lq, Lq)):
             ok, mx, tol = att.grad_rule(t, max(1, L // 64))(np.asarray(g), r)
             assert ok, f"{var.qualname} emulated ({be.order}) {name}: max err {mx:.3e} > tol {tol:.3e}"
         ran += 1
     assert ran >= 4
-    _RESULTS[("fp32", case[:5], be.order)] = set(be.launched)
 
 
 FP16_CASES = [
@@ -188,24 +189,30 @@ FP16_CASES = [
 def test_fp16(case, be):
     """Every emulable fp16 (tensor-core) variant, forward and backward, one case: against the
     float64 reference, no worse than 2x the fp32-math NumPy baseline plus the GPU tests' floor."""
+    _fp16(case, be, emu.host_array)
+    _RESULTS[("fp16", case[:5], be.order)] = set(be.launched)
+
+
+def _fp16(case, be, wrap):
+    """test_fp16's body; `wrap` places every array the kernels see (host_array, or guarded)."""
     B, H, Lq, Lk, D, causal, kv = case
     rng = np.random.default_rng([B, H, Lq, Lk, D, int(causal)])
     q, do = (rng.standard_normal((B, H, Lq, D)).astype(np.float16) for _ in range(2))
     k, v = (rng.standard_normal((B, H, Lk, D)).astype(np.float16) for _ in range(2))
     kvl = None if kv is None else np.array(kv)
-    kvl32 = emu.host_array(np.full(B, Lk, np.int32) if kvl is None else kvl.astype(np.int32))
+    kvl32 = wrap(np.full(B, Lk, np.int32) if kvl is None else kvl.astype(np.int32))
     f64 = lambda x: x.astype(np.float64)  # noqa: E731
     scale = 1.0 / math.sqrt(D)
     ro, rl = numpy_ref.attention_forward(f64(q), f64(k), f64(v), causal, kvl)
     o16, lse32 = ro.astype(np.float16), rl.astype(np.float32)
     rg = numpy_ref.attention_backward(f64(do), f64(q), f64(k), f64(v), f64(o16), f64(lse32), causal, kvl)
     b_o, b_lse, b_g = tc.fp16_baseline(q, k, v, do, o16, lse32, causal, kvl, scale)
-    qh, kh, vh, doh = (emu.host_array(x) for x in (q, k, v, do))
+    qh, kh, vh, doh = (wrap(x) for x in (q, k, v, do))
     ran = 0
     for var in FWD:
         if "float16" not in var.dtypes or var.reason_unsupported(**_info("float16", *case[:6])):
             continue
-        o, lse = _nan(q.shape, np.float16), _nan(q.shape[:3], np.float32)
+        o, lse = wrap(np.full(q.shape, np.nan, np.float16)), wrap(np.full(q.shape[:3], np.nan, np.float32))
         var.fn(be, qh, kh, vh, kvl32, causal, scale, o, lse)
         what = f"{var.qualname} emulated ({be.order})"
         assert_close_lowprec(o, ro, b_o, floor=1e-3, what=f"{what} o")
@@ -214,13 +221,31 @@ def test_fp16(case, be):
     for var in BWD:
         if "float16" not in var.dtypes or var.reason_unsupported(**_info("float16", *case[:6])):
             continue
-        grads = [_nan(x.shape, np.float16) for x in (q, k, v)]
-        var.fn(be, doh, qh, kh, vh, emu.host_array(o16), emu.host_array(lse32), kvl32, causal, scale, *grads)
+        grads = [wrap(np.full(x.shape, np.nan, np.float16)) for x in (q, k, v)]
+        var.fn(be, doh, qh, kh, vh, wrap(o16), wrap(lse32), kvl32, causal, scale, *grads)
         for name, g, r, b in zip(("dq", "dk", "dv"), grads, rg, b_g):
             assert_close_lowprec(g, r, b, floor=1e-3, what=f"{var.qualname} emulated ({be.order}) {name}")
         ran += 1
     assert ran >= 2
-    _RESULTS[("fp16", case[:5], be.order)] = set(be.launched)
+
+
+MEMCHECK = [("fp32", CASES[1]), ("fp32", CASES[5]), ("fp16", FP16_CASES[1]), ("fp16", FP16_CASES[3])]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("be", ["forward"], indirect=True)  # bounds do not depend on the order
+@pytest.mark.parametrize("align", [None, 16], ids=["end", "aligned"])
+@pytest.mark.parametrize("kind, case", MEMCHECK, ids=[f"{k}-{i}" for (k, _), i in zip(MEMCHECK, _ids([c for _, c in MEMCHECK]))])
+def test_memcheck(kind, case, align, be, rng):
+    """The same checks with every array the kernels see between inaccessible pages (guarded): a
+    read or write even one element past q, k, v, o, lse, dO, kv_lens or a gradient stops the launch.
+    align None: each array's last element against the page; 16: each 16-byte aligned (the float4,
+    cp.async and fragment paths)."""
+    wrap = lambda x: emu.guarded(x, align)  # noqa: E731
+    if kind == "fp32":
+        _fp32(case, be, rng, wrap)
+    else:
+        _fp16(case, be, wrap)
 
 
 def test_every_kernel_ran(request):

@@ -6,7 +6,7 @@ tests/cuda_host/selftest.cu, small kernels with known faults, and must report ea
 barrier (a wrong result in at least one thread order), a warp collective some lanes never reach
 (deadlock) or pair with a different one, a read of a cp.async copy before its wait, a write past
 the launch's dynamic shared memory, ldmatrix rows misaligned or out of range, an mbarrier phase
-that never completes, __trap, a parameter of the wrong size, CUDA's
+that never completes, a read past a buffer's end (guard pages), __trap, a parameter of the wrong size, CUDA's
 launch limits; and the correct versions pass. Also the source rewrite of
 `__shared__` declarations, on every declaration form csrc/ uses.
 """
@@ -130,6 +130,20 @@ def test_mbarrier_phases(lib, arrivals, message):
     else:
         with pytest.raises(emu.EmulationError, match=message):
             _launch(lib, "forward", *args)
+
+
+def test_guard_pages(lib):
+    """A read one element past a guarded buffer stops the launch with the address (and the process
+    lives on to run the next launch); in bounds it runs as usual."""
+    x = emu.guarded(np.arange(64, dtype=np.float32))
+    out = emu.guarded(np.zeros(64, np.float32))
+    _launch(lib, "forward", "st_read", (64, 1, 1), (x, out, np.int32(0)))
+    np.testing.assert_array_equal(out, np.arange(64))
+    with pytest.raises(emu.EmulationError, match=r"memory access at 0x[0-9a-f]+ faulted.*thread \(63,0,0\)"):
+        _launch(lib, "forward", "st_read", (64, 1, 1), (x, out, np.int32(1)))
+    _launch(lib, "reverse", "st_read", (64, 1, 1), (x, out, np.int32(0)))
+    aligned = emu.guarded(np.arange(3, dtype=np.float32), align=16)
+    assert aligned.data.ptr % 16 == 0
 
 
 def test_every_source_is_emulated():

@@ -139,3 +139,30 @@ def test_host_emulation(variant, ta, tb, be, rng):
     suffix = f"{'true' if ta else 'false'}, {'true' if tb else 'false'}>"
     mine = {k for _, k in variant.kernels if suffix in k}
     assert mine <= be.launched, sorted(mine - be.launched)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("be", ["forward"], indirect=True)  # bounds do not depend on the order
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.key)
+def test_host_memcheck(variant, be, rng):
+    """A, B and C each between inaccessible pages (tests/_emulate_cuda.py `guarded`), all four
+    layouts: a read or write even one element past a matrix stops the launch (no sanitizer has run
+    matmul on a GPU yet). Once with each matrix's last element against the page (edge tiles' scalar
+    guards), once 16-byte aligned (the vector, cp.async and TMA paths); results checked too."""
+    dtype = np.float16 if "float16" in variant.dtypes else np.float32
+    ran = 0
+    for M, N, K in ((7, 5, 3), (33, 18, 17), (136, 64, 72)):
+        for ta, tb in LAYOUTS:
+            a, b = _operands(rng, M, N, K, ta, tb, dtype)
+            for align in (None, 16):
+                av, bv = emu.guarded(a, align), emu.guarded(b, align)
+                out = emu.guarded(np.full((M, N), POISON, dtype), align)
+                info = dict(M=M, N=N, K=K, batch=1, trans_a=ta, trans_b=tb, out_dtype=np.dtype(dtype).name,
+                            align=mm._align(av.data.ptr, bv.data.ptr, out.data.ptr))
+                if variant.reason_unsupported(dtype=np.dtype(dtype).name, **info):
+                    continue
+                variant.fn(be, av, bv, ta, tb, out)
+                _check(variant, np.array(out), a, b, ta, tb,
+                       f"{variant.qualname} memcheck ({be.order}) M={M} N={N} K={K} ta={ta} tb={tb} align={align}")
+                ran += 1
+    assert ran >= 4

@@ -117,3 +117,35 @@ def test_host_emulation_cluster_slices(host_emulation, rng, monkeypatch):
                 what = f"{v.qualname} emulated {DTYPE_IDS[dtype]} {rows}x{cols} slices offset {off}"
                 _check_fwd(ov.copy(), x, dtype, what)
                 assert np.isnan(obuf[:off]).all() and np.isnan(obuf[off + x.size:]).all(), f"{what}: wrote outside out"
+
+
+MEMCHECK_SHAPES = [(3, 1), (3, 17), (2, 33), (2, 1000), (1, 1025), (1, 4097), (1, 16385)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("host_emulation", ["forward"], indirect=True)  # bounds do not depend on the order
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.qualname)
+def test_host_memcheck(variant, host_emulation, rng, monkeypatch):
+    """Every buffer between inaccessible pages (tests/_emulate_cuda.py `guarded`): a read or write
+    even one element past a buffer's end stops the launch (no sanitizer has run softmax on a GPU
+    yet). Each buffer once with its last element against the page (the scalar and tail paths) and
+    once 16-byte aligned (the vector paths); the results checked too."""
+    emu, be = host_emulation
+    monkeypatch.setattr(sm, "MAX_GRID", 3)
+    shapes = EMU_CLUSTER_SHAPES[:4] if variant.name == "cluster" else MEMCHECK_SHAPES
+    for rows, cols in shapes:
+        if variant.reason_unsupported(dtype="float32", rows=rows, cols=cols):
+            continue
+        for dtype in (np.float32, np.float16):
+            for align in (None, 16):
+                what = f"{variant.qualname} memcheck {DTYPE_IDS[dtype]} {rows}x{cols} align {align}"
+                if variant.op == "softmax":
+                    x = _inputs(rng, rows, cols, dtype, "normal")
+                    out = emu.guarded(np.full(x.shape, np.nan, dtype), align)
+                    variant.fn(be, emu.guarded(x, align), out)
+                    _check_fwd(np.array(out), x, dtype, what)
+                else:
+                    dy, y = _backward_inputs(rng, rows, cols, dtype, "normal")
+                    out = emu.guarded(np.full(y.shape, np.nan, dtype), align)
+                    variant.fn(be, emu.guarded(dy, align), emu.guarded(y, align), out)
+                    _check_bwd(np.array(out), dy, y, dtype, what)

@@ -31,6 +31,7 @@
 // multicast, timing. The Hopper part (mbarrier, TMA, wgmma) is described where it is defined.
 #pragma once
 
+#include <signal.h>
 #include <ucontext.h>
 #include <sys/mman.h>
 
@@ -1017,9 +1018,48 @@ inline int run_cluster(const Config& cfg, unsigned bx0, unsigned by, unsigned bz
     return 0;
 }
 
+// Memory errors: a kernel touching an inaccessible page (tests/_emulate_cuda.py `guarded` puts one
+// right after, and one before, a buffer) stops the launch with the faulting address, instead of
+// killing the process. Installed for the launch only; the previous handler (Python's
+// faulthandler) comes back after it. A fault outside a kernel thread is re-raised as it was.
+inline struct sigaction g_old_segv;
+inline void on_segv(int sig, siginfo_t* si, void*) {
+    if (!S->cur) {
+        sigaction(SIGSEGV, &g_old_segv, nullptr);
+        raise(sig);
+        return;
+    }
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "memory access at %p faulted: outside every buffer (a guard page next to one)",
+                  si->si_addr);
+    S->err = buf + where();
+    S->failed = true;
+    setcontext(&S->sched);  // back to the scheduler, which reports it; the fiber is abandoned
+}
+struct SegvGuard {
+    stack_t old_stack{};
+    SegvGuard() {
+        static unsigned char alt[64 * 1024];
+        stack_t ss{};
+        ss.ss_sp = alt;
+        ss.ss_size = sizeof alt;
+        sigaltstack(&ss, &old_stack);
+        struct sigaction sa{};
+        sa.sa_sigaction = on_segv;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGSEGV, &sa, &g_old_segv);
+    }
+    ~SegvGuard() {
+        sigaction(SIGSEGV, &g_old_segv, nullptr);
+        sigaltstack(&old_stack, nullptr);
+    }
+};
+
 inline int run(const Config& cfg) {
     S->failed = false;
     S->err.clear();
+    const SegvGuard guard;
     const unsigned long long nt = 1ull * cfg.block[0] * cfg.block[1] * cfg.block[2];
     if (nt == 0 || nt > 1024 || cfg.block[2] > 64)
         return fail_launch("block (%u,%u,%u): 1 to 1024 threads, z at most 64", cfg.block[0], cfg.block[1], cfg.block[2]);

@@ -77,3 +77,9 @@ __global__ void st_mbarrier(float* out, int arrivals) {
     out[threadIdx.x] = 1.0f;
 }
 TFM_EXPORT(st_mbarrier)
+
+// Each thread reads in[t + skew] and writes out[t]: skew 1 reads one element past the end.
+__global__ void st_read(const float* in, float* out, int skew) {
+    out[threadIdx.x] = in[threadIdx.x + skew];
+}
+TFM_EXPORT(st_read)
