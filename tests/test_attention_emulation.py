@@ -28,7 +28,6 @@ import pytest
 import numpy_ref
 import tfm_kernels
 from helpers import assert_close_fp32, assert_close_lowprec
-from test_attention import EMU_CASES
 
 emu = pytest.importorskip("_emulate_cuda")
 att = importlib.import_module("tfm_kernels.attention")
@@ -47,10 +46,20 @@ _RESULTS: dict = {}  # (kind, case, order) -> kernels launched; read by test_eve
 FWD = [v for v in tfm_kernels.variants("attention_forward") if _emulable(v)]
 BWD = [v for v in tfm_kernels.variants("attention_backward") if _emulable(v)]
 
-# B, H, Lq, Lk, D, causal, kv_lens: the NumPy re-enactment's cases (tests/test_attention.py): every
-# head dim; lengths 1, 17, 64, 65, 97, 130, 200; Lq > Lk and Lq < Lk under causal; kv_lens 0, 1 and
-# mid-tile beside full rows.
-CASES = EMU_CASES
+# Awkward shapes: lengths that are not multiples of 64 on both sides (1, 17, 65, 97, 129, 130,
+# 200), Lq > Lk and Lq < Lk under causal, kv_lens 0, 1 and mid-tile, every head dim (96 and 32
+# take the float2 column tail); backward 4 (head dims 32, 64) in the last two.
+CASES = [
+    # B, H, Lq, Lk, D, causal, kv_lens
+    (2, 1, 97, 130, 96, False, [130, 70]),
+    (2, 2, 130, 65, 32, True, [0, 65]),
+    (1, 1, 1, 200, 64, True, None),
+    (1, 2, 65, 1, 128, False, [1]),
+    (3, 1, 64, 129, 64, True, [1, 63, 129]),
+    (1, 1, 200, 97, 128, True, [97]),
+    (2, 1, 17, 97, 32, True, [97, 1]),
+    (1, 2, 97, 17, 64, True, None),
+]
 
 
 @pytest.fixture(scope="module")
