@@ -184,12 +184,20 @@ def _fp32(case, be, rng, wrap):
     assert ran >= 4
 
 
+# Ragged query and key tiles, multi-block key loops, the diagonal inside a tile, kv_len cutting a
+# tile, 0 (no key) and 1, Lq > Lk and Lq < Lk, every head dim; for forward 14 (D 64, 128) also a
+# second, ragged 128-row query tile, 128-key tiles cut by kv_len and by the diagonal, and Lq = 1
+# (127 padding rows in its tile).
 FP16_CASES = [
     (1, 2, 1, 17, 64, False, None),
     (2, 1, 97, 130, 32, False, [0, 100]),
     (1, 1, 130, 97, 96, True, None),
     (2, 1, 200, 65, 128, True, [1, 65]),
     (1, 1, 64, 200, 64, True, [150]),
+    (2, 1, 17, 5, 64, True, [0, 5]),
+    (1, 1, 150, 300, 128, True, [280]),
+    (1, 1, 1, 97, 128, True, None),
+    (1, 1, 70, 90, 32, True, None),
 ]
 
 
@@ -227,15 +235,18 @@ def _fp16(case, be, wrap):
         assert_close_lowprec(o, ro, b_o, floor=1e-3, what=f"{what} o")
         assert_close_lowprec(lse, rl, b_lse, floor=1e-5, what=f"{what} lse")
         ran += 1
+    # A row that sees exactly one key has dq = dk = 0 exactly (P = 1, dP = D_i): the fp16 rule has
+    # no scale to measure against there (the GPU tests keep such cases forward-only too).
+    one_key = Lk == 1 or (causal and Lq == 1)
     for var in BWD:
-        if "float16" not in var.dtypes or var.reason_unsupported(**_info("float16", *case[:6])):
+        if one_key or "float16" not in var.dtypes or var.reason_unsupported(**_info("float16", *case[:6])):
             continue
         grads = [wrap(np.full(x.shape, np.nan, np.float16)) for x in (q, k, v)]
         var.fn(be, doh, qh, kh, vh, wrap(o16), wrap(lse32), kvl32, causal, scale, *grads)
         for name, g, r, b in zip(("dq", "dk", "dv"), grads, rg, b_g):
             assert_close_lowprec(g, r, b, floor=1e-3, what=f"{var.qualname} emulated ({be.order}) {name}")
         ran += 1
-    assert ran >= 2
+    assert ran >= (1 if one_key else 2)
 
 
 MEMCHECK = [("fp32", CASES[1]), ("fp32", CASES[5]), ("fp16", FP16_CASES[1]), ("fp16", FP16_CASES[3])]

@@ -4,10 +4,8 @@ registered by tfm_kernels/attention_tc.py as forward 10 and backward 11, 12).
 No GPU needed:
 * the registry: numbered, fp16-only, every kernel a variant may launch is exported by its source,
   shared memory within the H200's 227 KB per block;
-* a lane-level NumPy emulation of the kernels (tests/_emulate_attention_tc.py: ldmatrix x4 with and
-  without .trans, mma.sync m16n8k16 fragment tables, quad shuffles, and the kernels' own index
-  formulas, masks and online softmax transliterated) reproduces numpy_ref at awkward shapes, with
-  the shared-memory padding NaN-filled so a stray read shows;
+* (the kernels themselves run on the CPU in tests/test_attention_emulation.py: the host emulation
+  of csrc/, ldmatrix/mma.sync/wgmma from the PTX ISA's layouts;)
 * NVRTC compiles every instantiation; the PTX holds mma.sync m16n8k16 with f32 accumulators,
   ldmatrix (plain and .trans) and cp.async; the nvcc-built SASS holds HMMA and LDSM (HGMMA for
   forward 14), read with cuobjdump.
@@ -28,7 +26,6 @@ import functools
 import numpy as np
 import pytest
 
-import _emulate_attention_tc as emu
 import numpy_ref
 import tfm_kernels
 from helpers import POISON, assert_close_lowprec
@@ -67,84 +64,6 @@ def test_smem_fits(D):
              tc.dq_smem(D)] + ([tc.wgmma_smem(D)] if D in tc.WGMMA_HEAD_DIMS else [])
     for nbytes in sizes:
         assert 0 < nbytes <= H200_SMEM, (D, nbytes)
-
-
-# ---------------------------------------------------------------------------------------------
-# Lane-level emulation, no GPU
-# ---------------------------------------------------------------------------------------------
-
-def _fp16_case(rng, Lq, Lk, D):
-    q, k, v, do = (rng.standard_normal((n, D)).astype(np.float16) for n in (Lq, Lk, Lk, Lq))
-    return q, k, v, do
-
-
-def _f64(x):
-    return x[None, None].astype(np.float64)
-
-
-# (variant, Lq, Lk, D, causal, kv_len): ragged query and key tiles, multi-block key loops, the
-# diagonal in the middle of a tile, kv_len cutting a tile, kv_len 0 (no key) and 1, Lq > Lk and
-# Lq < Lk; 13 where it differs from 10 (D = 96/128).
-EMU_FWD = [(10, 97, 83, 32, True, 50), (10, 70, 130, 96, False, 130), (10, 17, 5, 64, True, 0),
-           (10, 65, 66, 128, True, 1), (10, 130, 20, 64, False, 17), (13, 130, 75, 128, True, 60),
-           (13, 40, 70, 96, False, 70)]
-
-
-@pytest.mark.parametrize("variant, Lq, Lk, D, causal, kv_len", EMU_FWD)
-def test_emulated_forward(variant, Lq, Lk, D, causal, kv_len, rng):
-    q, k, v, _ = _fp16_case(rng, Lq, Lk, D)
-    bn, mw, qreg = tc.FWD13_TILES[D] if variant == 13 else (*tc.FWD_TILES[D], True)
-    o, lse = emu.fwd(q, k, v, kv_len=kv_len, causal=causal, scale=1 / np.sqrt(D), D=D, BN=bn, MW=mw,
-                     QREG=qreg)
-    ro, rl = numpy_ref.attention_forward(_f64(q), _f64(k), _f64(v), causal, np.array([kv_len]))
-    assert not np.isnan(o).any() and not np.isnan(lse).any(), "an output was never written"
-    # fp16 o: a few ulps of |o| <= max|v|; lse: fp32 sums of D products.
-    np.testing.assert_allclose(o, ro[0, 0], rtol=0, atol=2e-3 * max(np.abs(ro).max(), 1e-3))
-    np.testing.assert_allclose(lse, rl[0, 0], rtol=1e-5, atol=1e-5)
-
-
-# (Lq, Lk, D, causal, kv_len) for forward 14: two query tiles with a ragged second one, 128-key
-# tiles cut by kv_len and by the diagonal, kv_len 0 and 1, Lq < Lk and Lq > Lk, Lq = 1 (127 padding
-# rows in the tile) and Lk = 17.
-EMU_WGMMA = [(130, 150, 64, True, 140), (40, 200, 128, False, 170), (17, 5, 64, True, 0),
-             (140, 30, 128, True, 1), (1, 97, 128, True, 97), (97, 17, 64, False, 1)]
-
-
-@pytest.mark.parametrize("Lq, Lk, D, causal, kv_len", EMU_WGMMA)
-def test_emulated_forward_wgmma(Lq, Lk, D, causal, kv_len, rng):
-    """attention_sm90.cu: the swizzled cp.async writes, the wgmma descriptors' start addresses and
-    strides (read back through the 128B-swizzle model of the PTX ISA), the accumulator and register-A
-    layouts, and the softmax on them reproduce numpy_ref."""
-    q, k, v, _ = _fp16_case(rng, Lq, Lk, D)
-    o, lse = emu.fwd_wgmma(q, k, v, kv_len=kv_len, causal=causal, scale=1 / np.sqrt(D), D=D,
-                           BN=tc.WGMMA_BN)
-    ro, rl = numpy_ref.attention_forward(_f64(q), _f64(k), _f64(v), causal, np.array([kv_len]))
-    assert not np.isnan(o).any() and not np.isnan(lse).any(), "an output was never written"
-    np.testing.assert_allclose(o, ro[0, 0], rtol=0, atol=2e-3 * max(np.abs(ro).max(), 1e-3))
-    np.testing.assert_allclose(lse, rl[0, 0], rtol=1e-5, atol=1e-5)
-
-
-EMU_BWD = [(97, 83, 32, True, 50, False), (40, 130, 96, False, 130, True),
-           (17, 5, 64, True, 0, False), (33, 66, 128, True, 1, True), (70, 20, 64, False, 17, False),
-           (70, 90, 32, True, 90, True), (150, 300, 128, True, 280, False),
-           (40, 140, 96, False, 140, False)]
-
-
-@pytest.mark.parametrize("Lq, Lk, D, causal, kv_len, det", EMU_BWD)
-def test_emulated_backward(Lq, Lk, D, causal, kv_len, det, rng):
-    q, k, v, do = _fp16_case(rng, Lq, Lk, D)
-    kv = np.array([kv_len])
-    ro, rl = numpy_ref.attention_forward(_f64(q), _f64(k), _f64(v), causal, kv)
-    o16, lse32 = ro[0, 0].astype(np.float16), rl[0, 0].astype(np.float32)
-    grads = emu.bwd(q, k, v, o16, do, lse32, kv_len=kv_len, causal=causal, scale=1 / np.sqrt(D), D=D,
-                    BM=tc.BWD_BM[D], DQ_BN=tc.DQ_BN[D], deterministic=det,
-                    NW=tc.BWD_WARPS[not det])
-    refs = numpy_ref.attention_backward(_f64(do), _f64(q), _f64(k), _f64(v), _f64(o16),
-                                        lse32[None, None].astype(np.float64), causal, kv)
-    for name, g, r in zip(("dq", "dk", "dv"), grads, refs):
-        assert not np.isnan(g).any(), f"{name}: an element was never written"
-        scale = max(np.abs(r).max(), np.abs(refs[2]).max())  # dq, dk are exactly 0 when kv_len <= 1
-        np.testing.assert_allclose(g, r[0, 0], rtol=0, atol=2e-3 * scale, err_msg=name)
 
 
 # ---------------------------------------------------------------------------------------------
