@@ -269,6 +269,9 @@ class HostBackend:
         self._dlls: dict[str, ctypes.CDLL] = {}
         self.launched: set[str] = set()
         self.launches: list = []
+        # kernel -> [phases touching 0..8 of the 8 16-byte bank groups]: every ldmatrix's 8-row
+        # phases (8 = conflict-free; 1 = the 8 rows on one group, an 8-way conflict)
+        self.ldmatrix_phases: dict[str, list[int]] = {}
 
     def _dll(self, source: str) -> ctypes.CDLL:
         if source not in self._dlls:
@@ -282,6 +285,7 @@ class HostBackend:
                                        ctypes.POINTER(ctypes.c_int), ctypes.c_int]
             dll.emu_launch.restype = ctypes.c_int
             dll.emu_error.restype = ctypes.c_char_p
+            dll.emu_ldmatrix_phases.argtypes = [ctypes.POINTER(ctypes.c_longlong)]
             self._dlls[source] = dll
         return self._dlls[source]
 
@@ -292,6 +296,7 @@ class HostBackend:
         sizes = (ctypes.c_int * max(1, len(packed)))(*[n for _, _, n in packed])
         cfg = (ctypes.c_uint * 9)(*launch.grid, *launch.block, int(launch.smem), cluster_size(launch.kernel),
                                   1 if self.order == "reverse" else 0)
+        dll.emu_ldmatrix_phases((ctypes.c_longlong * 9)())  # start this launch's count from zero
         rc = dll.emu_launch(launch.kernel.encode(), cfg, args, sizes, len(packed))
         if rc == 1:
             raise EmulationError(f"{launch.kernel} is not exported by csrc/{launch.source}")
@@ -300,3 +305,9 @@ class HostBackend:
                                  f"{tuple(launch.block)} smem {launch.smem}: {dll.emu_error().decode()}")
         self.launched.add(launch.kernel)
         self.launches.append(launch)
+        phases = (ctypes.c_longlong * 9)()
+        dll.emu_ldmatrix_phases(phases)
+        if any(phases):
+            acc = self.ldmatrix_phases.setdefault(launch.kernel, [0] * 9)
+            for g in range(9):
+                acc[g] += phases[g]

@@ -124,6 +124,8 @@ def test_host_emulation(variant, ta, tb, be, rng):
     cases = [(s, 0, 0) for s in SHAPES] + [(s, 0, 1) for s in ALIGNED] + [((33, 18, 17), 2, 0)]
     if variant.number >= 6:
         cases += [(s, 0, 0) for s in ALIGNED] + [((136, 64, 72), 2, 0)]
+    if variant.number >= 12:  # 9 M-tiles: the grouped tile order's partial second group of 8
+        cases += [((1100, 264, 8), 0, 0)]
     ran = 0
     for (M, N, K), batch, off in cases:
         a, b = _operands(rng, M, N, K, ta, tb, dtype, batch)
@@ -166,3 +168,22 @@ def test_host_memcheck(variant, be, rng):
                        f"{variant.qualname} memcheck ({be.order}) M={M} N={N} K={K} ta={ta} tb={tb} align={align}")
                 ran += 1
     assert ran >= 4
+
+
+@pytest.mark.parametrize("be", ["forward"], indirect=True)
+@pytest.mark.parametrize("ta, tb", LAYOUTS, ids=LAYOUT_IDS)
+def test_ldmatrix_bank_conflicts(ta, tb, be, rng):
+    """The shared-memory bank conflicts of the real kernels' ldmatrix addresses, counted by the
+    emulator per 8-row phase: variant 11's XOR-swizzled tiles touch all 8 16-byte bank groups in
+    every phase (one wavefront: conflict-free); variant 10's plain tiles touch 2 (K-major: a 4-way
+    conflict) or 1 (M/N-major: 8-way), the conflicts csrc/matmul_tc.cu's header documents."""
+    a, b = _operands(rng, 136, 64, 72, ta, tb, np.float16)
+    seen = {}
+    for number in (10, 11):
+        variant = tfm_kernels._registry.get("matmul", number)
+        before = {k: list(v) for k, v in be.ldmatrix_phases.items()}
+        assert _run(be, variant, a, b, ta, tb, np.float32) is not None
+        (kernel,) = [k for k in be.ldmatrix_phases if be.ldmatrix_phases[k] != before.get(k)]
+        seen[number] = {g for g, n in enumerate(be.ldmatrix_phases[kernel]) if n}
+    assert seen[11] == {8}, seen
+    assert seen[10] <= {1, 2}, seen

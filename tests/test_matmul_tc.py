@@ -5,13 +5,10 @@ No GPU needed:
 * the registry: numbered, described, every kernel a variant may launch is exported by its source;
   the launch plans match the kernels' parameter lists; 12-13 refuse what TMA cannot read, with the
   reason, and the default then falls back to 11; the TMA encoder takes the plan's arguments;
-* a lane-level NumPy emulation of matmul_mma (tests/_emulate_matmul_tc.py: the kernel's own index
-  formulas on top of ldmatrix/mma.sync as the PTX ISA defines them) reproduces op(A) @ op(B) for
-  all four layouts, ragged edges included, and the swizzled tiles are bank-conflict-free;
-* a NumPy model of TMA's 128B swizzle and wgmma's canonical smem layouts reproduces op(A) @ op(B)
-  through matmul_wgmma's coordinates, descriptors and epilogue; a randomly interleaved model of its
-  mbarrier protocol never deadlocks, never hands a consumer the wrong k-block, never overwrites a
-  stage still being read;
+* a randomly interleaved model of matmul_wgmma's mbarrier protocol (tests/_emulate_matmul_tc.py)
+  never deadlocks, never hands a consumer the wrong k-block, never overwrites a stage still being
+  read (the kernels' own source runs on the CPU in tests/test_matmul_emulation.py, bank conflicts
+  of their ldmatrix addresses included);
 * NVRTC compiles the kernels and the PTX of each holds the instructions it is meant to
   (mma.sync.aligned.m16n8k16 with ldmatrix[.trans] where the layout needs it; wgmma m64n256k16
   with the layout's transpose bits, TMA loads, mbarrier waits, setmaxnreg).
@@ -32,7 +29,7 @@ import threading
 import numpy as np
 import pytest
 
-import _emulate_matmul_tc as emu
+import _emulate_matmul_tc as pipeline_model
 import numpy_ref
 import tfm_kernels
 import helpers
@@ -187,41 +184,8 @@ def test_launch_plans_match_kernels(ta, tb, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# Lane-level emulation, no GPU
+# The wgmma pipeline's protocol, no GPU (the kernels themselves: tests/test_matmul_emulation.py)
 # ---------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("swizzle", [False, True], ids=["plain", "swizzled"])
-@pytest.mark.parametrize("ta, tb", LAYOUTS, ids=LAYOUT_IDS)
-def test_emulated_kernel(ta, tb, swizzle, rng):
-    """The kernel's fragment/ldmatrix/swizzle/epilogue index math reproduces op(A) @ op(B) exactly
-    (float64 emulation) on a 2x2 grid of CTAs with ragged M, N and K (K tail of 9 in a BK of 32)."""
-    M, N, K = 130, 137, 41
-    A = rng.standard_normal((K, M) if ta else (M, K))
-    B = rng.standard_normal((N, K) if tb else (K, N))
-    C, groups = emu.matmul_mma(A, B, ta, tb, swizzle=swizzle)
-    ref = numpy_ref.matmul(A, B, ta, tb)
-    assert not np.isnan(C).any(), "an output element was never written"
-    np.testing.assert_allclose(C, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
-    if swizzle:  # every 8-lane ldmatrix phase touches all 8 16-byte bank groups: conflict-free
-        assert min(groups) == 8, sorted(set(groups))
-    else:        # the documented conflicts of the plain layout (matmul_tc.cu header)
-        assert max(groups) <= 2 and min(groups) >= 1
-
-
-@pytest.mark.parametrize("ta, tb", LAYOUTS, ids=LAYOUT_IDS)
-def test_emulated_wgmma_layouts(ta, tb, rng):
-    """matmul_wgmma's TMA coordinates and box offsets, descriptor start/LBO/SBO/k16 steps and
-    transpose choice, tile order and epilogue reproduce op(A) @ op(B) under a model of TMA's 128B
-    swizzle and wgmma's canonical smem layouts (tests/_emulate_matmul_tc.py): a K tail (72 = 64 + 8),
-    ragged M and N, and 9 M-tiles (one partial group of the grouped tile order)."""
-    for M, N, K in ((130, 300, 72), (1100, 264, 8)):
-        A = rng.standard_normal((K, M) if ta else (M, K))
-        B = rng.standard_normal((N, K) if tb else (K, N))
-        C = emu.matmul_wgmma(A, B, ta, tb)
-        ref = numpy_ref.matmul(A, B, ta, tb)
-        assert not np.isnan(C).any(), "an output element was never written"
-        np.testing.assert_allclose(C, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
-
 
 @pytest.mark.parametrize("n_tiles", [1, 2, 5], ids=lambda n: f"{n}tiles")
 @pytest.mark.parametrize("KT", [1, 3, 4, 9], ids=lambda k: f"KT{k}")
@@ -231,7 +195,7 @@ def test_wgmma_pipeline_protocol(n_tiles, KT):
     consumers and TMA landings: no deadlock, every consumer finds its k-block, no stage is
     overwritten while a consumer may still read it. KT < STAGES and KT = 1 included."""
     for seed in range(30):
-        assert emu.simulate_wgmma_pipeline(n_tiles, KT, seed=seed)
+        assert pipeline_model.simulate_wgmma_pipeline(n_tiles, KT, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------

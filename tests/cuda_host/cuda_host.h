@@ -145,6 +145,7 @@ struct State {
     std::string err;
     std::function<void()> body;
     std::vector<unsigned char*> stacks;
+    long long ldsm_phases[9] = {};  // ldmatrix 8-row phases by bank groups touched (1..8)
     bool tma_deferred = false;  // TMA bytes land at the barrier's wait (reverse order) or at once
     long long progress = 0;     // anything that changed: a deadlock is a round that changes nothing
     alignas(1024) unsigned char arena[kMaxCluster][kArena];
@@ -366,6 +367,15 @@ inline const char* complete_ldmatrix(const unsigned char (*in)[48], unsigned cha
         std::memcpy(&a, in[l], 4);
         row[l] = shared_at(c, a, 16, 16, "ldmatrix");
         if (!row[l]) return "ldmatrix: a row address out of the CTA's shared memory or not 16-byte aligned";
+    }
+    for (int j = 0; j < nmat; ++j) {  // bank groups: how many of the 8 16-byte groups of banks
+        unsigned seen = 0;               // this 8-row phase touches (8: one wavefront, no conflict)
+        for (int r = 0; r < 8; ++r) {
+            uint32_t a;
+            std::memcpy(&a, in[8 * j + r], 4);
+            seen |= 1u << ((a / 16) % 8);
+        }
+        ++S->ldsm_phases[__builtin_popcount(seen)];
     }
     for (int l = 0; l < 32; ++l) {
         for (int j = 0; j < nmat; ++j) {
@@ -1100,3 +1110,10 @@ inline int launch(void (*k)(P...), const Config& cfg, void** args, const int* si
 }  // namespace emu
 
 extern "C" const char* emu_error() { return emu::S->err.c_str(); }
+// The ldmatrix phase histogram since the last call (out[g] = phases touching g bank groups), reset.
+extern "C" void emu_ldmatrix_phases(long long* out) {
+    for (int g = 0; g < 9; ++g) {
+        out[g] = emu::S->ldsm_phases[g];
+        emu::S->ldsm_phases[g] = 0;
+    }
+}
