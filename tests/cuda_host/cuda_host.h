@@ -23,9 +23,11 @@
 //     addresses (what ldmatrix and cp.async take) are offsets into the arena, bounds-checked.
 //   * cp.async copies are deferred: they land only at the cp.async.wait_group that retires their
 //     group (the latest a GPU may land them), so a read before the wait sees poison.
+//   * Global memory is the caller's: a buffer placed between inaccessible pages (_emulate_cuda.py
+//     `guarded`) turns an access past its end into a reported fault (SegvGuard, below).
 //   * Failures (deadlock, divergent warp collective, a collective with exited lanes, a shared
-//     address out of range, a parameter of the wrong size, launch limits) stop the launch and come
-//     back to Python as a message; nothing aborts the process.
+//     address out of range, a guarded buffer overrun, a parameter of the wrong size, launch limits)
+//     stop the launch and come back to Python as a message; nothing aborts the process.
 // Not emulated: global-memory races between CTAs (one CTA runs at a time), memory-model subtleties
 // below a barrier (proxy fences included), warp-synchronous code without *_sync, cluster
 // multicast, timing. The Hopper part (mbarrier, TMA, wgmma) is described where it is defined.
