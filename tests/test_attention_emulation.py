@@ -205,9 +205,15 @@ FP16_CASES = [
 @pytest.mark.parametrize("case", FP16_CASES, ids=_ids(FP16_CASES))
 def test_fp16(case, be):
     """Every emulable fp16 (tensor-core) variant, forward and backward, one case: against the
-    float64 reference, no worse than 2x the fp32-math NumPy baseline plus the GPU tests' floor."""
+    float64 reference, no worse than 2x the fp32-math NumPy baseline plus the GPU tests' floor;
+    and no ldmatrix bank conflict."""
     _fp16(case, be, emu.host_array)
     _RESULTS[("fp16", case[:5], be.order)] = set(be.launched)
+    # csrc/attention_tc.cu pads shared rows by 16 bytes so that the 8 rows of every ldmatrix phase
+    # fall on 8 distinct 16-byte bank groups: counted on the kernels' own addresses, every phase.
+    assert be.ldmatrix_phases, "no ldmatrix ran"
+    for kernel, phases in be.ldmatrix_phases.items():
+        assert sum(phases[:8]) == 0, f"{kernel}: ldmatrix phases by bank groups touched {phases}"
 
 
 def _fp16(case, be, wrap):
