@@ -45,8 +45,6 @@ CSRC = ROOT / "csrc"
 SHIM = Path(__file__).resolve().parent / "cuda_host"
 CACHE = ROOT / "build" / "emulation"
 CXXFLAGS = ("-std=c++20", "-O1", "-fPIC", "-shared", "-w", "-Wno-psabi")
-# Sources the emulator cannot run (none today), with the reason.
-NOT_EMULATED: dict[str, str] = {}
 
 # `extern __shared__ [__align__(n)] T name[];`
 _DYN = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([\w:<>, ]+?)\s+(\w+)\s*\[\s*\]\s*;")
@@ -72,10 +70,14 @@ def rewrite_shared(text: str) -> str:
     return _STATIC.sub(static, text)
 
 
+def _path(source: str) -> Path:
+    return Path(source) if Path(source).is_absolute() else CSRC / source
+
+
 def translation_unit(source: str) -> str:
     """The C++ text g++ compiles for csrc/<source> (or for `source` itself, an absolute path): shim,
     rewritten source, dispatch table."""
-    path = Path(source) if Path(source).is_absolute() else CSRC / source
+    path = _path(source)
     text = path.read_text()
     names = parse_exports(text)
     lines = ['#include "cuda_host.h"', f'#line 1 "{path}"', rewrite_shared(text), "#include <cstring>",
@@ -112,12 +114,8 @@ def build(sources, cache: Path = CACHE) -> dict[str, Path | str]:
     cache.mkdir(parents=True, exist_ok=True)
     running = []
     for s in sources:
-        if Path(s).name in NOT_EMULATED:
-            out[s] = f"{s} is {NOT_EMULATED[Path(s).name]}: not emulated"
-            continue
         unit = translation_unit(s)
-        path = Path(s) if Path(s).is_absolute() else CSRC / s
-        sm90a = source_arch(path.read_text()) == "sm_90a"
+        sm90a = source_arch(_path(s).read_text()) == "sm_90a"
         key = _key(s, unit + str(sm90a), cxx)
         lib = cache / f"{key}.so"
         out[s] = lib

@@ -222,10 +222,9 @@ inline std::size_t shared_offset(const void* p) {
 
 // The bytes at a 32-bit shared address, checked: inside the CTA's allocation, not in the canary
 // after the dynamic region, aligned to `align`.
-inline unsigned char* shared_at(const Cta& c, uint32_t a, std::size_t n, std::size_t align, const char* what) {
+inline unsigned char* shared_at(const Cta& c, uint32_t a, std::size_t n, std::size_t align) {
     if (a % align) return nullptr;
     if (a + n > c.used || (a < c.dyn + kCanary && a + n > c.dyn)) return nullptr;
-    (void)what;
     return c.smem + a;
 }
 
@@ -367,7 +366,7 @@ inline const char* complete_ldmatrix(const unsigned char (*in)[48], unsigned cha
     for (int l = 0; l < 8 * nmat; ++l) {
         uint32_t a;
         std::memcpy(&a, in[l], 4);
-        row[l] = shared_at(c, a, 16, 16, "ldmatrix");
+        row[l] = shared_at(c, a, 16, 16);
         if (!row[l]) return "ldmatrix: a row address out of the CTA's shared memory or not 16-byte aligned";
     }
     for (int j = 0; j < nmat; ++j) {  // bank groups: how many of the 8 16-byte groups of banks
@@ -459,7 +458,7 @@ inline void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], i
 
 // cp.async: snapshot the source now (or zeros for a false predicate), land at the wait.
 inline void cp_async(uint32_t smem, const void* gmem, int n, bool pred) {
-    unsigned char* dst = shared_at(cta(), smem, n, n, "cp.async");
+    unsigned char* dst = shared_at(cta(), smem, n, n);
     if (!dst) fail("cp.async of %d bytes to shared address %u: out of the CTA's shared memory or misaligned", n, smem);
     Fiber::Copy c{dst, {}, n};
     if (pred) {
@@ -542,8 +541,6 @@ struct EmuTma {  // the 128 bytes tests/_emulate_cuda.py tma_descriptor packs
 };
 static_assert(sizeof(EmuTma) == 128, "TmaDesc is 128 bytes");
 constexpr uint64_t kTmaMagic = 0x54464d2d544d4131ull;  // "TFM-TMA1"
-
-struct TmaCopy { uint32_t dst; std::vector<unsigned char> bytes; };  // already swizzled, 16-byte chunks
 
 struct Mbar {
     int count = 0, pending = 0;
@@ -678,7 +675,6 @@ inline const char* complete_group(const unsigned char (*in)[64], int kind, int a
         }
     }
     ++progress();
-    (void)arg;
     return nullptr;
 }
 
