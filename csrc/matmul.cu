@@ -27,8 +27,7 @@
 //                    (NT stays strided on B: 0.5 TFLOP/s for x.W^T)
 //   3 smem_tiling    32x32 tiles of op(A) and op(B) staged in shared memory; each global element
 //                    is read by 32 threads from smem instead of 32 times from L1/L2.
-//                                                                      6.7 (13%), 1.1x 2 (L1 had
-//                                                                      done most of it already)
+//                                              6.7 (13%), 1.1x 2 (L1 had done most of it already)
 //   4 blocktile_1d   each thread computes 8 outputs of a column (64x64x8 tile, 512 threads): one
 //                    B value from smem is reused for 8 FMAs.                    14.0 (27%), 2.1x 3
 //   5 blocktile_2d   each thread computes an 8x8 block (128x128x8 tile, 256 threads): 16 smem
@@ -48,10 +47,11 @@
 //   9 tf32_mma       opt-in: mma.sync m16n8k8 TF32 tensor cores (operands rounded with
 //                    cvt.rna.tf32.f32, ~1e-3 relative error, not the fp32 contract).
 //                                                                82.7 (1.6x cuBLAS fp32)
+//  14 iterators      8 with its copies rebuilt (written after run 1; at the end of the file).
 //
-// Build checks without a GPU: nvcc -arch=sm_90 -Xptxas -v (no spills in 5..9) and NVRTC
-// (tests/test_build.py); the thread/tile/fragment index maps of 6..9 and the cp.async ring are
-// emulated in NumPy by tests/test_matmul.py (test_emulate_*), at awkward sizes, every layout.
+// Build checks without a GPU: nvcc -arch=sm_90 -Xptxas -v (no spills in 5..9, 14) and NVRTC
+// (tests/test_build.py); every kernel here also runs its own source on the CPU, thread by thread,
+// in the host emulation (tests/test_matmul_emulation.py), at awkward sizes, every layout.
 #include "common.cuh"
 #include "mma.cuh"  // smem_u32, cp_async_16 (zero-fill), cp_async_commit, cp_async_wait
 
@@ -810,3 +810,222 @@ TFM_EXPORT(matmul_tf32<128, 128, 16, 2, 4, 3, false, false>)
 TFM_EXPORT(matmul_tf32<128, 128, 16, 2, 4, 3, false, true>)
 TFM_EXPORT(matmul_tf32<128, 128, 16, 2, 4, 3, true, false>)
 TFM_EXPORT(matmul_tf32<128, 128, 16, 2, 4, 3, true, true>)
+
+// ============================================================================ 14 iterators
+// Variant 8's warp tile, ring and k-tile (2048 FFMA + 96 LDS.128 per warp), with a k-loop that does
+// little else. 8's SASS spends 371 issue slots per k-tile outside them in NN (619 in NT, 195 in TN;
+// docs/matmul.md): every copy re-derives its source address and edge predicate from (row, col, M, K)
+// each k-tile, and the operand that must be transposed moves as sixteen 4-byte cp.async per thread.
+// Run 1 measured 8 at about its FFMA share x 51-52 TFLOP/s, so those slots cost it 8-13 TFLOP/s.
+//   * Tile iterators (CUTLASS's predicated tile iterators, reduced to what this tile needs): each
+//     thread's source pointer is set once and stepped by a constant per k-tile. A position past the
+//     m or n edge is clamped onto the last row or chunk inside the matrix: it reads real data into
+//     tile rows/columns whose outputs are never stored, so only the k edge needs a predicate, and
+//     only in the last k-tile (the copy code's second, EDGE instance).
+//   * The operand stored k-contiguous (A of NN/NT, B of NT/TT) moves as four 16-byte cp.async of
+//     four consecutive rows per thread into a staging ring; a k-step later the same thread reads
+//     them back, transposes the 4x4 block in registers and stores it k-major (4 STS.128).
+//   * 16-byte chunks only: each stored row a multiple of 4 floats, buffers 16-byte aligned
+//     (tfm_kernels refuses anything else for this variant with the reason; 8 takes any shape).
+// The steady-state k-loop issues 92.5% FFMA in NN (8: 81.4%), 90.5% in NT (74.1%), 93.6% in TN
+// (87.6%): tests/test_matmul.py::test_iterators_ffma_share; prediction and risks in docs/matmul.md.
+
+template <bool COND, typename T, typename F> struct pick_type { using type = T; };
+template <typename T, typename F> struct pick_type<false, T, F> { using type = F; };
+template <bool V> struct bool_tag { static constexpr bool value = V; };  // a compile-time argument
+
+// An operand stored k-major, memory (k, x): K rows of `xs` floats -> S[k][x] as it lies. Thread t
+// copies chunk column t % C4 of rows r0 + j * RSTEP (r0 = t / C4) with cp.async: a warp moves one
+// 512-byte row segment per instruction, a quarter-warp's 8 chunks hit 8 distinct bank groups.
+template <int BK, int BX, int NT, int LDS>
+struct KMajorTile {
+    static constexpr int C4 = BX / 4, RSTEP = NT / C4, RN = BK / RSTEP;
+    static_assert(NT % C4 == 0 && BK % RSTEP == 0, "tile must split evenly over the threads");
+    const float* src;  // this thread's chunk in row r0 of the next k-tile
+    int ld;            // floats per stored row (offsets in 64-bit: rows past a short K may pass 2^31)
+    uint32_t dst;      // this thread's chunk in ring slot 0 (shared-space byte address)
+    int r0;
+
+    __device__ __forceinline__ KMajorTile(const float* X, int x0, int xs, int /*K*/, const float* S, int tid)
+        : ld(xs), r0(tid / C4) {
+        const int c = x0 + (tid % C4) * 4;
+        src = X + static_cast<long long>(r0) * ld + (c < xs ? c : xs - 4);  // past the x edge: the last chunk
+        dst = smem_u32(S + r0 * LDS + (tid % C4) * 4);
+    }
+    // k-tile [k0, k0 + BK) into the ring slot `slot_floats` past slot 0; EDGE zero-fills rows >= K.
+    template <bool EDGE>
+    __device__ __forceinline__ void issue(int slot_floats, int, int k0, int K, const float* X) {
+#pragma unroll
+        for (int j = 0; j < RN; ++j) {
+            const bool ok = !EDGE || k0 + r0 + j * RSTEP < K;
+            cp_async_16(dst + (slot_floats + j * RSTEP * LDS) * 4,
+                        ok ? src + static_cast<long long>(j * RSTEP) * ld : X, ok);
+        }
+        src += static_cast<long long>(BK) * ld;
+    }
+    __device__ __forceinline__ void land(float*, int, const float*, int) {}  // cp.async wrote the ring
+};
+
+// An operand stored k-contiguous, memory (x, k): `xs` rows of K floats -> S[k][x], transposed.
+// Thread t owns chunk kc = (t / 8) % KC (columns k0 + 4kc .. +3) of rows 4rg .. 4rg + 3,
+// rg = t % 8 + 8 (t / (8 KC)). It copies them with cp.async into its own slots of a 2-deep staging
+// ring (chunk-major, R[i][t]: a quarter-warp's 8 chunks in 8 distinct bank groups), and one k-step
+// later, after its own cp.async.wait, reads them back (4 LDS.128), transposes the 4x4 block in
+// registers and stores it as S[4kc + j][4rg .. 4rg + 3] (4 STS.128, 8 consecutive 16-byte words per
+// quarter-warp: conflict-free). No other thread touches its staging slots, so no barrier guards
+// them; and nothing is held in registers across the FFMAs (loading into registers instead held 16
+// there and pushed NVRTC's build of NN past 255 registers). Each LDG-equivalent of a warp covers 8
+// rows x 64 contiguous bytes: 16 whole sectors.
+template <int BK, int BX, int NT, int LDS>
+struct KContigTile {
+    static constexpr int KC = BK / 4;
+    static constexpr int STAGING = 2 * 4 * 4 * NT;  // floats: 2 slots x 4 chunks x 4 floats x NT
+    static_assert(BK % 4 == 0 && BX * KC == 4 * NT && NT % (8 * KC) == 0, "4 chunks per thread");
+    const float* src;  // chunk kc of row min(4rg, xs - 1) in the next k-tile
+    int off[3];        // rows 4rg + 1 .. 4rg + 3 from it, each clamped to the last row, times K
+    uint32_t raw;      // this thread's chunk 0 in staging slot 0 (shared-space byte address)
+    int sdst;          // S[4kc][4rg] in ring slot 0, in floats
+    int kc4;
+
+    __device__ __forceinline__ KContigTile(const float* X, int x0, int xs, int K, const float* staging,
+                                           int tid) {
+        const int kc = (tid / 8) % KC, rg = tid % 8 + 8 * (tid / (8 * KC));
+        const int r = x0 + 4 * rg, r_in = r < xs ? r : xs - 1;
+        // Rows past the x edge re-read the last row (their outputs are never stored): no branch.
+#pragma unroll
+        for (int i = 1; i < 4; ++i) off[i - 1] = ((r + i < xs ? r + i : xs - 1) - r_in) * K;
+        kc4 = 4 * kc;
+        src = X + r_in * K + kc4;
+        raw = smem_u32(staging + 4 * tid);
+        sdst = kc4 * LDS + 4 * rg;
+    }
+    // k-tile [k0, k0 + BK) into staging slot `stage` (0 or 1); EDGE zero-fills chunks past K.
+    template <bool EDGE>
+    __device__ __forceinline__ void issue(int, int stage, int k0, int K, const float* X) {
+        const bool ok = !EDGE || k0 + kc4 < K;  // K % 4 == 0: a chunk is wholly in or out
+        const uint32_t d = raw + stage * (STAGING / 2) * 4;
+        cp_async_16(d, ok ? src : X, ok);
+#pragma unroll
+        for (int i = 1; i < 4; ++i) cp_async_16(d + i * NT * 16, ok ? src + off[i - 1] : X, ok);
+        src += BK;
+    }
+    // Staging slot `stage`, landed (this thread's cp.async.wait), transposed into ring slot `slot_floats`.
+    __device__ __forceinline__ void land(float* S, int slot_floats, const float* staging, int stage) {
+        const float* r = staging + stage * (STAGING / 2) + 4 * threadIdx.x;
+        float4 v[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) v[i] = *reinterpret_cast<const float4*>(r + i * 4 * NT);
+        float* s = S + slot_floats + sdst;
+        *reinterpret_cast<float4*>(s + 0 * LDS) = make_float4(v[0].x, v[1].x, v[2].x, v[3].x);
+        *reinterpret_cast<float4*>(s + 1 * LDS) = make_float4(v[0].y, v[1].y, v[2].y, v[3].y);
+        *reinterpret_cast<float4*>(s + 2 * LDS) = make_float4(v[0].z, v[1].z, v[2].z, v[3].z);
+        *reinterpret_cast<float4*>(s + 3 * LDS) = make_float4(v[0].w, v[1].w, v[2].w, v[3].w);
+    }
+};
+
+// WarpTile::compute from per-lane pointers a = As + row, b = Bs + col: every offset left is a
+// compile-time constant, which both compilers fold into the LDS.128s. With WarpTile::compute's
+// (k * LDA + row + ...) indices NVRTC hoisted ~100 sign-extended 64-bit offsets out of this
+// kernel's k-loops and ran out of registers (255, spills, 87% FFMA in NN where nvcc got 92%).
+template <typename WT, int BK, int TM, int TN, int WNITER>
+static __device__ __forceinline__ void warp_tile_fma(const float* a, const float* b,
+                                                     float (&acc)[WT::WMITER * TM][WNITER * TN]) {
+    float ra[WT::WMITER * TM], rb[WNITER * TN];
+#pragma unroll
+    for (int k = 0; k < BK; ++k) {
+#pragma unroll
+        for (int wm = 0; wm < WT::WMITER; ++wm)
+#pragma unroll
+            for (int i = 0; i < TM; i += 4) lds4(&ra[wm * TM + i], a + k * WT::LDA + wm * WT::WSUBM + i);
+#pragma unroll
+        for (int wn = 0; wn < WNITER; ++wn)
+#pragma unroll
+            for (int j = 0; j < TN; j += 4) lds4(&rb[wn * TN + j], b + k * WT::LDB + wn * WT::WSUBN + j);
+        outer_product_fma(acc, ra, rb);
+    }
+}
+
+template <int BM, int BN, int BK, int WM, int WN, int WNITER, int TM, int TN, int NT, int STAGES,
+          bool TA, bool TB>
+__global__ void __launch_bounds__(NT)
+    matmul_iter(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
+                int M, int N, int K, long long sA, long long sB, long long sC) {
+    using WT = WarpTile<BM, BN, BK, WM, WN, WNITER, TM, TN, NT>;
+    using ATile = typename pick_type<TA, KMajorTile<BK, BM, NT, WT::LDA>, KContigTile<BK, BM, NT, WT::LDA>>::type;
+    using BTile = typename pick_type<!TB, KMajorTile<BK, BN, NT, WT::LDB>, KContigTile<BK, BN, NT, WT::LDB>>::type;
+    constexpr bool STAGED = !TA || TB;  // an operand goes through the staging ring
+    constexpr int A_STAGE = BK * WT::LDA, B_STAGE = BK * WT::LDB;  // floats per ring slot
+    extern __shared__ float4 dyn_smem4[];
+    float* As = reinterpret_cast<float*>(dyn_smem4);  // STAGES x As[k][m]
+    float* Bs = As + STAGES * A_STAGE;                // STAGES x Bs[k][n]
+    float* Ar = Bs + STAGES * B_STAGE;                // staging of a k-contiguous A (NN, NT)
+    float* Br = Ar + KContigTile<BK, BM, NT, WT::LDA>::STAGING;  // ... and B (NT, TT)
+    // Registers are the limit (255 at 8x16 outputs per thread): what only the epilogue needs (C's
+    // batch offset and alignment, the tile origin) is derived after the k-loop, and the zero-filled
+    // copies of the edge tile point at the kernel's parameters A0/B0 (any valid address will do).
+    const float* const A0 = A;
+    const float* const B0 = B;
+    A += blockIdx.z * sA;
+    B += blockIdx.z * sB;
+    const int tid = threadIdx.x;
+    const int ktiles = tfm_cdiv(K, BK), kfull = K / BK;  // tiles kfull.. (one at most) cross K
+
+    ATile la(A, blockIdx.y * BM, M, K, TA ? As : Ar, tid);  // op(A) (m, k) into As[k][m]
+    BTile lb(B, blockIdx.x * BN, N, K, TB ? Br : Bs, tid);  // op(B) (k, n) into Bs[k][n]
+    // Tile kt's copies: into ring slot `slot` (k-major operands) or staging slot kt % 2; FULL with no
+    // predicates for tiles inside K, the EDGE instance for the one that crosses it. Tiles are issued
+    // in order 0, 1, 2, ...: each issue steps the iterators by BK.
+    auto issue = [&](int kt, int slot, auto full) {
+        constexpr bool EDGE = !decltype(full)::value;
+        la.template issue<EDGE>(slot * A_STAGE, kt & 1, kt * BK, K, A0);
+        lb.template issue<EDGE>(slot * B_STAGE, kt & 1, kt * BK, K, B0);
+    };
+    // Tile kt's staged operand, landed, into its ring slot (k-major operands: nothing to do).
+    auto land = [&](int kt, int slot) {
+        if (STAGED) {
+            cp_async_wait<1>();  // this thread's copies of tile kt (the newest group is kt + 1's)
+            la.land(As, slot * A_STAGE, Ar, kt & 1);
+            lb.land(Bs, slot * B_STAGE, Br, kt & 1);
+        }
+    };
+
+    const WT wt(tid);
+    float acc[WT::WMITER * TM][WNITER * TN];
+    zero_fill(acc);
+    static_assert(STAGES == 3, "the staging ring is 2 deep: tile kt + 2 copies while kt + 1 lands");
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {  // tiles 0, 1 into slots 0, 1; tile 0 landed
+        if (s < kfull) issue(s, s, bool_tag<true>());
+        else if (s < ktiles) issue(s, s, bool_tag<false>());
+        cp_async_commit();
+    }
+    land(0, 0);
+    // k-step kt computes tile kt from slot rd while tile kt + 2 copies into slot wr (tile kt-1's,
+    // free once every warp is past the barrier), then lands tile kt + 1 into slot (rd + 1) % 3 (tile
+    // kt-2's). Two instances of the step: the steady state, whose next tile is always full (its
+    // SASS is the k-loop docs/matmul.md counts: no predicates, no branch but the loop's), and the
+    // last two steps, which copy the tile that crosses K, if any, and then nothing.
+    int rd = 0, wr = STAGES - 1;
+    auto step = [&](int kt, auto steady) {
+        cp_async_wait<STAGES - 2>();  // this thread's copies of tile kt have landed
+        __syncthreads();              // everyone's, and their stores; tile kt-1's slot is free
+        const int next = kt + STAGES - 1;
+        if (decltype(steady)::value) issue(next, wr, bool_tag<true>());
+        else if (next < ktiles) issue(next, wr, bool_tag<false>());  // kfull .. : the crossing tile
+        cp_async_commit();
+        warp_tile_fma<WT, BK, TM, TN, WNITER>(As + rd * A_STAGE + wt.row, Bs + rd * B_STAGE + wt.col, acc);
+        rd = rd + 1 == STAGES ? 0 : rd + 1;
+        if (decltype(steady)::value || kt + 1 < ktiles) land(kt + 1, rd);  // visible after the next barrier
+        wr = wr + 1 == STAGES ? 0 : wr + 1;
+    };
+    int kt = 0;
+    for (; kt + STAGES - 1 < kfull; ++kt) step(kt, bool_tag<true>());
+    for (; kt < ktiles; ++kt) step(kt, bool_tag<false>());
+    cp_async_wait<0>();  // no copy may outlive the block (only empty groups remain by now)
+    C += blockIdx.z * sC;
+    wt.store(C, blockIdx.y * BM, blockIdx.x * BN, M, N, N % 4 == 0 && aligned16(C), acc);
+}
+TFM_EXPORT(matmul_iter<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, false, false>)
+TFM_EXPORT(matmul_iter<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, false, true>)
+TFM_EXPORT(matmul_iter<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, true, false>)
+TFM_EXPORT(matmul_iter<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, true, true>)

@@ -17,8 +17,8 @@
 //
 // Tiles keep the global layout: a K-contiguous tile (A, or B when TRANS_B) is read with plain
 // ldmatrix, an M/N-contiguous tile with ldmatrix.trans (see mma.cuh for the fragment layouts; the
-// index math is emulated lane by lane in NumPy by tests/_emulate_matmul_tc.py, run by
-// tests/test_matmul_tc.py).
+// kernels run lane by lane on the CPU in the host emulation, tests/test_matmul_emulation.py, which
+// also counts the bank groups of every ldmatrix phase).
 //
 // Edges: any M, N, K >= 1. When every contiguous extent is a multiple of 8 halves (16 bytes) and
 // the bases are 16-byte aligned (ALIGNED = true), tiles move as 16-byte cp.async chunks that are

@@ -22,7 +22,7 @@
 //   C (16x8, fp32):  c0,c1 = C[g][2t..2t+1]  c2,c3 = C[g+8][2t..2t+1]
 // ldmatrix (no .trans) hands lane l the pair M[l/4][2(l%4)..+1] of each 8x8 matrix M; with .trans it
 // hands M[2(l%4)..+1][l/4]. So a K-contiguous tile feeds A and B with plain ldmatrix and an
-// M/N-contiguous tile feeds them with .trans (tests/_emulate_matmul_tc.py checks this in NumPy).
+// M/N-contiguous tile feeds them with .trans (every layout passes tests/test_matmul_emulation.py).
 // Every helper is `static __device__ __forceinline__` (common.cuh: no non-inline definitions).
 #pragma once
 

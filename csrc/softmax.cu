@@ -224,7 +224,7 @@ static __device__ __forceinline__ float exp_shifted_sum(float (&v)[NV][VEC], flo
 #define TFM_SM90_ASM(...) asm volatile(__VA_ARGS__)
 #endif
 
-// The host emulation (tests/_emulate_softmax.py, g++: no __CUDACC__) brings its own versions of
+// The host emulation (tests/cuda_host/cuda_host.h, g++: no __CUDACC__) brings its own versions of
 // these five, with an array of CTAs standing for the cluster.
 #if defined(__CUDACC__)
 static __device__ __forceinline__ unsigned cluster_ctarank() {

@@ -23,8 +23,9 @@ import pytest
 
 import numpy_ref
 import tfm_kernels
+import helpers
 from helpers import POISON, FakeDeviceArray, assert_close_fp32, errors
-from tfm_kernels import _backend, _registry
+from tfm_kernels import _backend, _registry, _sass
 
 # The module (the package attribute `tfm_kernels.matmul` is the function).
 mm_mod = importlib.import_module("tfm_kernels.matmul")
@@ -144,11 +145,45 @@ def test_default_is_best_plain_fp32():
     """The default for float32 is the highest plain-fp32 variant; the TF32 one is opt-in only."""
     v = _registry.choose("matmul", None, dtype="float32", M=4096, N=4096, K=4096, batch=1,
                          trans_a=False, trans_b=False, out_dtype="float32", align=256)
-    plain = [x for x in FP32 if not x.extra.get("opt_in")]
+    plain = [x for x in FP32 if not (x.extra.get("opt_in") or x.extra.get("unverified") or x.broken)]
     assert v is plain[-1]
     for x in FP32:
         if x.extra.get("opt_in"):
             assert "tf32" in x.name
+
+
+def _k_loops(sass: str) -> list[tuple[int, int, list[str]]]:
+    """The loops of one SASS image that hold a whole k-tile of FFMAs (2048 per warp at 8's tile)."""
+    return [lp for lp in _sass.loops(sass) if sum(_sass.opcode(t).startswith("FFMA") for t in lp[2]) == 2048]
+
+
+@pytest.mark.parametrize("ta, tb", [(False, False), (False, True), (True, False), (True, True)],
+                         ids=["NN", "NT", "TN", "TT"])
+def test_iterators_ffma_share(ta, tb):
+    """What variant 14 was written for, read off the built extension's machine code (no GPU): its
+    steady-state k-loop (the shorter of its two k-loops) issues at least 89% FFMA, where 8's k-loop
+    issues 84% or less counted the same way (statically; 81.4% NN once its nested copy loops' second
+    trips are added, docs/matmul.md). Its copies are 16-byte ones only, none of them 4-byte."""
+    sass = helpers.ext_sass()
+    suffix = f"Lb{int(ta)}ELb{int(tb)}EEvPKfS1_Pfiiixxx"
+    mine = [s for n, s in sass.items() if n.startswith("_Z11matmul_iterI") and n.endswith(suffix)]
+    ref8 = [s for n, s in sass.items() if n.startswith("_Z15matmul_cp_asyncI") and n.endswith(suffix)]
+    assert len(mine) == 1 and len(ref8) == 1, (len(mine), len(ref8))
+    for image, image8 in zip(helpers.images(mine[0]), helpers.images(ref8[0])):
+        loops = _k_loops(image)
+        assert len(loops) == 2, [len(b) for _, _, b in loops]  # the steady state and the tail
+        steady = min(loops, key=lambda lp: len(lp[2]))[2]
+        ops = [t.split()[t.startswith("@")] for t in steady]  # full opcodes: LDGSTS.E.BYPASS.128
+        share = sum(o.startswith("FFMA") for o in ops) / len(ops)
+        share8 = max(sum(_sass.opcode(t).startswith("FFMA") for t in b) / len(b) for _, _, b in _k_loops(image8))
+        assert share >= 0.89 and share > share8 + 0.04, (share, share8)
+        # The compute is 8's (96 LDS.128 per k-tile); each k-contiguous operand adds 4 LDS.128 and 4
+        # STS.128 (its staged chunks read back, transposed, stored); every copy is a 16-byte one.
+        k_contig = (not ta) + bool(tb)
+        assert sum(o == "LDS.128" for o in ops) == 96 + 4 * k_contig, ops
+        assert sum(o == "STS.128" for o in ops) == 4 * k_contig, ops
+        assert sum(o == "LDGSTS.E.BYPASS.128" for o in ops) == 8, ops
+        assert not any(o.startswith("LDGSTS") and ".128" not in o for o in ops), "a 4-byte cp.async"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,6 +197,9 @@ SHAPES = [
     (1, 1, 1), (7, 5, 3), (1, 129, 127), (129, 1, 7), (127, 129, 129), (129, 127, 17),
     (1000, 17, 97), (17, 1000, 63), (260, 132, 1001), (64, 96, 4097), (4097, 3, 33),
     (5, 4097, 33), (256, 256, 256), (384, 128, 64),
+    # every stored row a multiple of 4 floats in every layout (what 14 takes), with ragged tiles:
+    # K = 4 and 20 (one partial k-tile; one full and one partial), M/N past a tile edge by 4.
+    (4, 4, 4), (132, 260, 36), (1028, 8, 20), (68, 72, 4100),
 ]
 LAYOUTS = [(False, False), (False, True), (True, False), (True, True)]
 LAYOUT_IDS = ["NN", "NT", "TN", "TT"]
@@ -189,7 +227,7 @@ def test_launch_plans(variant, ta, tb):
     shared memory the kernel's ring needs."""
     import re
 
-    M, N, K, batch = 300, 200, 50, 3
+    M, N, K, batch = 300, 200, 52, 3  # 14 needs every stored row a multiple of 4 floats
     a = np.empty((batch,) + ((K, M) if ta else (M, K)), np.float32)
     b = np.empty((batch,) + ((N, K) if tb else (K, N)), np.float32)
     out = np.empty((batch, M, N), np.float32)
@@ -199,7 +237,7 @@ def test_launch_plans(variant, ta, tb):
     assert (ln.source, ln.kernel) in variant.kernels
     assert ln.kernel in _backend.exports("matmul.cu")
     assert ln.kernel.endswith(f"{'true' if ta else 'false'}, {'true' if tb else 'false'}>")
-    plan = dict((n, p) for n, _, p, _, _ in mm_mod.LADDER + [mm_mod.TF32])[variant.number]
+    plan = dict((n, p) for n, _, p, _, _ in mm_mod.LADDER + [mm_mod.TF32, mm_mod.ITER])[variant.number]
     gx, gy, gz = ln.grid
     tiles = (gy * plan.bm, gx * plan.bn) if plan.n_major else (gx * plan.bm, gy * plan.bn)
     assert tiles[0] >= M > tiles[0] - plan.bm and tiles[1] >= N > tiles[1] - plan.bn and gz == batch
@@ -208,14 +246,16 @@ def test_launch_plans(variant, ta, tb):
     expect_threads = {1: 1024, 2: 1024, 3: 1024, 4: p[0] * p[1] // p[3] if len(p) > 3 else None,
                       5: p[0] * p[1] // (p[3] * p[4]) if len(p) > 4 else None,
                       6: p[0] * p[1] // (p[3] * p[4]) if len(p) > 4 else None}
-    if variant.number in (7, 8):
+    if variant.number in (7, 8, 14):
         expect_threads[variant.number] = p[8]
         assert p[8] == (p[0] // p[3]) * (p[1] // p[4]) * 32  # one warp per warp tile
     if variant.number == 9:
         expect_threads[9] = p[3] * p[4] * 32
     assert threads == expect_threads[variant.number], (threads, ln.kernel)
-    if variant.number == 8:  # STAGES x (As[BK][BM+4] + Bs[BK][BN+4]) floats
-        assert ln.smem == p[9] * p[2] * ((p[0] + 4) + (p[1] + 4)) * 4
+    if variant.number in (8, 14):  # STAGES x (As[BK][BM+4] + Bs[BK][BN+4]) floats
+        ring = p[9] * p[2] * ((p[0] + 4) + (p[1] + 4)) * 4
+        # 14: + a 2-deep staging ring for each k-contiguous operand, 4 16-byte chunks per thread
+        assert ln.smem == ring + (2 * 2 * 4 * 16 * p[8] if variant.number == 14 else 0)
     elif variant.number == 9:  # STAGES x (As[BM][BK+4] + Bs[BN][BK+4]) floats
         assert ln.smem == p[5] * (p[0] + p[1]) * (p[2] + 4) * 4
     else:
@@ -253,6 +293,11 @@ def _run(backend, variant, a, b, ta, tb):
     return cp.asnumpy(out)
 
 
+def _refused(variant, M, N, K, ta, tb, align=256) -> str | None:
+    return variant.reason_unsupported(dtype="float32", M=M, N=N, K=K, batch=1, trans_a=ta, trans_b=tb,
+                                      out_dtype="float32", align=align)
+
+
 def _check(out, a, b, ta, tb, variant: _registry.Variant, what: str):
     K = a.shape[-2] if ta else a.shape[-1]
     ref = numpy_ref.matmul(a.astype(np.float64), b.astype(np.float64), ta, tb)
@@ -270,6 +315,10 @@ def _check(out, a, b, ta, tb, variant: _registry.Variant, what: str):
 def test_variant(backend, variant, ta, tb, rng):
     for M, N, K in SHAPES:
         a, b = _operands(rng, M, N, K, ta, tb)
+        if _refused(variant, M, N, K, ta, tb):  # 14: stored rows not a multiple of 4 floats
+            with pytest.raises(ValueError, match="multiple of 4 floats"):
+                _run(backend, variant.key, a, b, ta, tb)
+            continue
         out = _run(backend, variant.key, a, b, ta, tb)
         _check(out, a, b, ta, tb, variant, f"{variant.qualname} {backend} M={M} N={N} K={K} ta={ta} tb={tb}")
 
@@ -278,8 +327,10 @@ def test_variant(backend, variant, ta, tb, rng):
 @pytest.mark.parametrize("ta, tb", LAYOUTS, ids=LAYOUT_IDS)
 @pytest.mark.parametrize("variant", FP32, ids=lambda v: v.key)
 def test_variant_batched(backend, variant, ta, tb, rng):
-    """blockIdx.z over the batch: each matrix with its own data, edges in every dimension."""
-    a, b = _operands(rng, 133, 67, 45, ta, tb, batch=3)
+    """blockIdx.z over the batch: each matrix with its own data, edges in every dimension (for
+    14, which takes stored rows of 4k floats only, edges that are multiples of 4)."""
+    M, N, K = (132, 68, 44) if _refused(variant, 133, 67, 45, ta, tb) else (133, 67, 45)
+    a, b = _operands(rng, M, N, K, ta, tb, batch=3)
     out = _run(backend, variant.key, a, b, ta, tb)
     _check(out, a, b, ta, tb, variant, f"{variant.qualname} {backend} batched ta={ta} tb={tb}")
 
@@ -299,6 +350,10 @@ def test_misaligned_views(backend, variant, rng):
         da[...] = cp.asarray(a)
         db[...] = cp.asarray(b)
         out = cp.full(M * N + 1, POISON, cp.float32)[1:].reshape(M, N)
+        if _refused(variant, M, N, K, ta, tb, align=4):  # 14 moves whole 16-byte chunks only
+            with pytest.raises(ValueError, match="16-byte aligned"):
+                tfm_kernels.matmul(da, db, ta, tb, backend=backend, variant=variant.key, out=out)
+            continue
         tfm_kernels.matmul(da, db, ta, tb, backend=backend, variant=variant.key, out=out)
         _check(cp.asnumpy(out), a, b, ta, tb, variant, f"{variant.qualname} {backend} misaligned ta={ta} tb={tb}")
 

@@ -124,8 +124,11 @@ def test_host_emulation(variant, ta, tb, be, rng):
     cases = [(s, 0, 0) for s in SHAPES] + [(s, 0, 1) for s in ALIGNED] + [((33, 18, 17), 2, 0)]
     if variant.number >= 6:
         cases += [(s, 0, 0) for s in ALIGNED] + [((136, 64, 72), 2, 0)]
-    if variant.number >= 12:  # 9 M-tiles: the grouped tile order's partial second group of 8
+    if variant.number in (12, 13):  # 9 M-tiles: the grouped tile order's partial second group of 8
         cases += [((1100, 264, 8), 0, 0)]
+    if variant.number == 14:  # the tile iterators: a partial row group at the m (NN, NT) or n (NT,
+        # TT) edge, K = 4 (only the k-edge tile), K = 64 (no k-edge tile: the tail steps load nothing)
+        cases += [((130, 68, 20), 0, 0), ((68, 130, 36), 0, 0), ((132, 68, 4), 0, 0), ((68, 36, 64), 0, 0)]
     ran = 0
     for (M, N, K), batch, off in cases:
         a, b = _operands(rng, M, N, K, ta, tb, dtype, batch)
@@ -153,7 +156,7 @@ def test_host_memcheck(variant, be, rng):
     guards), once 16-byte aligned (the vector, cp.async and TMA paths); results checked too."""
     dtype = np.float16 if "float16" in variant.dtypes else np.float32
     ran = 0
-    for M, N, K in ((7, 5, 3), (33, 18, 17), (136, 64, 72)):
+    for M, N, K in ((7, 5, 3), (33, 18, 17), (136, 64, 72), (130, 66, 20)):
         for ta, tb in LAYOUTS:
             a, b = _operands(rng, M, N, K, ta, tb, dtype)
             for align in (None, 16):

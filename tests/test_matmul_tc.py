@@ -270,21 +270,9 @@ def test_nvrtc_ptx_wgmma():
         assert "setmaxnreg.inc.sync.aligned.u32 232" in body, name
 
 
-def _ext_sass() -> dict[str, str]:
-    """{mangled kernel name: SASS} of the built extension (tfm_kernels/_sass.py: cuobjdump from the
-    toolkit or the `test` extra's wheels); skips where either is missing."""
-    if _sass.cuobjdump() is None:
-        pytest.skip("cuobjdump/nvdisasm not found (the test extra installs them)")
-    if not _backend.status()["ext"][0]:
-        pytest.skip(f"extension not built: {_backend.status()['ext'][1]}")
-    from tfm_kernels import _ext
-
-    return _sass.dump_sass(_ext.__file__)
-
-
 def test_sass_hmma():
     """Every matmul_mma kernel in the extension runs on the tensor cores (HMMA in its SASS)."""
-    funcs = {n: s for n, s in _ext_sass().items() if n.startswith("_Z10matmul_mma")}
+    funcs = {n: s for n, s in helpers.ext_sass().items() if n.startswith("_Z10matmul_mma")}
     assert len(funcs) >= 32, f"expected the 32 matmul_mma instantiations, found {len(funcs)}"
     for name, sass in funcs.items():
         assert "HMMA.16816.F32" in sass, f"{name}: no HMMA.16816.F32 in its SASS"
@@ -294,7 +282,7 @@ def test_sass_hmma():
 def test_sass_hgmma():
     """The wgmma kernels run on Hopper's warpgroup tensor cores (HGMMA in the sm_90a SASS) and load
     through TMA (UTMALDG)."""
-    funcs = {n: s for n, s in _ext_sass().items() if n.startswith("_Z12matmul_wgmma")}
+    funcs = {n: s for n, s in helpers.ext_sass().items() if n.startswith("_Z12matmul_wgmma")}
     assert len(funcs) >= 8, f"expected the 8 matmul_wgmma instantiations, found {len(funcs)}"
     for name, sass in funcs.items():
         assert re.search(r"HGMMA\.64x256x16\.F32", sass), f"{name}: no HGMMA.64x256x16.F32 in its SASS"

@@ -298,6 +298,37 @@ for _n, _name, _plan, _hot, _desc in LADDER:
     _register_fp32(_n, _name, _plan, _hot, _desc, measured=MEASURED[_n], extra=_EXTRA.get(_n, {}))
 _register_fp32(*TF32, measured=MEASURED[9], extra={"opt_in": True, "rtol": 1e-3})
 
+# 14 keeps 8's tile, threads and ring and rebuilds its copies (csrc/matmul.cu, "14 iterators"); it
+# moves only whole 16-byte chunks, so it refuses what 8 handles with 4-byte copies. The FFMA shares
+# are those of the steady-state k-loop's SASS (tests/test_sass.py holds them; docs/matmul.md).
+ITER = (14, "iterators", Plan("matmul_iter<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, {ta}, {tb}>", 128, 128,
+                              (128, 1, 1), smem=3 * 16 * (128 + 4) * 2 * 4 + 2 * 2 * 4 * 4 * 128 * 4), True,
+        "8's tile and ring with tile iterators: source pointers set once per block and stepped, m/n "
+        "edges clamped, the k edge predicated in the last tile only, the k-contiguous operand staged by "
+        "16-byte cp.async and transposed 4x4 in registers: k-loop FFMA share 81% -> 92% (NN), 74% -> 90% "
+        "(NT), predicted ~48 TFLOP/s at 8192^3; rows a multiple of 4 floats, 16-byte aligned buffers")
+
+
+def _iter_supports(*, M, N, K, trans_a=False, trans_b=False, align=256, **kw) -> str | None:
+    stored = (("a", M if trans_a else K, "M" if trans_a else "K"),
+              ("b", K if trans_b else N, "K" if trans_b else "N"))
+    for name, n, dim in stored:
+        if n % 4:
+            return (f"it copies 16-byte chunks: {name}'s stored rows must hold a multiple of 4 floats, "
+                    f"they hold {dim} = {n} (variant 8 takes any shape)")
+    if align < 16:
+        return (f"it copies 16-byte chunks: a, b and out must be 16-byte aligned, they are only "
+                f"{align}-byte aligned (variant 8 takes any)")
+    return ITER[2].supports(M=M, N=N, **kw)
+
+
+register(Variant(
+    op=OP, number=ITER[0], name=ITER[1], description=ITER[4], fn=_launcher(ITER[2]), dtypes=("float32",),
+    supports=_iter_supports, kernels=ITER[2].kernels(), hot=ITER[3], arch=80, measured=None,
+    extra={"unverified": "written after GPU run 1: compiled (no spills), SASS-checked and its source passes "
+                         "the host emulation (tests/test_matmul_emulation.py) only; the default over 8 once "
+                         "a GPU run shows it passing and faster"}))
+
 
 # ---------------------------------------------------------------------------------------------
 # check_cases for `tfm-kernels check` (protocol: tfm_kernels/check.py)
@@ -374,7 +405,9 @@ def check_cases(rng: np.random.Generator, quick: bool):
     # (batch, M, N, K). First: the sanitizer's case, small, batched, every edge: M, N multiples of 4
     # with ragged tiles (the 16-byte paths of a transposed A / plain B run up to an edge) and K odd
     # (the K-contiguous operands take the scalar paths).
-    quick_shapes = [(2, 68, 44, 37), (None, 1, 1, 1), (None, 129, 127, 1001)]
+    # Last: every stored row a multiple of 4 floats in every layout (the only shapes variant 14
+    # takes), M past a 128-tile edge, K = 52 (three full k-tiles and an edge one).
+    quick_shapes = [(2, 68, 44, 37), (None, 1, 1, 1), (None, 129, 127, 1001), (2, 132, 68, 52)]
     full_shapes = quick_shapes + [
         (None, 7, 5, 3), (None, 1000, 17, 97), (None, 17, 1000, 63), (None, 64, 96, 4097),
         (None, 4097, 3, 33), (None, 5, 4097, 33), (None, 256, 384, 128), (3, 133, 67, 45),
