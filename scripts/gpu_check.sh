@@ -13,9 +13,13 @@
 #                only part of a block reaches, as an edge tile's early exit could cause)
 #      check     tfm-kernels check --quick (every variant, both backends, against numpy_ref)
 #   3. bench    tfm-kernels bench --quick, alone on the GPU so the timings are clean
+#      profile  Nsight Compute (ncu) on one 4096^3 fp32 product by matmul 8 and by 14
+#               (scripts/profile_matmul.py): issue slots, FMA pipe, bank conflicts, stall reasons,
+#               the figures docs/matmul.md's prediction for 14 stands or falls on
 #   4. summary  OUTDIR/summary.md + summary.json (GPU, driver, CUDA, commit, date, pass/fail per op and
-#               backend, sanitizer verdicts, bench table), printed last.
-# Budget: under 7 minutes on an H200 (caps: build 130 s, parallel phase 200 s, bench 75 s). Run 1 took
+#               backend, sanitizer verdicts, bench table, profile), printed last.
+# Budget: under 8 minutes on an H200 (caps: build 130 s, parallel phase 200 s, bench 75 s, profile
+# 50 s). Run 1 took
 # 183 s (tests 100 s, the slowest file test_matmul_tc 85 s); since then the tensor-core test files also
 # disassemble the extension (cuobjdump, ~20 s each) and more variants run, hence the wider caps.
 # OUTDIR gets at most 8 files: summary.md, summary.json, junit.xml, bench.md, bench.json, logs.tar.gz
@@ -101,6 +105,12 @@ wait
 # --- 3. bench, alone ----------------------------------------------------------------------------
 if [ "$GPU_OK" = 1 ]; then
     step bench 75 "$LOGS/bench.txt" "$PY" -m tfm_kernels bench --quick --budget 55 --out "$W/bench"
+fi
+if [ "$GPU_OK" = 1 ] && command -v ncu > /dev/null; then
+    step profile 50 "$LOGS/profile.csv" ncu --kernel-name regex:"matmul_(cp_async|iter)" --launch-count 2 \
+        --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats \
+        --section WarpStateStats --section MemoryWorkloadAnalysis_Tables --section InstructionStats \
+        --csv --page details "$PY" scripts/profile_matmul.py
 fi
 
 # --- 4. summary ---------------------------------------------------------------------------------
@@ -204,6 +214,26 @@ for tool in ("memcheck", "racecheck", "synccheck"):
     else:
         san[tool] = f"{errs} errors" + (f", {h.group(1)} hazards" if h else "")
 
+# Nsight Compute (step `profile`): the rows of its --csv details page whose metric name says what
+# docs/matmul.md's prediction for matmul 14 rests on, per kernel.
+PROFILE_KEYS = re.compile(r"Issue Slots Busy|Issued Warp Per Scheduler|No Eligible|Executed Ipc Active|"
+                          r"FMA|Compute \(SM\) Throughput|Duration|SM Frequency|Bank Conflicts|"
+                          r"Executed Instructions$|Stall (Long Scoreboard|Barrier|MIO Throttle|Short Scoreboard|"
+                          r"Math Pipe Throttle|Not Selected|Wait)", re.I)
+def profile_rows(path):
+    import csv
+    try:
+        lines = [ln for ln in open(path, errors="replace") if ln.startswith('"')]
+        rows = []
+        for r in csv.DictReader(lines):
+            name = r.get("Metric Name") or ""
+            if PROFILE_KEYS.search(name):
+                rows.append({"kernel": (r.get("Kernel Name") or "").split("(")[0].split("<")[0].split()[-1],
+                             "metric": name, "unit": r.get("Metric Unit"), "value": r.get("Metric Value")})
+        return rows
+    except Exception as e:
+        return [{"kernel": "-", "metric": f"unreadable ({e})", "unit": "", "value": ""}]
+
 check = load(os.path.join(W, "check.json"), {}) or {}
 bench = load(os.path.join(W, "bench", "bench.json"), {}) or {}
 summary = {
@@ -221,6 +251,7 @@ summary = {
                                      "max_err", "worst_ratio", "status")} for r in check.get("rows", [])],
     "check_error": check.get("error"),
     "bench_copy_gbs": bench.get("copy_gbs"),
+    "profile": profile_rows(os.path.join(W, "logs", "profile.csv")),
     "bench": [m for m in bench.get("measurements", []) if m.get("kind") != "ceiling"],
 }
 with open(os.path.join(OUT, "summary.json"), "w") as f:
@@ -270,6 +301,15 @@ if summary["bench"]:
                   "are left out here; bench.json lists them."]
 else:
     L.append("did not run (no GPU, or see bench.txt)")
+L += ["", "## Profile: matmul 8 and 14, 4096^3 fp32 NN (ncu, scripts/profile_matmul.py)", ""]
+if summary["profile"]:
+    kernels = sorted({r["kernel"] for r in summary["profile"]})
+    metrics = list(dict.fromkeys((r["metric"], r["unit"]) for r in summary["profile"]))
+    vals = {(r["kernel"], r["metric"]): r["value"] for r in summary["profile"]}
+    L += ["| metric | unit | " + " | ".join(kernels) + " |", "|---|---|" + "---:|" * len(kernels)]
+    L += [f"| {m} | {u or ''} | " + " | ".join(str(vals.get((k, m), "")) for k in kernels) + " |" for m, u in metrics]
+else:
+    L.append("did not run (no GPU or no ncu; see profile.csv in logs.tar.gz)")
 with open(os.path.join(OUT, "summary.md"), "w") as f:
     f.write("\n".join(L) + "\n")
 PYEOF

@@ -28,7 +28,7 @@ import pytest
 
 import numpy_ref
 import tfm_kernels
-from helpers import POISON, assert_close_lowprec
+from helpers import POISON, assert_close_lowprec, ext_sass
 from tfm_kernels import _backend
 from tfm_kernels import attention_tc as tc
 
@@ -108,9 +108,7 @@ def test_sass_tensor_cores():
     (.trans), and forward 14's kernels run HGMMA on the warpgroup tensor cores. A kernel that
     compiled its tensor-core path away (a template slip, an #if on the wrong arch) fails here
     without a GPU."""
-    from test_matmul_tc import _ext_sass  # skips without cuobjdump or the extension
-
-    sass = _ext_sass()
+    sass = ext_sass()  # skips without cuobjdump or the extension
     mma = {n: s for n, s in sass.items() if n.startswith(("_Z11attn_fwd_tc", "_Z11attn_bwd_tc",
                                                               "_Z14attn_bwd_dq_tc"))}
     names = {n for v in FWD + BWD for src, n in v.kernels if src == tc.SOURCE}

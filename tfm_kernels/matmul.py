@@ -309,17 +309,25 @@ ITER = (14, "iterators", Plan("matmul_iter<128, 128, 16, 64, 64, 4, 8, 4, 128, 3
         "(NT), predicted ~48 TFLOP/s at 8192^3; rows a multiple of 4 floats, 16-byte aligned buffers")
 
 
-def _iter_supports(*, M, N, K, trans_a=False, trans_b=False, align=256, **kw) -> str | None:
+def chunk_refusal(*, M, N, K, trans_a, trans_b, align, elems, unit, who, others) -> str | None:
+    """Why a variant that moves whole 16-byte chunks (`elems` elements of `unit`) cannot take these
+    operands, or None: every stored row of a and b must hold a multiple of `elems` elements, and a,
+    b and out must be 16-byte aligned. `who` says what needs it, `others` which variants do not."""
     stored = (("a", M if trans_a else K, "M" if trans_a else "K"),
               ("b", K if trans_b else N, "K" if trans_b else "N"))
     for name, n, dim in stored:
-        if n % 4:
-            return (f"it copies 16-byte chunks: {name}'s stored rows must hold a multiple of 4 floats, "
-                    f"they hold {dim} = {n} (variant 8 takes any shape)")
+        if n % elems:
+            return (f"{who}: {name}'s stored rows hold {dim} = {n} {unit}, not a multiple of {elems} "
+                    f"({others} take any shape)")
     if align < 16:
-        return (f"it copies 16-byte chunks: a, b and out must be 16-byte aligned, they are only "
-                f"{align}-byte aligned (variant 8 takes any)")
-    return ITER[2].supports(M=M, N=N, **kw)
+        return f"{who}: a, b and out must be 16-byte aligned, they are only {align}-byte aligned ({others} take any)"
+    return None
+
+
+def _iter_supports(*, M, N, K, trans_a=False, trans_b=False, align=256, **kw) -> str | None:
+    return (chunk_refusal(M=M, N=N, K=K, trans_a=trans_a, trans_b=trans_b, align=align, elems=4,
+                          unit="floats", who="it copies 16-byte chunks", others="variants 1-8")
+            or ITER[2].supports(M=M, N=N, **kw))
 
 
 register(Variant(

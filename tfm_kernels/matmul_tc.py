@@ -254,14 +254,12 @@ def _wgmma_fn(persistent: bool):
 
 def _wgmma_supports(*, M, N, K, batch=1, trans_a=False, trans_b=False, align=256, **_) -> str | None:
     # TMA reads global memory through 16-byte strides: every stored row a multiple of 8 halves.
-    rows = (("a", M if trans_a else K, "M" if trans_a else "K"),
-            ("b", K if trans_b else N, "K" if trans_b else "N"))
-    for name, n, dim in rows:
-        if n % 8:
-            return (f"TMA needs 16-byte row strides: {name}'s stored rows hold {dim} = {n} halves, "
-                    f"not a multiple of 8 (variants 10-11 take any shape)")
-    if align < 16:
-        return f"TMA needs 16-byte aligned buffers; a, b and out are only {align}-byte aligned"
+    from .matmul import chunk_refusal
+
+    why = chunk_refusal(M=M, N=N, K=K, trans_a=trans_a, trans_b=trans_b, align=align, elems=8,
+                        unit="halves", who="TMA needs 16-byte rows", others="variants 10-11")
+    if why:
+        return why
     tiles = -(-M // _WG_BM) * -(-N // _WG_BN) * batch
     if tiles > 2**31 - 1:
         return f"{tiles} tiles of {_WG_BM} x {_WG_BN} exceed the grid's x limit"
