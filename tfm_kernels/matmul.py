@@ -312,21 +312,23 @@ ITER = (14, "iterators", Plan("matmul_iter<128, 128, 16, 64, 64, 4, 8, 4, 128, 3
 def chunk_refusal(*, M, N, K, trans_a, trans_b, align, elems, unit, who, others) -> str | None:
     """Why a variant that moves whole 16-byte chunks (`elems` elements of `unit`) cannot take these
     operands, or None: every stored row of a and b must hold a multiple of `elems` elements, and a,
-    b and out must be 16-byte aligned. `who` says what needs it, `others` which variants do not."""
+    b and out must be 16-byte aligned. `who` says what needs it ("TMA needs"), `others` which
+    variants do not."""
     stored = (("a", M if trans_a else K, "M" if trans_a else "K"),
               ("b", K if trans_b else N, "K" if trans_b else "N"))
     for name, n, dim in stored:
         if n % elems:
-            return (f"{who}: {name}'s stored rows hold {dim} = {n} {unit}, not a multiple of {elems} "
-                    f"({others} take any shape)")
+            return (f"{who} 16-byte row strides: {name}'s stored rows hold {dim} = {n} {unit}, not a "
+                    f"multiple of {elems} ({others} take any shape)")
     if align < 16:
-        return f"{who}: a, b and out must be 16-byte aligned, they are only {align}-byte aligned ({others} take any)"
+        return (f"{who} 16-byte aligned buffers: a, b and out are only {align}-byte aligned ({others} "
+                f"take any)")
     return None
 
 
 def _iter_supports(*, M, N, K, trans_a=False, trans_b=False, align=256, **kw) -> str | None:
     return (chunk_refusal(M=M, N=N, K=K, trans_a=trans_a, trans_b=trans_b, align=align, elems=4,
-                          unit="floats", who="it copies 16-byte chunks", others="variants 1-8")
+                          unit="floats", who="its 16-byte copies need", others="variants 1-8")
             or ITER[2].supports(M=M, N=N, **kw))
 
 

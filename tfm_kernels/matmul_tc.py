@@ -257,7 +257,7 @@ def _wgmma_supports(*, M, N, K, batch=1, trans_a=False, trans_b=False, align=256
     from .matmul import chunk_refusal
 
     why = chunk_refusal(M=M, N=N, K=K, trans_a=trans_a, trans_b=trans_b, align=align, elems=8,
-                        unit="halves", who="TMA needs 16-byte rows", others="variants 10-11")
+                        unit="halves", who="TMA needs", others="variants 10-11")
     if why:
         return why
     tiles = -(-M // _WG_BM) * -(-N // _WG_BN) * batch
