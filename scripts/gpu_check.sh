@@ -13,13 +13,13 @@
 #                only part of a block reaches, as an edge tile's early exit could cause)
 #      check     tfm-kernels check --quick (every variant, both backends, against numpy_ref)
 #   3. bench    tfm-kernels bench --quick, alone on the GPU so the timings are clean
-#      profile  Nsight Compute (ncu) on one 4096^3 fp32 product by matmul 8 and by 14
-#               (scripts/profile_matmul.py): issue slots, FMA pipe, bank conflicts, stall reasons,
-#               the figures docs/matmul.md's prediction for 14 stands or falls on
+#      profile  Nsight Compute (ncu) on one 4096^3 product each by matmul 8 and 14 (fp32) and 11 and
+#               13 (fp16) (scripts/profile_matmul.py): issue slots, pipes, L2 and shared-memory
+#               throughput, stall reasons: what 14's prediction and 11's limit (docs) rest on
 #   4. summary  OUTDIR/summary.md + summary.json (GPU, driver, CUDA, commit, date, pass/fail per op and
 #               backend, sanitizer verdicts, bench table, profile), printed last.
 # Budget: under 8 minutes on an H200 (caps: build 130 s, parallel phase 200 s, bench 75 s, profile
-# 50 s). Run 1 took
+# 60 s). Run 1 took
 # 183 s (tests 100 s, the slowest file test_matmul_tc 85 s); since then the tensor-core test files also
 # disassemble the extension (cuobjdump, ~20 s each) and more variants run, hence the wider caps.
 # OUTDIR gets at most 8 files: summary.md, summary.json, junit.xml, bench.md, bench.json, logs.tar.gz
@@ -107,7 +107,7 @@ if [ "$GPU_OK" = 1 ]; then
     step bench 75 "$LOGS/bench.txt" "$PY" -m tfm_kernels bench --quick --budget 55 --out "$W/bench"
 fi
 if [ "$GPU_OK" = 1 ] && command -v ncu > /dev/null; then
-    step profile 50 "$LOGS/profile.csv" ncu --kernel-name regex:"matmul_(cp_async|iter)" --launch-count 2 \
+    step profile 60 "$LOGS/profile.csv" ncu --kernel-name regex:"matmul_(cp_async|iter|mma|wgmma)" --launch-count 4 \
         --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats \
         --section WarpStateStats --section MemoryWorkloadAnalysis_Tables --section InstructionStats \
         --csv --page details "$PY" scripts/profile_matmul.py
@@ -215,9 +215,10 @@ for tool in ("memcheck", "racecheck", "synccheck"):
         san[tool] = f"{errs} errors" + (f", {h.group(1)} hazards" if h else "")
 
 # Nsight Compute (step `profile`): the rows of its --csv details page whose metric name says what
-# docs/matmul.md's prediction for matmul 14 rests on, per kernel.
+# docs/matmul.md's prediction for matmul 14 and docs/matmul_tc.md's question about 11 rest on.
 PROFILE_KEYS = re.compile(r"Issue Slots Busy|Issued Warp Per Scheduler|No Eligible|Executed Ipc Active|"
-                          r"FMA|Compute \(SM\) Throughput|Duration|SM Frequency|Bank Conflicts|"
+                          r"FMA|Tensor|L2 Cache Throughput|DRAM Throughput|Memory Throughput|"
+                          r"Compute \(SM\) Throughput|Duration|SM Frequency|Bank Conflicts|"
                           r"Executed Instructions$|Stall (Long Scoreboard|Barrier|MIO Throttle|Short Scoreboard|"
                           r"Math Pipe Throttle|Not Selected|Wait)", re.I)
 def profile_rows(path):
@@ -301,7 +302,7 @@ if summary["bench"]:
                   "are left out here; bench.json lists them."]
 else:
     L.append("did not run (no GPU, or see bench.txt)")
-L += ["", "## Profile: matmul 8 and 14, 4096^3 fp32 NN (ncu, scripts/profile_matmul.py)", ""]
+L += ["", "## Profile: matmul 8, 14 (fp32) and 11, 13 (fp16), 4096^3 NN (ncu, scripts/profile_matmul.py)", ""]
 if summary["profile"]:
     kernels = sorted({r["kernel"] for r in summary["profile"]})
     metrics = list(dict.fromkeys((r["metric"], r["unit"]) for r in summary["profile"]))
