@@ -13,13 +13,14 @@
 #                only part of a block reaches, as an edge tile's early exit could cause)
 #      check     tfm-kernels check --quick (every variant, both backends, against numpy_ref)
 #   3. bench    tfm-kernels bench --quick, alone on the GPU so the timings are clean
-#      profile  Nsight Compute (ncu) on one 4096^3 product each by matmul 8 and 14 (fp32) and 11 and
-#               13 (fp16) (scripts/profile_matmul.py): issue slots, pipes, L2 and shared-memory
-#               throughput, stall reasons: what 14's prediction and 11's limit (docs) rest on
+#      profile_matmul, profile_attention  Nsight Compute (ncu), one launch each
+#               (scripts/profile_cases.py): matmul 8 and 14 (fp32), 11 and 13 (fp16) at 4096^3;
+#               fp16 attention forward 13 beside SDPA's flash kernel. Issue slots, pipes, L2 and
+#               shared-memory throughput, stall reasons: what the docs' open questions rest on
 #   4. summary  OUTDIR/summary.md + summary.json (GPU, driver, CUDA, commit, date, pass/fail per op and
 #               backend, sanitizer verdicts, bench table, profile), printed last.
-# Budget: under 8 minutes on an H200 (caps: build 130 s, parallel phase 200 s, bench 75 s, profile
-# 60 s). Run 1 took
+# Budget: under 8 minutes on an H200 (caps: build 130 s, parallel phase 200 s, bench 75 s, profiles
+# 2 x 40 s). Run 1 took
 # 183 s (tests 100 s, the slowest file test_matmul_tc 85 s); since then the tensor-core test files also
 # disassemble the extension (cuobjdump, ~20 s each) and more variants run, hence the wider caps.
 # OUTDIR gets at most 8 files: summary.md, summary.json, junit.xml, bench.md, bench.json, logs.tar.gz
@@ -107,10 +108,13 @@ if [ "$GPU_OK" = 1 ]; then
     step bench 75 "$LOGS/bench.txt" "$PY" -m tfm_kernels bench --quick --budget 55 --out "$W/bench"
 fi
 if [ "$GPU_OK" = 1 ] && command -v ncu > /dev/null; then
-    step profile 60 "$LOGS/profile.csv" ncu --kernel-name regex:"matmul_(cp_async|iter|mma|wgmma)" --launch-count 4 \
-        --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats \
-        --section WarpStateStats --section MemoryWorkloadAnalysis_Tables --section InstructionStats \
-        --csv --page details "$PY" scripts/profile_matmul.py
+    for op in matmul attention; do
+        step "profile_$op" 40 "$LOGS/profile_$op.csv" ncu --kernel-name \
+            regex:"$([ $op = matmul ] && echo 'matmul_(cp_async|iter|mma|wgmma)' || echo 'attn_fwd_tc|flash_fwd')" \
+            --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats \
+            --section WarpStateStats --section MemoryWorkloadAnalysis_Tables --section InstructionStats \
+            --csv --page details "$PY" scripts/profile_cases.py "$op"
+    done
 fi
 
 # --- 4. summary ---------------------------------------------------------------------------------
@@ -214,8 +218,8 @@ for tool in ("memcheck", "racecheck", "synccheck"):
     else:
         san[tool] = f"{errs} errors" + (f", {h.group(1)} hazards" if h else "")
 
-# Nsight Compute (step `profile`): the rows of its --csv details page whose metric name says what
-# docs/matmul.md's prediction for matmul 14 and docs/matmul_tc.md's question about 11 rest on.
+# Nsight Compute (steps `profile_*`): the rows of its --csv details page whose metric name says what
+# the docs' open questions rest on (matmul 14's prediction, what holds matmul 11 and attention 13).
 PROFILE_KEYS = re.compile(r"Issue Slots Busy|Issued Warp Per Scheduler|No Eligible|Executed Ipc Active|"
                           r"FMA|Tensor|L2 Cache Throughput|DRAM Throughput|Memory Throughput|"
                           r"Compute \(SM\) Throughput|Duration|SM Frequency|Bank Conflicts|"
@@ -223,6 +227,8 @@ PROFILE_KEYS = re.compile(r"Issue Slots Busy|Issued Warp Per Scheduler|No Eligib
                           r"Math Pipe Throttle|Not Selected|Wait)", re.I)
 def profile_rows(path):
     import csv
+    if not os.path.exists(path):
+        return []
     try:
         lines = [ln for ln in open(path, errors="replace") if ln.startswith('"')]
         rows = []
@@ -252,7 +258,7 @@ summary = {
                                      "max_err", "worst_ratio", "status")} for r in check.get("rows", [])],
     "check_error": check.get("error"),
     "bench_copy_gbs": bench.get("copy_gbs"),
-    "profile": profile_rows(os.path.join(W, "logs", "profile.csv")),
+    "profile": {op: profile_rows(os.path.join(W, "logs", f"profile_{op}.csv")) for op in ("matmul", "attention")},
     "bench": [m for m in bench.get("measurements", []) if m.get("kind") != "ceiling"],
 }
 with open(os.path.join(OUT, "summary.json"), "w") as f:
@@ -302,15 +308,18 @@ if summary["bench"]:
                   "are left out here; bench.json lists them."]
 else:
     L.append("did not run (no GPU, or see bench.txt)")
-L += ["", "## Profile: matmul 8, 14 (fp32) and 11, 13 (fp16), 4096^3 NN (ncu, scripts/profile_matmul.py)", ""]
-if summary["profile"]:
-    kernels = sorted({r["kernel"] for r in summary["profile"]})
-    metrics = list(dict.fromkeys((r["metric"], r["unit"]) for r in summary["profile"]))
-    vals = {(r["kernel"], r["metric"]): r["value"] for r in summary["profile"]}
+for op, what in (("matmul", "matmul 8, 14 (fp32) and 11, 13 (fp16), 4096^3 NN"),
+                 ("attention", "fp16 attention forward B4 H16 N4096 D128: variant 13 and SDPA's flash kernel")):
+    rows = summary["profile"][op]
+    L += ["", f"## Profile: {what} (ncu, scripts/profile_cases.py {op})", ""]
+    if not rows:
+        L.append(f"did not run (no GPU or no ncu; see profile_{op}.csv in logs.tar.gz)")
+        continue
+    kernels = sorted({r["kernel"] for r in rows})
+    metrics = list(dict.fromkeys((r["metric"], r["unit"]) for r in rows))
+    vals = {(r["kernel"], r["metric"]): r["value"] for r in rows}
     L += ["| metric | unit | " + " | ".join(kernels) + " |", "|---|---|" + "---:|" * len(kernels)]
     L += [f"| {m} | {u or ''} | " + " | ".join(str(vals.get((k, m), "")) for k in kernels) + " |" for m, u in metrics]
-else:
-    L.append("did not run (no GPU or no ncu; see profile.csv in logs.tar.gz)")
 with open(os.path.join(OUT, "summary.md"), "w") as f:
     f.write("\n".join(L) + "\n")
 PYEOF

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""The launches `scripts/gpu_check.sh` profiles with Nsight Compute (its `profile_*` steps).
+
+    ncu --kernel-name regex:"matmul_(cp_async|iter|mma|wgmma)" --section ... python3 scripts/profile_cases.py matmul
+    ncu --kernel-name regex:"attn_fwd_tc|flash_fwd" --section ... python3 scripts/profile_cases.py attention
+
+One launch of each, for the questions the docs leave to a GPU:
+  matmul     4096^3 NN. fp32 through variant 8 (cp_async, measured in GPU run 1) and 14 (iterators,
+             written after it): docs/matmul.md predicts 14 from the SASS alone (the same FFMAs in a
+             k-loop that issues 92.5% FFMA where 8's issues 81.4%, ~1.14x if issue slots limit
+             both). fp16 through 11 (mma.sync, 43% of cuBLAS in run 1) and 13 (wgmma + TMA, never
+             run): docs/matmul_tc.md asks whether the tensor pipe or L2 holds 11.
+  attention  fp16 forward, B4 H16 N4096 D128 (the bench case): variant 13 (mma.sync, 0.76x of SDPA's
+             flash backend in run 1) and that backend's own kernel (FlashAttention-2, mma.sync
+             too) in the same process: where 13 loses the 1.3x (issue slots, stalls, smem, L2).
+Each launch's result is compared with a reference on a slice and the difference printed, so a
+profile of a wrong kernel does not pass unnoticed. A launch that cannot run here says why; the
+others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _report(name: str, fn) -> None:
+    import cupy as cp
+
+    try:
+        err = fn()
+        cp.cuda.runtime.deviceSynchronize()
+    except Exception as e:
+        print(f"{name}: did not run: {type(e).__name__}: {e}")
+        return
+    print(f"{name}: max difference to the reference, relative to its max: {err:.2e}")
+
+
+def matmul() -> None:
+    import cupy as cp
+
+    import tfm_kernels
+
+    n = 4096
+    a32 = cp.random.standard_normal((n, n), dtype=cp.float32)
+    b32 = cp.random.standard_normal((n, n), dtype=cp.float32)
+    a16, b16 = a32.astype(cp.float16), b32.astype(cp.float16)
+    ref = cp.matmul(a16[:64].astype(cp.float32), b16.astype(cp.float32))  # 64 rows, cuBLAS fp32
+    ref32 = cp.matmul(a32[:64], b32)
+
+    def run(a, b, variant, r):
+        c = tfm_kernels.matmul(a, b, backend="ext", variant=variant)
+        return float(cp.abs(c[:64].astype(cp.float32) - r).max() / cp.abs(r).max())
+
+    for variant in ("8_cp_async", "14_iterators"):
+        _report(variant, lambda: run(a32, b32, variant, ref32))
+    for variant in ("11_mma_pipelined", "13_wgmma_persistent"):
+        _report(variant, lambda: run(a16, b16, variant, ref))
+
+
+def attention() -> None:
+    import cupy as cp
+
+    import tfm_kernels
+
+    B, H, N, D = 4, 16, 4096, 128
+    q, k, v = (cp.random.standard_normal((B, H, N, D), dtype=cp.float32).astype(cp.float16) for _ in range(3))
+    # Reference: the first 64 query rows of (b, h) = (0, 0) in fp32.
+    s = (q[0, 0, :64].astype(cp.float32) @ k[0, 0].astype(cp.float32).T) / D ** 0.5
+    p = cp.exp(s - s.max(axis=1, keepdims=True))
+    ref = (p / p.sum(axis=1, keepdims=True)) @ v[0, 0].astype(cp.float32)
+
+    def err(o):
+        return float(cp.abs(cp.asarray(o)[0, 0, :64].astype(cp.float32) - ref).max() / cp.abs(ref).max())
+
+    _report("13_tc_m128", lambda: err(tfm_kernels.attention_forward(q, k, v, backend="ext",
+                                                                     variant="13_tc_m128")[0]))
+
+    def sdpa():
+        import torch
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        tq, tk, tv = (torch.from_dlpack(x) for x in (q, k, v))
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            o = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
+        torch.cuda.synchronize()
+        return err(cp.from_dlpack(o))
+
+    _report("torch SDPA FLASH_ATTENTION", sdpa)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("op", choices=["matmul", "attention"])
+    {"matmul": matmul, "attention": attention}[ap.parse_args().op]()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
