@@ -48,7 +48,7 @@
 //                    cvt.rna.tf32.f32, ~1e-3 relative error, not the fp32 contract).
 //                                                                82.7 (1.6x cuBLAS fp32)
 //  14 iterators      8 with its copies rebuilt (written after run 1; at the end of the file).
-//
+//  15 split_k        14's kernels with K split across CTAs when the grid is small (same place).
 // Build checks without a GPU: nvcc -arch=sm_90 -Xptxas -v (no spills in 5..9, 14) and NVRTC
 // (tests/test_build.py); every kernel here also runs its own source on the CPU, thread by thread,
 // in the host emulation (tests/test_matmul_emulation.py), at awkward sizes, every layout.
@@ -829,6 +829,10 @@ TFM_EXPORT(matmul_tf32<128, 128, 16, 2, 4, 3, true, true>)
 //     (tfm_kernels refuses anything else for this variant with the reason; 8 takes any shape).
 // The steady-state k-loop issues 92.5% FFMA in NN (8: 81.4%), 90.5% in NT (74.1%), 93.6% in TN
 // (87.6%): tests/test_matmul.py::test_iterators_ffma_share; prediction and risks in docs/matmul.md.
+// Variant 15 launches the same kernels with `splits` > 1 when M x N tiles leave SMs idle (1024^3:
+// 64 tiles): blockIdx.z = batch * splits + split, each split sums its own run of k-tiles and adds
+// its partial tile into C with float atomics (tfm_kernels zeroes C first; iter_splits picks the
+// count).
 
 template <bool COND, typename T, typename F> struct pick_type { using type = T; };
 template <typename T, typename F> struct pick_type<false, T, F> { using type = F; };
@@ -846,10 +850,11 @@ struct KMajorTile {
     uint32_t dst;      // this thread's chunk in ring slot 0 (shared-space byte address)
     int r0;
 
-    __device__ __forceinline__ KMajorTile(const float* X, int x0, int xs, int /*K*/, const float* S, int tid)
+    __device__ __forceinline__ KMajorTile(const float* X, int x0, int xs, int /*K*/, const float* S, int tid,
+                                          int k_begin)
         : ld(xs), r0(tid / C4) {
         const int c = x0 + (tid % C4) * 4;
-        src = X + static_cast<long long>(r0) * ld + (c < xs ? c : xs - 4);  // past the x edge: the last chunk
+        src = X + static_cast<long long>(k_begin + r0) * ld + (c < xs ? c : xs - 4);  // past x: the last chunk
         dst = smem_u32(S + r0 * LDS + (tid % C4) * 4);
     }
     // k-tile [k0, k0 + BK) into the ring slot `slot_floats` past slot 0; EDGE zero-fills rows >= K.
@@ -888,14 +893,14 @@ struct KContigTile {
     int kc4;
 
     __device__ __forceinline__ KContigTile(const float* X, int x0, int xs, int K, const float* staging,
-                                           int tid) {
+                                           int tid, int k_begin) {
         const int kc = (tid / 8) % KC, rg = tid % 8 + 8 * (tid / (8 * KC));
         const int r = x0 + 4 * rg, r_in = r < xs ? r : xs - 1;
         // Rows past the x edge re-read the last row (their outputs are never stored): no branch.
 #pragma unroll
         for (int i = 1; i < 4; ++i) off[i - 1] = ((r + i < xs ? r + i : xs - 1) - r_in) * K;
         kc4 = 4 * kc;
-        src = X + r_in * K + kc4;
+        src = X + r_in * K + k_begin + kc4;
         raw = smem_u32(staging + 4 * tid);
         sdst = kc4 * LDS + 4 * rg;
     }
@@ -945,11 +950,32 @@ static __device__ __forceinline__ void warp_tile_fma(const float* a, const float
     }
 }
 
+// Split-K's epilogue: C[m][n] += acc for the lane's outputs inside the matrix (m0, n0: its first
+// output), as 4-byte float atomics (RED.E.ADD.F32): one per output and split, ~M N splits in all,
+// against the 2 M N K FLOPs that made them.
+template <typename WT, int TM, int TN, int WNITER>
+static __device__ __forceinline__ void warp_tile_atomic_add(float* __restrict__ C, int m0, int n0, int M, int N,
+                                                            const float (&acc)[WT::WMITER * TM][WNITER * TN]) {
+#pragma unroll
+    for (int wm = 0; wm < WT::WMITER; ++wm)
+#pragma unroll
+        for (int i = 0; i < TM; ++i) {
+            const int m = m0 + wm * WT::WSUBM + i;
+#pragma unroll
+            for (int wn = 0; wn < WNITER; ++wn)
+#pragma unroll
+                for (int j = 0; j < TN; ++j) {
+                    const int n = n0 + wn * WT::WSUBN + j;
+                    if (m < M && n < N) atomicAdd(C + m * N + n, acc[wm * TM + i][wn * TN + j]);
+                }
+        }
+}
+
 template <int BM, int BN, int BK, int WM, int WN, int WNITER, int TM, int TN, int NT, int STAGES,
           bool TA, bool TB>
 __global__ void __launch_bounds__(NT)
     matmul_iter(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
-                int M, int N, int K, long long sA, long long sB, long long sC) {
+                int M, int N, int K, long long sA, long long sB, long long sC, int splits) {
     using WT = WarpTile<BM, BN, BK, WM, WN, WNITER, TM, TN, NT>;
     using ATile = typename pick_type<TA, KMajorTile<BK, BM, NT, WT::LDA>, KContigTile<BK, BM, NT, WT::LDA>>::type;
     using BTile = typename pick_type<!TB, KMajorTile<BK, BN, NT, WT::LDB>, KContigTile<BK, BN, NT, WT::LDB>>::type;
@@ -965,20 +991,26 @@ __global__ void __launch_bounds__(NT)
     // copies of the edge tile point at the kernel's parameters A0/B0 (any valid address will do).
     const float* const A0 = A;
     const float* const B0 = B;
-    A += blockIdx.z * sA;
-    B += blockIdx.z * sB;
+    // Split-K (variant 15): blockIdx.z = batch * splits + split, and this CTA sums k-tiles
+    // [kt0, kt0 + ktiles) of its matrix; every split adds its partial tile into C (zeroed first).
+    const int batch = blockIdx.z / splits, split = blockIdx.z % splits;
+    A += batch * sA;
+    B += batch * sB;
     const int tid = threadIdx.x;
-    const int ktiles = tfm_cdiv(K, BK), kfull = K / BK;  // tiles kfull.. (one at most) cross K
+    const int per_split = tfm_cdiv(tfm_cdiv(K, BK), splits);
+    const int kt0 = split * per_split;
+    const int ktiles = min(tfm_cdiv(K, BK) - kt0, per_split);  // this CTA's k-tiles (>= 1: see host)
+    const int kfull = min(K / BK - kt0, ktiles);  // tiles kfull.. (one at most) cross K
 
-    ATile la(A, blockIdx.y * BM, M, K, TA ? As : Ar, tid);  // op(A) (m, k) into As[k][m]
-    BTile lb(B, blockIdx.x * BN, N, K, TB ? Br : Bs, tid);  // op(B) (k, n) into Bs[k][n]
+    ATile la(A, blockIdx.y * BM, M, K, TA ? As : Ar, tid, kt0 * BK);  // op(A) (m, k) into As[k][m]
+    BTile lb(B, blockIdx.x * BN, N, K, TB ? Br : Bs, tid, kt0 * BK);  // op(B) (k, n) into Bs[k][n]
     // Tile kt's copies: into ring slot `slot` (k-major operands) or staging slot kt % 2; FULL with no
     // predicates for tiles inside K, the EDGE instance for the one that crosses it. Tiles are issued
     // in order 0, 1, 2, ...: each issue steps the iterators by BK.
     auto issue = [&](int kt, int slot, auto full) {
         constexpr bool EDGE = !decltype(full)::value;
-        la.template issue<EDGE>(slot * A_STAGE, kt & 1, kt * BK, K, A0);
-        lb.template issue<EDGE>(slot * B_STAGE, kt & 1, kt * BK, K, B0);
+        la.template issue<EDGE>(slot * A_STAGE, kt & 1, (kt0 + kt) * BK, K, A0);
+        lb.template issue<EDGE>(slot * B_STAGE, kt & 1, (kt0 + kt) * BK, K, B0);
     };
     // Tile kt's staged operand, landed, into its ring slot (k-major operands: nothing to do).
     auto land = [&](int kt, int slot) {
@@ -1022,8 +1054,11 @@ __global__ void __launch_bounds__(NT)
     for (; kt + STAGES - 1 < kfull; ++kt) step(kt, bool_tag<true>());
     for (; kt < ktiles; ++kt) step(kt, bool_tag<false>());
     cp_async_wait<0>();  // no copy may outlive the block (only empty groups remain by now)
-    C += blockIdx.z * sC;
-    wt.store(C, blockIdx.y * BM, blockIdx.x * BN, M, N, N % 4 == 0 && aligned16(C), acc);
+    C += batch * sC;
+    if (splits == 1)
+        wt.store(C, blockIdx.y * BM, blockIdx.x * BN, M, N, N % 4 == 0 && aligned16(C), acc);
+    else
+        warp_tile_atomic_add<WT, TM, TN, WNITER>(C, blockIdx.y * BM + wt.row, blockIdx.x * BN + wt.col, M, N, acc);
 }
 TFM_EXPORT(matmul_iter<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, false, false>)
 TFM_EXPORT(matmul_iter<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, false, true>)

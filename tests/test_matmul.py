@@ -165,9 +165,9 @@ def test_iterators_ffma_share(ta, tb):
     issues 84% or less counted the same way (statically; 81.4% NN once its nested copy loops' second
     trips are added, docs/matmul.md). Its copies are 16-byte ones only, none of them 4-byte."""
     sass = helpers.ext_sass()
-    suffix = f"Lb{int(ta)}ELb{int(tb)}EEvPKfS1_Pfiiixxx"
-    mine = [s for n, s in sass.items() if n.startswith("_Z11matmul_iterI") and n.endswith(suffix)]
-    ref8 = [s for n, s in sass.items() if n.startswith("_Z15matmul_cp_asyncI") and n.endswith(suffix)]
+    layout = f"Lb{int(ta)}ELb{int(tb)}EEvPKfS1_Pfiiixxx"  # 14 takes one more int (the split count)
+    mine = [s for n, s in sass.items() if n.startswith("_Z11matmul_iterI") and layout in n]
+    ref8 = [s for n, s in sass.items() if n.startswith("_Z15matmul_cp_asyncI") and layout in n]
     assert len(mine) == 1 and len(ref8) == 1, (len(mine), len(ref8))
     for image, image8 in zip(helpers.images(mine[0]), helpers.images(ref8[0])):
         loops = _k_loops(image)
@@ -184,6 +184,25 @@ def test_iterators_ffma_share(ta, tb):
         assert sum(o == "STS.128" for o in ops) == 4 * k_contig, ops
         assert sum(o == "LDGSTS.E.BYPASS.128" for o in ops) == 8, ops
         assert not any(o.startswith("LDGSTS") and ".128" not in o for o in ops), "a 4-byte cp.async"
+
+
+def test_split_k_counts():
+    """Variant 15's split of K: enough CTAs for one wave of 2 per SM, each split at least
+    SPLIT_MIN_KTILES k-tiles long and none empty, at most SPLIT_MAX, and the grid's z limit kept."""
+    S = mm_mod.iter_splits
+    assert S(1024, 1024, 1024, 1, 132) == 4      # 64 tiles -> 256 CTAs of 16 k-tiles each
+    assert S(512, 2048, 8192, 1, 132) == 4       # a d_model 512 layer's dW
+    assert S(4096, 4096, 4096, 1, 132) == 1      # 1024 tiles already fill the GPU
+    assert S(1, 1, 1, 1, 132) == 1 and S(128, 128, 48, 1, 132) == 1  # too short to split
+    assert S(64, 64, 4096, 40000, 132) == 1      # batch * splits must fit grid z
+    for M, N, K, batch, sms in [(68, 72, 4100, 1, 132), (68, 36, 260, 1, 8), (132, 68, 132, 2, 132),
+                                (1000, 17, 97, 3, 16), (5, 4097, 33, 1, 132), (64, 96, 4097, 2, 132)]:
+        s = S(M, N, K, batch, sms)
+        ktiles = -(-K // 16)
+        per = -(-ktiles // s)
+        assert 1 <= s <= mm_mod.SPLIT_MAX and batch * s <= mm_mod.GRID_YZ_MAX
+        assert (s - 1) * per < ktiles, "the last split must own at least one k-tile"
+        assert s == 1 or per >= mm_mod.SPLIT_MIN_KTILES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,14 +239,15 @@ class RecordingBackend:
 
 @pytest.mark.parametrize("ta, tb", LAYOUTS, ids=LAYOUT_IDS)
 @pytest.mark.parametrize("variant", FP32, ids=lambda v: v.key)
-def test_launch_plans(variant, ta, tb):
+def test_launch_plans(variant, ta, tb, monkeypatch):
     """Each fp32 variant's launch, built on host stand-ins: the layout's exported kernel, a grid
     whose tiles cover M x N and whose z is the batch, the block the template was instantiated for
     (threads = tile area / outputs per thread), exact int32/int64 argument types, and the dynamic
     shared memory the kernel's ring needs."""
     import re
 
-    M, N, K, batch = 300, 200, 52, 3  # 14 needs every stored row a multiple of 4 floats
+    M, N, K, batch = 300, 200, 52, 3  # 14-15 need every stored row a multiple of 4 floats
+    monkeypatch.setattr(tfm_kernels.matmul_tc, "_sm_count", lambda device_id: 132)  # 15 asks
     a = np.empty((batch,) + ((K, M) if ta else (M, K)), np.float32)
     b = np.empty((batch,) + ((N, K) if tb else (K, N)), np.float32)
     out = np.empty((batch, M, N), np.float32)
@@ -237,7 +257,8 @@ def test_launch_plans(variant, ta, tb):
     assert (ln.source, ln.kernel) in variant.kernels
     assert ln.kernel in _backend.exports("matmul.cu")
     assert ln.kernel.endswith(f"{'true' if ta else 'false'}, {'true' if tb else 'false'}>")
-    plan = dict((n, p) for n, _, p, _, _ in mm_mod.LADDER + [mm_mod.TF32, mm_mod.ITER])[variant.number]
+    plans = dict((n, p) for n, _, p, _, _ in mm_mod.LADDER + [mm_mod.TF32, mm_mod.ITER])
+    plan = plans[14 if variant.number == 15 else variant.number]  # 15 launches 14's kernels
     gx, gy, gz = ln.grid
     tiles = (gy * plan.bm, gx * plan.bn) if plan.n_major else (gx * plan.bm, gy * plan.bn)
     assert tiles[0] >= M > tiles[0] - plan.bm and tiles[1] >= N > tiles[1] - plan.bn and gz == batch
@@ -246,23 +267,25 @@ def test_launch_plans(variant, ta, tb):
     expect_threads = {1: 1024, 2: 1024, 3: 1024, 4: p[0] * p[1] // p[3] if len(p) > 3 else None,
                       5: p[0] * p[1] // (p[3] * p[4]) if len(p) > 4 else None,
                       6: p[0] * p[1] // (p[3] * p[4]) if len(p) > 4 else None}
-    if variant.number in (7, 8, 14):
+    if variant.number in (7, 8, 14, 15):
         expect_threads[variant.number] = p[8]
         assert p[8] == (p[0] // p[3]) * (p[1] // p[4]) * 32  # one warp per warp tile
     if variant.number == 9:
         expect_threads[9] = p[3] * p[4] * 32
     assert threads == expect_threads[variant.number], (threads, ln.kernel)
-    if variant.number in (8, 14):  # STAGES x (As[BK][BM+4] + Bs[BK][BN+4]) floats
+    if variant.number in (8, 14, 15):  # STAGES x (As[BK][BM+4] + Bs[BK][BN+4]) floats
         ring = p[9] * p[2] * ((p[0] + 4) + (p[1] + 4)) * 4
-        # 14: + a 2-deep staging ring for each k-contiguous operand, 4 16-byte chunks per thread
-        assert ln.smem == ring + (2 * 2 * 4 * 16 * p[8] if variant.number == 14 else 0)
+        # 14-15: + a 2-deep staging ring for each k-contiguous operand, 4 16-byte chunks per thread
+        assert ln.smem == ring + (2 * 2 * 4 * 16 * p[8] if variant.number >= 14 else 0)
     elif variant.number == 9:  # STAGES x (As[BM][BK+4] + Bs[BN][BK+4]) floats
         assert ln.smem == p[5] * (p[0] + p[1]) * (p[2] + 4) * 4
     else:
         assert ln.smem == 0
     assert ln.smem <= 227 * 1024
-    assert [type(x) for x in ln.args[3:]] == [np.int32] * 3 + [np.int64] * 3
-    assert [int(x) for x in ln.args[3:]] == [M, N, K, M * K, K * N, M * N]
+    # 14-15 take the split count last (1 here: 18 tiles of 4 k-tiles each are not worth splitting)
+    splits = [np.int32] if variant.number >= 14 else []
+    assert [type(x) for x in ln.args[3:]] == [np.int32] * 3 + [np.int64] * 3 + splits
+    assert [int(x) for x in ln.args[3:]] == [M, N, K, M * K, K * N, M * N] + [1] * len(splits)
     assert ln.args[0] is a and ln.args[1] is b and ln.args[2] is out
 
 

@@ -146,6 +146,30 @@ def test_host_emulation(variant, ta, tb, be, rng):
     assert mine <= be.launched, sorted(mine - be.launched)
 
 
+@pytest.mark.parametrize("ta, tb", LAYOUTS, ids=LAYOUT_IDS)
+def test_split_k(ta, tb, be, rng, monkeypatch):
+    """Variant 15 with K split 4 ways (one output tile, 17 k-tiles: splits of 5, 5, 5 and 2, the
+    last holding the k-edge tile), 2 ways on a batch of 2 with a tile edge in M, and with partial
+    row groups at the m edge (NN, NT): the atomics of every split land in the zeroed output. An SM
+    count of 8 stands for the GPU's (16 CTA slots)."""
+    monkeypatch.setattr(mtc, "_sm_count", lambda device_id: 8)
+    variant = tfm_kernels._registry.get("matmul", 15)
+    ran = 0
+    for (M, N, K), batch, splits in (((68, 36, 260), 0, 4), ((132, 68, 132), 2, 2), ((130, 36, 260), 0, 4)):
+        assert mm.iter_splits(M, N, K, max(batch, 1), 8) == splits
+        a, b = _operands(rng, M, N, K, ta, tb, np.float32, batch)
+        before = len(be.launches)
+        out = _run(be, variant, a, b, ta, tb, np.float32)
+        if out is None:  # 130: a's stored rows in TN/TT
+            continue
+        (ln,) = be.launches[before:]
+        assert ln.grid[2] == max(batch, 1) * splits and int(ln.args[-1]) == splits
+        _check(variant, out, a, b, ta, tb, f"{variant.qualname} emulated ({be.order}) M={M} N={N} K={K} "
+                                           f"batch={batch} splits={splits} ta={ta} tb={tb}")
+        ran += 1
+    assert ran >= 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("be", ["forward"], indirect=True)  # bounds do not depend on the order
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.key)

@@ -332,12 +332,66 @@ def _iter_supports(*, M, N, K, trans_a=False, trans_b=False, align=256, **kw) ->
             or ITER[2].supports(M=M, N=N, **kw))
 
 
+# 15 runs 14's kernels with K split across CTAs when the M x N tiles would leave SMs idle (1024^3:
+# 64 tiles for 132 SMs x 2 CTA slots; a d_model 512 layer's dW: 64). Each split sums a contiguous
+# run of k-tiles and adds its partial tile into `out`, zeroed first, with float atomics: the
+# summation order then varies from run to run (14 is the deterministic one). SPLIT_MIN_KTILES keeps
+# a split long enough for the 3-stage ring to reach its steady state.
+SPLIT_MIN_KTILES = 4
+SPLIT_MAX = 16
+
+
+def iter_splits(M: int, N: int, K: int, batch: int, sm_count: int) -> int:
+    """How many CTAs share each output tile's K in variant 15: enough to fill one wave of 2 CTAs per
+    SM, at most SPLIT_MAX, each with at least SPLIT_MIN_KTILES k-tiles of 16, and never an empty
+    split (the count is trimmed to cdiv(k-tiles, k-tiles per split))."""
+    tiles = _cdiv(M, 128) * _cdiv(N, 128) * batch
+    ktiles = _cdiv(K, 16)
+    splits = max(1, min((2 * sm_count) // tiles, ktiles // SPLIT_MIN_KTILES, SPLIT_MAX, GRID_YZ_MAX // batch))
+    return _cdiv(ktiles, _cdiv(ktiles, splits))
+
+
+def _device_id(x) -> int:
+    """The CUDA device an array lives on (0 for the host stand-ins of the tests)."""
+    return int(getattr(getattr(x, "device", None), "id", 0))
+
+
+def _iter_launcher(split: bool):
+    plan = ITER[2]
+
+    def fn(be, a, b, trans_a, trans_b, out):
+        M, N, K, batch = dims(a, b, trans_a, trans_b)
+        splits = 1
+        if split:
+            from . import matmul_tc  # the SM count (one helper for the persistent wgmma plan and this)
+
+            splits = iter_splits(M, N, K, batch, matmul_tc._sm_count(_device_id(a)))
+            if splits > 1:
+                out.fill(0)  # the splits add into it
+        gx, gy, _ = plan.grid(M, N, batch)
+        be.launch(Launch(
+            source=SOURCE, kernel=plan.name(trans_a, trans_b), grid=(gx, gy, batch * splits),
+            block=plan.block, smem=plan.smem,
+            args=(a, b, out, np.int32(M), np.int32(N), np.int32(K),
+                  np.int64(M * K), np.int64(K * N), np.int64(M * N), np.int32(splits))))
+    return fn
+
+
+_UNVERIFIED_AFTER_RUN1 = ("written after GPU run 1: compiled (no spills), SASS-checked and its source passes the "
+                          "host emulation (tests/test_matmul_emulation.py) only")
 register(Variant(
-    op=OP, number=ITER[0], name=ITER[1], description=ITER[4], fn=_launcher(ITER[2]), dtypes=("float32",),
+    op=OP, number=ITER[0], name=ITER[1], description=ITER[4], fn=_iter_launcher(False), dtypes=("float32",),
     supports=_iter_supports, kernels=ITER[2].kernels(), hot=ITER[3], arch=80, measured=None,
-    extra={"unverified": "written after GPU run 1: compiled (no spills), SASS-checked and its source passes "
-                         "the host emulation (tests/test_matmul_emulation.py) only; the default over 8 once "
-                         "a GPU run shows it passing and faster"}))
+    extra={"unverified": _UNVERIFIED_AFTER_RUN1 + "; the default over 8 once a GPU run shows it passing and "
+                                                  "faster"}))
+register(Variant(
+    op=OP, number=15, name="split_k",
+    description="14's kernels with K split across CTAs when the output tiles fill less than one wave "
+                "(2 CTAs per SM): each split sums a run of k-tiles and adds into the zeroed output with "
+                "float atomics (summation order varies; 14 is deterministic). 1024^3: 4 splits, 256 CTAs "
+                "instead of 64, predicted ~25-30 TFLOP/s (8: 10.7, cuBLAS 34.1); no split at 4096^3",
+    fn=_iter_launcher(True), dtypes=("float32",), supports=_iter_supports, kernels=ITER[2].kernels(),
+    hot=ITER[3], arch=80, measured=None, extra={"unverified": _UNVERIFIED_AFTER_RUN1}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,9 +469,10 @@ def check_cases(rng: np.random.Generator, quick: bool):
     # (batch, M, N, K). First: the sanitizer's case, small, batched, every edge: M, N multiples of 4
     # with ragged tiles (the 16-byte paths of a transposed A / plain B run up to an edge) and K odd
     # (the K-contiguous operands take the scalar paths).
-    # Last: every stored row a multiple of 4 floats in every layout (the only shapes variant 14
-    # takes), M past a 128-tile edge, K = 52 (three full k-tiles and an edge one).
-    quick_shapes = [(2, 68, 44, 37), (None, 1, 1, 1), (None, 129, 127, 1001), (2, 132, 68, 52)]
+    # Last: every stored row a multiple of 4 floats in every layout (the only shapes variants 14-15
+    # take), M past a 128-tile edge, K = 132 (eight full k-tiles and an edge one: 15 splits it in
+    # two on a GPU of 132 SMs).
+    quick_shapes = [(2, 68, 44, 37), (None, 1, 1, 1), (None, 129, 127, 1001), (2, 132, 68, 132)]
     full_shapes = quick_shapes + [
         (None, 7, 5, 3), (None, 1000, 17, 97), (None, 17, 1000, 63), (None, 64, 96, 4097),
         (None, 4097, 3, 33), (None, 5, 4097, 33), (None, 256, 384, 128), (3, 133, 67, 45),
