@@ -142,14 +142,13 @@ def test_ladder_registered():
 
 
 def test_default_is_best_plain_fp32():
-    """The default for float32 is the highest plain-fp32 variant; the TF32 one is opt-in only."""
+    """The default for float32 is the highest plain-fp32 variant that has run on a GPU. Opt-in only:
+    TF32 (its precision) and 15's split-K (its run-to-run summation order)."""
     v = _registry.choose("matmul", None, dtype="float32", M=4096, N=4096, K=4096, batch=1,
                          trans_a=False, trans_b=False, out_dtype="float32", align=256)
     plain = [x for x in FP32 if not (x.extra.get("opt_in") or x.extra.get("unverified") or x.broken)]
     assert v is plain[-1]
-    for x in FP32:
-        if x.extra.get("opt_in"):
-            assert "tf32" in x.name
+    assert {x.name for x in FP32 if x.extra.get("opt_in")} == {"tf32_mma", "split_k"}
 
 
 def _k_loops(sass: str) -> list[tuple[int, int, list[str]]]:
@@ -324,7 +323,7 @@ def _refused(variant, M, N, K, ta, tb, align=256) -> str | None:
 def _check(out, a, b, ta, tb, variant: _registry.Variant, what: str):
     K = a.shape[-2] if ta else a.shape[-1]
     ref = numpy_ref.matmul(a.astype(np.float64), b.astype(np.float64), ta, tb)
-    if variant.extra.get("opt_in"):  # TF32
+    if "rtol" in variant.extra:  # TF32: its documented contract
         ref_t = numpy_ref.matmul(round_tf32(a).astype(np.float64), round_tf32(b).astype(np.float64), ta, tb)
         assert_close_fp32(out, ref_t, reduction=K, what=f"{what} vs TF32-rounded inputs")
         assert_close_fp32(out, ref, reduction=K, rtol=variant.extra["rtol"], what=f"{what} vs exact")
