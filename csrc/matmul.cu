@@ -830,9 +830,9 @@ TFM_EXPORT(matmul_tf32<128, 128, 16, 2, 4, 3, true, true>)
 // The steady-state k-loop issues 92.5% FFMA in NN (8: 81.4%), 90.5% in NT (74.1%), 93.6% in TN
 // (87.6%): tests/test_matmul.py::test_iterators_ffma_share; prediction and risks in docs/matmul.md.
 // Variant 15 launches the same kernels with `splits` > 1 when M x N tiles leave SMs idle (1024^3:
-// 64 tiles): blockIdx.z = batch * splits + split, each split sums its own run of k-tiles and adds
-// its partial tile into C with float atomics (tfm_kernels zeroes C first; iter_splits picks the
-// count).
+// 64 tiles): blockIdx.z = batch * splits + split, each split sums its own run of k-tiles into its
+// own slice of a workspace, and matmul_split_reduce (below) adds the slices in split order, so
+// the result is bitwise reproducible (iter_splits in tfm_kernels/matmul.py picks the count).
 
 template <bool COND, typename T, typename F> struct pick_type { using type = T; };
 template <typename T, typename F> struct pick_type<false, T, F> { using type = F; };
@@ -950,27 +950,6 @@ static __device__ __forceinline__ void warp_tile_fma(const float* a, const float
     }
 }
 
-// Split-K's epilogue: C[m][n] += acc for the lane's outputs inside the matrix (m0, n0: its first
-// output), as 4-byte float atomics (RED.E.ADD.F32): one per output and split, ~M N splits in all,
-// against the 2 M N K FLOPs that made them.
-template <typename WT, int TM, int TN, int WNITER>
-static __device__ __forceinline__ void warp_tile_atomic_add(float* __restrict__ C, int m0, int n0, int M, int N,
-                                                            const float (&acc)[WT::WMITER * TM][WNITER * TN]) {
-#pragma unroll
-    for (int wm = 0; wm < WT::WMITER; ++wm)
-#pragma unroll
-        for (int i = 0; i < TM; ++i) {
-            const int m = m0 + wm * WT::WSUBM + i;
-#pragma unroll
-            for (int wn = 0; wn < WNITER; ++wn)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) {
-                    const int n = n0 + wn * WT::WSUBN + j;
-                    if (m < M && n < N) atomicAdd(C + m * N + n, acc[wm * TM + i][wn * TN + j]);
-                }
-        }
-}
-
 template <int BM, int BN, int BK, int WM, int WN, int WNITER, int TM, int TN, int NT, int STAGES,
           bool TA, bool TB>
 __global__ void __launch_bounds__(NT)
@@ -992,7 +971,8 @@ __global__ void __launch_bounds__(NT)
     const float* const A0 = A;
     const float* const B0 = B;
     // Split-K (variant 15): blockIdx.z = batch * splits + split, and this CTA sums k-tiles
-    // [kt0, kt0 + ktiles) of its matrix; every split adds its partial tile into C (zeroed first).
+    // [kt0, kt0 + ktiles) of its matrix into its own output matrix: C is then a workspace of
+    // batch * splits matrices (sC = M N), summed in split order by matmul_split_reduce.
     const int batch = blockIdx.z / splits, split = blockIdx.z % splits;
     A += batch * sA;
     B += batch * sB;
@@ -1054,13 +1034,38 @@ __global__ void __launch_bounds__(NT)
     for (; kt + STAGES - 1 < kfull; ++kt) step(kt, bool_tag<true>());
     for (; kt < ktiles; ++kt) step(kt, bool_tag<false>());
     cp_async_wait<0>();  // no copy may outlive the block (only empty groups remain by now)
-    C += batch * sC;
-    if (splits == 1)
-        wt.store(C, blockIdx.y * BM, blockIdx.x * BN, M, N, N % 4 == 0 && aligned16(C), acc);
-    else
-        warp_tile_atomic_add<WT, TM, TN, WNITER>(C, blockIdx.y * BM + wt.row, blockIdx.x * BN + wt.col, M, N, acc);
+    C += blockIdx.z * sC;  // splits == 1: the batch's matrix; else this split's slice of the workspace
+    wt.store(C, blockIdx.y * BM, blockIdx.x * BN, M, N, N % 4 == 0 && aligned16(C), acc);
 }
 TFM_EXPORT(matmul_iter<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, false, false>)
 TFM_EXPORT(matmul_iter<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, false, true>)
 TFM_EXPORT(matmul_iter<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, true, false>)
 TFM_EXPORT(matmul_iter<128, 128, 16, 64, 64, 4, 8, 4, 128, 3, true, true>)
+
+// Variant 15's second kernel: C[b][i] = W[b][0][i] + W[b][1][i] + ... + W[b][splits-1][i], the
+// partial products of matmul_iter's splits added in split order (bitwise reproducible; float atomics
+// would make the order, and the rounding, vary run to run). One thread per 4 outputs, 16-byte
+// accesses when M N % 4 == 0 and both buffers are 16-byte aligned. Memory-bound: it reads
+// splits x 4 bytes and writes 4 per output, ~10% of a 1024^3 product's time at 4 splits.
+__global__ void __launch_bounds__(256)
+    matmul_split_reduce(const float* __restrict__ W, float* __restrict__ C, long long MN, int splits) {
+    const long long i = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
+    if (i >= MN) return;
+    const float* w = W + static_cast<long long>(blockIdx.y) * splits * MN;  // blockIdx.y: the batch
+    float* c = C + static_cast<long long>(blockIdx.y) * MN;
+    if (MN % 4 == 0 && aligned16(W) && aligned16(C)) {
+        float4 acc = *reinterpret_cast<const float4*>(w + i);
+        for (int s = 1; s < splits; ++s) {
+            const float4 t = *reinterpret_cast<const float4*>(w + s * MN + i);
+            acc.x += t.x, acc.y += t.y, acc.z += t.z, acc.w += t.w;
+        }
+        *reinterpret_cast<float4*>(c + i) = acc;
+    } else {
+        for (long long j = i; j < i + 4 && j < MN; ++j) {
+            float acc = w[j];
+            for (int s = 1; s < splits; ++s) acc += w[s * MN + j];
+            c[j] = acc;
+        }
+    }
+}
+TFM_EXPORT(matmul_split_reduce)

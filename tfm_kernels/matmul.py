@@ -334,9 +334,9 @@ def _iter_supports(*, M, N, K, trans_a=False, trans_b=False, align=256, **kw) ->
 
 # 15 runs 14's kernels with K split across CTAs when the M x N tiles would leave SMs idle (1024^3:
 # 64 tiles for 132 SMs x 2 CTA slots; a d_model 512 layer's dW: 64). Each split sums a contiguous
-# run of k-tiles and adds its partial tile into `out`, zeroed first, with float atomics: the
-# summation order then varies from run to run (14 is the deterministic one). SPLIT_MIN_KTILES keeps
-# a split long enough for the 3-stage ring to reach its steady state.
+# run of k-tiles into its own slice of a workspace (batch x splits matrices), and
+# matmul_split_reduce adds the slices in split order: deterministic, like every other variant.
+# SPLIT_MIN_KTILES keeps a split long enough for the 3-stage ring to reach its steady state.
 SPLIT_MIN_KTILES = 4
 SPLIT_MAX = 16
 
@@ -361,19 +361,25 @@ def _iter_launcher(split: bool):
 
     def fn(be, a, b, trans_a, trans_b, out):
         M, N, K, batch = dims(a, b, trans_a, trans_b)
-        splits = 1
+        splits, dst = 1, out
         if split:
+            import cupy
+
             from . import matmul_tc  # the SM count (one helper for the persistent wgmma plan and this)
 
             splits = iter_splits(M, N, K, batch, matmul_tc._sm_count(_device_id(a)))
-            if splits > 1:
-                out.fill(0)  # the splits add into it
+            if splits > 1:  # at most 2 x SMs tiles of 128 x 128 floats: ~17 MB on an H200
+                dst = cupy.get_array_module(out).empty((batch * splits, M, N), dtype=np.float32)
         gx, gy, _ = plan.grid(M, N, batch)
         be.launch(Launch(
             source=SOURCE, kernel=plan.name(trans_a, trans_b), grid=(gx, gy, batch * splits),
             block=plan.block, smem=plan.smem,
-            args=(a, b, out, np.int32(M), np.int32(N), np.int32(K),
+            args=(a, b, dst, np.int32(M), np.int32(N), np.int32(K),
                   np.int64(M * K), np.int64(K * N), np.int64(M * N), np.int32(splits))))
+        if splits > 1:
+            be.launch(Launch(
+                source=SOURCE, kernel="matmul_split_reduce", grid=(_cdiv(_cdiv(M * N, 4), 256), batch, 1),
+                block=(256, 1, 1), args=(dst, out, np.int64(M * N), np.int32(splits))))
     return fn
 
 
@@ -387,14 +393,12 @@ register(Variant(
 register(Variant(
     op=OP, number=15, name="split_k",
     description="14's kernels with K split across CTAs when the output tiles fill less than one wave "
-                "(2 CTAs per SM): each split sums a run of k-tiles and adds into the zeroed output with "
-                "float atomics (summation order varies, so opt-in: variant=15). 1024^3: 4 splits, 256 CTAs "
-                "instead of 64, predicted ~25-30 TFLOP/s (8: 10.7, cuBLAS 34.1); no split at 4096^3",
-    fn=_iter_launcher(True), dtypes=("float32",), supports=_iter_supports, kernels=ITER[2].kernels(),
-    hot=ITER[3], arch=80, measured=None,
-    # Opt-in, like TF32: a run-to-run varying summation order is a different contract from the
-    # other variants' (bitwise reproducible), so the default never picks it.
-    extra={"unverified": _UNVERIFIED_AFTER_RUN1, "opt_in": True}))
+                "(2 CTAs per SM): each split sums a run of k-tiles into a workspace slice, a second kernel "
+                "adds the slices in order (deterministic). 1024^3: 4 splits, 256 CTAs instead of 64, "
+                "predicted ~25-30 TFLOP/s (8: 10.7, cuBLAS 34.1); no split (= 14) at 4096^3",
+    fn=_iter_launcher(True), dtypes=("float32",), supports=_iter_supports,
+    kernels=ITER[2].kernels() + ((SOURCE, "matmul_split_reduce"),), hot=ITER[3], arch=80, measured=None,
+    extra={"unverified": _UNVERIFIED_AFTER_RUN1}))
 
 
 # ---------------------------------------------------------------------------------------------
