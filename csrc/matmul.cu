@@ -827,7 +827,7 @@ TFM_EXPORT(matmul_tf32<128, 128, 16, 2, 4, 3, true, true>)
 //     them back, transposes the 4x4 block in registers and stores it k-major (4 STS.128).
 //   * 16-byte chunks only: each stored row a multiple of 4 floats, buffers 16-byte aligned
 //     (tfm_kernels refuses anything else for this variant with the reason; 8 takes any shape).
-// The steady-state k-loop issues 92.5% FFMA in NN (8: 81.4%), 90.5% in NT (74.1%), 93.6% in TN
+// The steady-state k-loop issues 92.3% FFMA in NN (8: 81.4%), 91.2% in NT (74.1%), 93.6% in TN
 // (87.6%): tests/test_matmul.py::test_iterators_ffma_share; prediction and risks in docs/matmul.md.
 // Variant 15 launches the same kernels with `splits` > 1 when M x N tiles leave SMs idle (1024^3:
 // 64 tiles): blockIdx.z = batch * splits + split, each split sums its own run of k-tiles into its
@@ -977,10 +977,14 @@ __global__ void __launch_bounds__(NT)
     A += batch * sA;
     B += batch * sB;
     const int tid = threadIdx.x;
-    const int per_split = tfm_cdiv(tfm_cdiv(K, BK), splits);
+    // Spelled out, not tfm_cdiv/min: tfm_cdiv with a runtime divisor anywhere in this file changes
+    // the machine code nvcc and NVRTC give variants 8 and 9 (instruction order in their prologues),
+    // whose bytes GPU run 1 verified (scripts/sass_diff.py --base e708ed2 finds them identical).
+    const int kt_all = (K + BK - 1) / BK;
+    const int per_split = (kt_all + splits - 1) / splits;
     const int kt0 = split * per_split;
-    const int ktiles = min(tfm_cdiv(K, BK) - kt0, per_split);  // this CTA's k-tiles (>= 1: see host)
-    const int kfull = min(K / BK - kt0, ktiles);  // tiles kfull.. (one at most) cross K
+    const int ktiles = kt_all - kt0 < per_split ? kt_all - kt0 : per_split;  // this CTA's (>= 1: see host)
+    const int kfull = K / BK - kt0 < ktiles ? K / BK - kt0 : ktiles;  // tiles kfull.. (one at most) cross K
 
     ATile la(A, blockIdx.y * BM, M, K, TA ? As : Ar, tid, kt0 * BK);  // op(A) (m, k) into As[k][m]
     BTile lb(B, blockIdx.x * BN, N, K, TB ? Br : Bs, tid, kt0 * BK);  // op(B) (k, n) into Bs[k][n]

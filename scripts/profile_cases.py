@@ -7,7 +7,7 @@
 One launch of each, for the questions the docs leave to a GPU:
   matmul     4096^3 NN. fp32 through variant 8 (cp_async, measured in GPU run 1) and 14 (iterators,
              written after it): docs/matmul.md predicts 14 from the SASS alone (the same FFMAs in a
-             k-loop that issues 92.5% FFMA where 8's issues 81.4%, ~1.14x if issue slots limit
+             k-loop that issues 92.3% FFMA where 8's issues 81.4%, ~1.14x if issue slots limit
              both). fp16 through 11 (mma.sync, 43% of cuBLAS in run 1) and 13 (wgmma + TMA, never
              run): docs/matmul_tc.md asks whether the tensor pipe or L2 holds 11.
   attention  fp16 forward, B4 H16 N4096 D128 (the bench case): variant 13 (mma.sync, 0.76x of SDPA's
