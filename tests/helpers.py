@@ -8,8 +8,6 @@ The max and mean error are always in the assertion message.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 POISON = float("nan")
@@ -75,7 +73,7 @@ def assert_close_lowprec(out, ref, baseline, *, floor: float = 1e-5, what: str =
 def ext_sass() -> dict[str, str]:
     """{mangled kernel name: SASS} of the built extension (tfm_kernels/_sass.py: cuobjdump from the
     toolkit or the `test` extra's wheels); skips where either is missing. A kernel built for several
-    architectures has its images joined (`images` cuts them apart)."""
+    architectures has its images joined (`tfm_kernels._sass.images` cuts them apart)."""
     import pytest
 
     from tfm_kernels import _backend, _sass
@@ -87,10 +85,3 @@ def ext_sass() -> dict[str, str]:
     from tfm_kernels import _ext
 
     return _sass.dump_sass(_ext.__file__)
-
-
-def images(sass: str) -> list[str]:
-    """A kernel's joined SASS cut into its ELF images, one per architecture it was built for
-    (addresses restart at 0 in each)."""
-    starts = [m.start() for m in re.finditer(r"/\*0000\*/", sass)] or [0]
-    return [sass[i:j] for i, j in zip(starts, starts[1:] + [len(sass)])]

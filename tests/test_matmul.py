@@ -169,7 +169,7 @@ def test_iterators_ffma_share(ta, tb):
     mine = [s for n, s in sass.items() if n.startswith("_Z11matmul_iterI") and layout in n]
     ref8 = [s for n, s in sass.items() if n.startswith("_Z15matmul_cp_asyncI") and layout in n]
     assert len(mine) == 1 and len(ref8) == 1, (len(mine), len(ref8))
-    for image, image8 in zip(helpers.images(mine[0]), helpers.images(ref8[0])):
+    for image, image8 in zip(_sass.images(mine[0]), _sass.images(ref8[0])):
         loops = _k_loops(image)
         assert len(loops) == 2, [len(b) for _, _, b in loops]  # the steady state and the tail
         steady = min(loops, key=lambda lp: len(lp[2]))[2]

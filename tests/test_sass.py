@@ -166,3 +166,46 @@ def test_cli_sass_bad_arguments(capsys):
     assert "no variant '99'" in capsys.readouterr().err
     assert main(["sass", "nosuch"]) == 2
     assert "unknown op" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU run 1's verdicts stand on byte-identical machine code
+# ---------------------------------------------------------------------------------------------
+
+def test_run1_identity_claims():
+    """Every variant whose `measured` says its machine code is run 1's (RUN1_CODE) still builds to
+    the same sm_90 instruction words: tests/data/run1_sass.json holds their sha256 per kernel
+    (scripts/sass_fingerprints.py), checked here against the extension this build made. A change
+    that moves one instruction of such a kernel (even from elsewhere in its source: plumbing.md's
+    tfm_cdiv finding) fails here, where it would otherwise keep a GPU verdict it no longer has.
+    Skips where the extension was built by another nvcc (other compilers give other bytes)."""
+    import json
+
+    from helpers import ext_sass
+
+    from tfm_kernels._registry import RUN1_CODE
+
+    data = json.loads((ROOT / "tests" / "data" / "run1_sass.json").read_text())
+    sass = ext_sass()  # skips without cuobjdump or the extension
+    spec = importlib.util.spec_from_file_location("sass_fingerprints", ROOT / "scripts" / "sass_fingerprints.py")
+    fp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fp)
+    try:
+        built_by = fp.nvcc_build()
+    except (OSError, StopIteration, IndexError) as e:
+        pytest.skip(f"cannot tell which nvcc built the extension: {e}")
+    if built_by != data["nvcc"]:
+        pytest.skip(f"the extension was built by {built_by}; the fingerprints are {data['nvcc']}'s")
+    claims = fp.claims()
+    claimed = {expr for ks in claims.values() for _, expr in ks}
+    assert claimed == set(data["kernels"]), (
+        f"claims without fingerprints: {sorted(claimed - set(data['kernels']))}; "
+        f"fingerprints without claims: {sorted(set(data['kernels']) - claimed)}")
+    by_expr = _sass.name_expressions(sorted(sass))
+    changed = []
+    for expr, rec in sorted(data["kernels"].items()):
+        hashes = {_sass.words_hash(img) for img in _sass.images(sass[by_expr[expr]])}
+        if rec["sha256"] not in hashes:
+            changed.append(f"{rec['variant']}: {expr}")
+    assert not changed, ("machine code no longer run 1's (drop RUN1_CODE from `measured`, or undo the "
+                         "change; scripts/sass_diff.py shows the difference):\n" + "\n".join(changed))

@@ -30,7 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["cuobjdump", "dump_sass", "cubin_command", "classify", "words", "normalize", "opcode", "loops", "nvrtc_cubin", "parse_ptxas"]
+__all__ = ["cuobjdump", "dump_sass", "cubin_command", "classify", "words", "words_hash", "images",
+           "name_expressions", "normalize", "opcode", "loops", "nvrtc_cubin", "parse_ptxas"]
 
 
 def _wheel_bin() -> Path | None:
@@ -126,6 +127,41 @@ def words(sass: str) -> list[str]:
     lists mean byte-identical code. Comparing the text instead would depend on cuobjdump's column
     padding, which follows the longest line of the whole file."""
     return _ENC.findall(sass)
+
+
+def words_hash(sass: str) -> str:
+    """sha256 of a kernel's instruction words: equal hashes mean byte-identical machine code."""
+    import hashlib
+
+    return hashlib.sha256(" ".join(words(sass)).encode()).hexdigest()
+
+
+def images(sass: str) -> list[str]:
+    """A kernel's SASS from dump_sass cut into its ELF images, one per architecture it was built
+    for (addresses restart at 0 in each)."""
+    starts = [m.start() for m in re.finditer(r"/\*0000\*/", sass)] or [0]
+    return [sass[i:j] for i, j in zip(starts, starts[1:] + [len(sass)])]
+
+
+def name_expressions(mangled: list[str]) -> dict[str, str]:
+    """{C++ name expression as TFM_EXPORT spells it ("matmul_iter<128, ..., true, false>"): mangled
+    name}, by c++filt: the demangled signature without its return type and parameter list."""
+    exe = shutil.which("c++filt")
+    if exe is None:
+        raise FileNotFoundError("c++filt (binutils) not found")
+    out = subprocess.run([exe], input="\n".join(mangled), capture_output=True, text=True, timeout=60).stdout
+    result = {}
+    for m, d in zip(mangled, out.splitlines()):
+        d = d.removeprefix("void ")
+        depth, cut = 0, len(d)
+        for i, ch in enumerate(d):  # the parameter list: the first "(" outside template brackets
+            depth += ch == "<"
+            depth -= ch == ">"
+            if ch == "(" and depth == 0:
+                cut = i
+                break
+        result[d[:cut]] = m
+    return result
 
 
 def classify(old: str | None, new: str | None) -> str:
