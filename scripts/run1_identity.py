@@ -155,20 +155,7 @@ def fingerprint_diff(run1: dict, mine: dict) -> list[str]:
 
 def demangle(names: list[str]) -> dict[str, str]:
     """mangled -> 'name<args>' (c++filt without the return type and parameter list)."""
-    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True,
-                         check=True).stdout.splitlines()
-    res = {}
-    for m, d in zip(names, out):
-        d = re.sub(r"^void ", "", d)
-        depth, cut = 0, len(d)
-        for i, ch in enumerate(d):  # the parameter list: the first '(' outside template brackets
-            depth += ch == "<"
-            depth -= ch == ">"
-            if ch == "(" and depth == 0:
-                cut = i
-                break
-        res[m] = d[:cut]
-    return res
+    return {m: expr for expr, m in _sass.name_expressions(names).items()}
 
 
 def canon(expr: str) -> str:
