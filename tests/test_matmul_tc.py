@@ -34,7 +34,7 @@ import numpy_ref
 import tfm_kernels
 import helpers
 from helpers import POISON, assert_close_lowprec
-from tfm_kernels import _backend, _registry, _sass
+from tfm_kernels import _backend, _registry
 from tfm_kernels import matmul_tc as tc
 
 FP16 = [v for v in tfm_kernels.variants("matmul") if "float16" in v.dtypes]

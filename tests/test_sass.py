@@ -183,8 +183,6 @@ def test_run1_identity_claims():
 
     from helpers import ext_sass
 
-    from tfm_kernels._registry import RUN1_CODE
-
     data = json.loads((ROOT / "tests" / "data" / "run1_sass.json").read_text())
     sass = ext_sass()  # skips without cuobjdump or the extension
     spec = importlib.util.spec_from_file_location("sass_fingerprints", ROOT / "scripts" / "sass_fingerprints.py")
