@@ -108,6 +108,8 @@ if [ "$GPU_OK" = 1 ]; then
     step bench 75 "$LOGS/bench.txt" "$PY" -m tfm_kernels bench --quick --budget 55 --out "$W/bench"
 fi
 if [ "$GPU_OK" = 1 ] && command -v ncu > /dev/null; then
+    # The section identifiers this ncu knows, kept for whoever has to fix a refused --section.
+    { ncu --version; ncu --list-sections; } > "$LOGS/ncu_sections.txt" 2>&1
     for op in matmul attention; do
         step "profile_$op" 40 "$LOGS/profile_$op.csv" ncu --kernel-name \
             regex:"$([ $op = matmul ] && echo 'matmul_(cp_async|iter|mma|wgmma)' || echo 'attn_fwd_tc|flash_fwd')" \
