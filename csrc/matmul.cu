@@ -932,6 +932,8 @@ struct KContigTile {
 // compile-time constant, which both compilers fold into the LDS.128s. With WarpTile::compute's
 // (k * LDA + row + ...) indices NVRTC hoisted ~100 sign-extended 64-bit offsets out of this
 // kernel's k-loops and ran out of registers (255, spills, 87% FFMA in NN where nvcc got 92%).
+// WarpTile::compute itself stays as it is: variant 8's machine code through it is what GPU run 1
+// verified (tests/test_sass.py::test_run1_identity_claims), so the two loops are kept apart.
 template <typename WT, int BK, int TM, int TN, int WNITER>
 static __device__ __forceinline__ void warp_tile_fma(const float* a, const float* b,
                                                      float (&acc)[WT::WMITER * TM][WNITER * TN]) {

@@ -29,6 +29,7 @@ import struct
 import numpy as np
 
 from ._registry import RUN1_CODE, Launch, Variant, register
+from .matmul import chunk_refusal
 
 SOURCE_MMA = "matmul_tc.cu"
 SOURCE_SM90 = "matmul_sm90.cu"
@@ -254,8 +255,6 @@ def _wgmma_fn(persistent: bool):
 
 def _wgmma_supports(*, M, N, K, batch=1, trans_a=False, trans_b=False, align=256, **_) -> str | None:
     # TMA reads global memory through 16-byte strides: every stored row a multiple of 8 halves.
-    from .matmul import chunk_refusal
-
     why = chunk_refusal(M=M, N=N, K=K, trans_a=trans_a, trans_b=trans_b, align=align, elems=8,
                         unit="halves", who="TMA needs", others="variants 10-11")
     if why:
