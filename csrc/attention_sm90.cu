@@ -31,6 +31,26 @@
 #include "common.cuh"
 #include "mma.cuh"
 
+// Rows [r0, r0 + ROWS) of a row-major [L][D] fp16 matrix into D/64 column blocks of [ROWS][64]
+// halves, 128-byte swizzled (16-byte chunk c of row r at chunk c ^ (r % 8)): the layout the wgmma
+// descriptors below describe. 16-byte cp.async from all THREADS threads; rows at or past `limit`
+// are zero-filled (src-size 0, from a valid address), so edge tiles need no other guard.
+template <int ROWS, int D, int THREADS>
+static __device__ __forceinline__ void sw128_load(unsigned char* dst, const __half* src, int r0, int limit,
+                                                  int tid) {
+    static_assert((ROWS * D / 8) % THREADS == 0, "every thread moves the same number of chunks");
+    // Unsigned index arithmetic: with signed ints every / and % by a power of two costs a sign
+    // fix-up (LEA.HI + LOP3), ~2x the address instructions of the loop (NVRTC SASS).
+#pragma unroll
+    for (unsigned c = tid; c < ROWS * (D / 8); c += THREADS) {
+        const unsigned r = c / (D / 8), ch = c % (D / 8);
+        const bool ok = r0 + static_cast<int>(r) < limit;
+        const __half* s = ok ? src + (size_t)(r0 + r) * D + ch * 8 : src;
+        const unsigned off = (ch / 8) * ROWS * 128 + r * 128 + (((ch % 8) ^ (r % 8)) * 16);
+        cp_async_16(smem_u32(dst + off), s, ok);
+    }
+}
+
 template <int D, int BN>
 __global__ void __launch_bounds__(256, 1)
 attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
@@ -81,19 +101,9 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
         return;
     }
 
-    // Rows [r0, r0+ROWS) of a [L][D] matrix into the swizzled [CB][ROWS][64] layout.
-    auto load = [&](unsigned char* dst, const __half* src, int ROWS, int r0, int limit) {
-        for (int c = tid; c < ROWS * (D / 8); c += THREADS) {
-            const int r = c / (D / 8), ch = c % (D / 8);
-            const bool ok = r0 + r < limit;
-            const __half* s = ok ? src + (size_t)(r0 + r) * D + ch * 8 : src;
-            const int off = (ch / 8) * ROWS * 128 + r * 128 + (((ch % 8) ^ (r % 8)) * 16);
-            cp_async_16(smem_u32(dst + off), s, ok);
-        }
-    };
-    load(sQ, q, BM, m0, Lq);
-    load(sK, k, BN, 0, kv_len);
-    load(sV, v, BN, 0, kv_len);
+    sw128_load<BM, D, THREADS>(sQ, q, m0, Lq, tid);
+    sw128_load<BN, D, THREADS>(sK, k, 0, kv_len, tid);
+    sw128_load<BN, D, THREADS>(sV, v, 0, kv_len, tid);
     cp_async_commit();
 
     float acc[DT * 4];
@@ -109,8 +119,8 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
         fence_proxy_async_smem();
         __syncthreads();
         if (jb + 1 < nblocks) {
-            load(sK + (buf ^ 1) * KV_BYTES, k, BN, n0 + BN, kv_len);
-            load(sV + (buf ^ 1) * KV_BYTES, v, BN, n0 + BN, kv_len);
+            sw128_load<BN, D, THREADS>(sK + (buf ^ 1) * KV_BYTES, k, n0 + BN, kv_len, tid);
+            sw128_load<BN, D, THREADS>(sV + (buf ^ 1) * KV_BYTES, v, n0 + BN, kv_len, tid);
         }
         cp_async_commit();
         const uint32_t qa = smem_u32(sQ) + wg * 64 * 128;
@@ -220,3 +230,307 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
 
 TFM_EXPORT(attn_fwd_wgmma<64, 128>)
 TFM_EXPORT(attn_fwd_wgmma<128, 128>)
+
+// ------------------------------------------------------------------------------------------------
+// attention_backward 13 (Hopper): backward 11's algorithm (FlashAttention-2's backward, the block
+// names of numpy_ref.flash_attention_backward) with every product a warpgroup MMA.
+//
+//   CTA = one key block K_j, V_j of BN = 128 keys (loaded once), 2 warpgroups (256 threads):
+//   warpgroup c owns keys 64c..64c+63 and their dK_j, dV_j rows (fp32 accumulators, D/2 + D/2
+//   registers). It walks the query blocks Q_i, dO_i of BM = 64 rows (double-buffered by cp.async;
+//   lse_i, D_i carried through registers into smem). Per query block, keys as M:
+//     S^T  = K_c Q_i^T                 m64n64, A = K_j (K-major), B = Q_i (K-major), smem
+//     dP^T = V_c dO_i^T                the same, issued before S^T is read so both run together
+//     P^T  = exp2(S^T scale log2e - lse_i log2e), masked to 0 (edge tiles only)
+//     dV_c += P^T dO_i                 m64 n{D}, A = fp16(P^T) from registers, B = dO_i N-major
+//     dS^T = P^T (dP^T - D_i)
+//     dK_c += dS^T Q_i                 A = fp16(dS^T) from registers, B = Q_i N-major
+//     dQ_i += dS K_j                   dS^T staged in smem as fp16 [key][query] (the dQ product
+//                                      needs all 128 keys, i.e. both warpgroups' rows): m64n64
+//                                      over the 128 keys, A = dS M-major (transpose bit), B = K_j
+//                                      N-major. D = 128: warpgroup c computes d columns 64c..;
+//                                      D = 64: warpgroup ib % 2 computes all of it (one wgmma
+//                                      stream saturates the tensor cores, as in a ping-pong
+//                                      schedule). Added into the fp32 dq_acc by float2 atomics
+//                                      (sm_90), once per 128 keys (11's count).
+// Registers (nvcc 13.0, sm_90a): D = 64: 206, D = 128: 254, no spills. Two things decide that:
+// BM = 128 at D = 64 (FA3's shape) keeps 64 + 64 fp32 S^T/dP^T accumulators live beside P's fp16
+// fragments (in flight in dV) and dK/dV, and spilled 80-88 bytes; and the shared bases pass through
+// opaque_u32, or nvcc hoists every loop-invariant descriptor out of the query loop (D = 128: 64
+// bytes of spills).
+// dK is scaled once at the end; dQ's scale is applied by attn_bwd_dq_convert (attention_tc.cu),
+// which also runs after backward 11, as does its preprocessing pass attn_bwd_dot_tc.
+//
+// Shared memory (every tile 128-byte swizzled, D/64 or BM/64 column blocks of [rows][64], 1024-byte
+// aligned): K_j, V_j [128][D]; 2 x Q_i, 2 x dO_i [64][D]; dS^T [128][64]; 2 x lse_i, D_i [64] fp32.
+// D = 64: 80.5 KiB, D = 128: 144.5 KiB (+1 KiB for the alignment); one CTA per SM (registers).
+// Descriptors (conventions of forward 14 above and matmul_sm90.cu):
+//   K-major X rows [r0, ..) of a [R][D] tile, k16 step kk: X + (kk/4) R 128 + r0 128 + (kk%4) 32,
+//     SBO 1024 (8 rows).
+//   N-major Y ([k][n] tile of R rows k, n = d), k16 step kk: Y + kk 2048, LBO = R 128 (the next
+//     64-wide d block), SBO 1024 (8 k-rows).
+// Compiled only for sm_90a (as forward 14).
+template <int D>
+__global__ void __launch_bounds__(256, 1)
+attn_bwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
+               const __half* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ Dd,
+               __half* __restrict__ dk, __half* __restrict__ dv, float* __restrict__ dq_acc,
+               const int* __restrict__ kv_lens, int H, int Lq, int Lk, int nkb, float scale, int causal) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    static_assert(D == 64 || D == 128, "wgmma shapes: m64n{64,128}k16");
+    constexpr int THREADS = 256, BN = 128, BM = 64;
+    constexpr int SN = BM / 2, AN = D / 2;  // accumulators per thread: S^T / dP^T, dK / dV
+    constexpr int KV_BYTES = BN * D * 2, QO_BYTES = BM * D * 2, DS_BYTES = BN * BM * 2;
+    const float NEG_INF = __int_as_float(0xff800000), POS_INF = __int_as_float(0x7f800000);
+
+    extern __shared__ unsigned char smem_raw[];
+    unsigned char* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+    unsigned char* sK = smem;                       // KV_BYTES
+    unsigned char* sV = sK + KV_BYTES;              // KV_BYTES
+    unsigned char* sQ = sV + KV_BYTES;              // 2 x QO_BYTES
+    unsigned char* sdO = sQ + 2 * QO_BYTES;         // 2 x QO_BYTES
+    unsigned char* sdS = sdO + 2 * QO_BYTES;        // DS_BYTES: dS^T, [key][query]
+    float* sL = reinterpret_cast<float*>(sdS + DS_BYTES);  // [2][BM] lse * log2e (+inf: no key)
+    float* sD = sL + 2 * BM;                                // [2][BM] D_i
+
+    const int tid = threadIdx.x, lane = tid % 32, w = (tid % 128) / 32;
+    // The warpgroup index through a shuffle: the same value, but one the compiler knows is
+    // warp-uniform, so the descriptors built from it live in uniform registers (CUTLASS's
+    // canonical_warp_group_idx does the same).
+    const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
+    const int g = lane / 4, t = lane % 4;
+    // Grid: x = key block * (B*H) + (b*H + h); with causal the first key blocks meet the most
+    // query blocks, and they are launched first.
+    const int bh_count = gridDim.x / nkb;
+    const int jblk = blockIdx.x / bh_count, bhi = blockIdx.x % bh_count;
+    const int b = bhi / H;
+    const int n0 = jblk * BN;
+    const int krow = wg * 64 + w * 16;  // this warp's first key within the block
+    const size_t bh = bhi;
+    q += bh * Lq * D;
+    dout += bh * Lq * D;
+    lse += bh * Lq;
+    Dd += bh * Lq;
+    dq_acc += bh * Lq * D;
+    k += bh * Lk * D;
+    v += bh * Lk * D;
+    dk += bh * Lk * D;
+    dv += bh * Lk * D;
+    const float scale_log2 = scale * 1.4426950408889634f;
+
+    const int kv_len = min(Lk, max(kv_lens[b], 0));
+    // With causal, queries i < n0 see none of these keys: start at the query block holding n0.
+    const int i_start = causal ? (n0 / BM) * BM : 0;
+    const int nblocks = (n0 < kv_len && i_start < Lq) ? tfm_cdiv(Lq - i_start, BM) : 0;
+
+    float dK[AN], dV[AN];
+#pragma unroll
+    for (int i = 0; i < AN; ++i) dK[i] = dV[i] = 0.f;
+
+    // Registers that carry the next block's lse_i, D_i into smem (thread tid < BM owns row tid).
+    float lse_next = 0.f, d_next = 0.f;
+    auto fetch_rowstats = [&](int m0) {
+        const int row = m0 + tid;
+        if (tid < BM) {
+            const float l = row < Lq ? lse[row] : NEG_INF;
+            // No-key rows (lse = -inf) and padding rows get +inf: exp2(x - inf) = 0 exactly.
+            lse_next = l == NEG_INF ? POS_INF : l * 1.4426950408889634f;
+            d_next = row < Lq ? Dd[row] : 0.f;
+        }
+    };
+
+    if (nblocks > 0) {
+        sw128_load<BN, D, THREADS>(sK, k, n0, kv_len, tid);
+        sw128_load<BN, D, THREADS>(sV, v, n0, kv_len, tid);
+        sw128_load<BM, D, THREADS>(sQ, q, i_start, Lq, tid);
+        sw128_load<BM, D, THREADS>(sdO, dout, i_start, Lq, tid);
+        cp_async_commit();
+        fetch_rowstats(i_start);
+    }
+
+    for (int ib = 0; ib < nblocks; ++ib) {
+        const int buf = ib & 1;
+        const int m0 = i_start + ib * BM;
+        if (tid < BM) {
+            sL[buf * BM + tid] = lse_next;
+            sD[buf * BM + tid] = d_next;
+        }
+        cp_async_wait<0>();
+        fence_proxy_async_smem();  // cp.async and st.shared wrote through the generic proxy
+        // Q_i, dO_i, lse_i, D_i visible to every thread and to wgmma; the previous block's
+        // wgmmas have all retired (wait<0> below), so its Q/dO buffer and sdS are free.
+        __syncthreads();
+        if (ib + 1 < nblocks) {
+            sw128_load<BM, D, THREADS>(sQ + (buf ^ 1) * QO_BYTES, q, m0 + BM, Lq, tid);
+            sw128_load<BM, D, THREADS>(sdO + (buf ^ 1) * QO_BYTES, dout, m0 + BM, Lq, tid);
+            fetch_rowstats(m0 + BM);
+        }
+        cp_async_commit();
+        // One descriptor per operand and block, stepped along k by immediates (wgmma_desc_advance).
+        // The shared bases pass through opaque_u32 so that these are built here, per block: hoisted
+        // out of the loop, every k-step's descriptor took registers of its own, and spilled.
+        const uint32_t kA = opaque_u32(smem_u32(sK) + wg * 64 * 128), vA = opaque_u32(smem_u32(sV) + wg * 64 * 128);
+        const uint32_t qB = opaque_u32(smem_u32(sQ + buf * QO_BYTES)), oB = opaque_u32(smem_u32(sdO + buf * QO_BYTES));
+        const uint64_t K_k = wgmma_desc_sw128(kA, 16, 1024), V_k = wgmma_desc_sw128(vA, 16, 1024);  // K-major
+        const uint64_t Q_k = wgmma_desc_sw128(qB, 16, 1024), dO_k = wgmma_desc_sw128(oB, 16, 1024);
+        const uint64_t Q_n = wgmma_desc_sw128(qB, BM * 128, 1024), dO_n = wgmma_desc_sw128(oB, BM * 128, 1024);  // N-major
+        const float* Li = sL + buf * BM;
+        const float* Di = sD + buf * BM;
+
+        // S^T = K_c Q_i^T, then dP^T = V_c dO_i^T: two groups in flight.
+        float sT[SN], dpT[SN];
+#pragma unroll
+        for (int i = 0; i < SN; ++i) sT[i] = dpT[i] = 0.f;
+#pragma unroll
+        for (int i = 0; i < SN; ++i) {
+            reg_fence(sT[i]);
+            reg_fence(dpT[i]);
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk)
+            wgmma_m64n64k16_f16<0, 0>(sT, wgmma_desc_advance(K_k, (kk / 4) * BN * 128 + (kk % 4) * 32),
+                                      wgmma_desc_advance(Q_k, (kk / 4) * BM * 128 + (kk % 4) * 32));
+        wgmma_commit();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk)
+            wgmma_m64n64k16_f16<0, 0>(dpT, wgmma_desc_advance(V_k, (kk / 4) * BN * 128 + (kk % 4) * 32),
+                                      wgmma_desc_advance(dO_k, (kk / 4) * BM * 128 + (kk % 4) * 32));
+        wgmma_commit();
+        wgmma_wait<1>();  // S^T has landed; dP^T may still run
+#pragma unroll
+        for (int i = 0; i < SN; ++i) reg_fence(sT[i]);
+
+        // P^T = exp2(S^T scale log2e - lse_i log2e); masks only where this warp's 16 keys cross
+        // kv_len or the diagonal. Accumulator element 4j + e: key krow + g + 8(e/2), query
+        // 8j + 2t + e%2 of the block.
+        const bool edge = (n0 + BN > kv_len) || (causal && n0 + krow + 15 > m0);
+#pragma unroll
+        for (int j = 0; j < BM / 8; ++j) {
+            const float2 l2 = *reinterpret_cast<const float2*>(Li + 8 * j + 2 * t);  // queries qc, qc + 1
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int qc = 8 * j + 2 * t + (e % 2);
+                float p = exp2f(fmaf(sT[4 * j + e], scale_log2, -(e % 2 ? l2.y : l2.x)));
+                if (edge) {
+                    const int key = n0 + krow + g + 8 * (e / 2);
+                    if (key >= kv_len || (causal && key > m0 + qc)) p = 0.f;
+                }
+                sT[4 * j + e] = p;
+            }
+        }
+        // fp16(P^T) as A fragments: the k16 slice kk (queries 16kk..) is n8 tiles 2kk, 2kk + 1 (the
+        // forward's packing of P), all packed before the fence so no register a wgmma reads is
+        // written between the wgmmas (ptxas would serialize them).
+        uint32_t pa[BM / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk)
+#pragma unroll
+            for (int h = 0; h < 4; ++h) pa[kk][h] = pack_half2(sT[8 * kk + 2 * h], sT[8 * kk + 2 * h + 1]);
+#pragma unroll
+        for (int i = 0; i < AN; ++i) reg_fence(dV[i]);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk) {  // dV_c += P^T dO_i
+            const uint64_t db = wgmma_desc_advance(dO_n, kk * 2048);
+            if constexpr (D == 64) wgmma_rs_m64n64k16_f16<1>(dV, pa[kk], db);
+            else wgmma_rs_m64n128k16_f16<1>(dV, pa[kk], db);
+        }
+        wgmma_commit();
+        wgmma_wait<1>();  // dP^T has landed; dV runs on while dS is computed
+#pragma unroll
+        for (int i = 0; i < SN; ++i) reg_fence(dpT[i]);
+
+        // dS^T = P^T (dP^T - D_i), packed as A fragments for dK and staged for dQ.
+        uint32_t dsa[BM / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk)
+#pragma unroll
+            for (int h = 0; h < 4; ++h) {
+                const int i0 = 8 * kk + 2 * h;
+                const float2 d2 = *reinterpret_cast<const float2*>(Di + 8 * (2 * kk + h / 2) + 2 * t);
+                dsa[kk][h] = pack_half2(sT[i0] * (dpT[i0] - d2.x), sT[i0 + 1] * (dpT[i0 + 1] - d2.y));
+            }
+#pragma unroll
+        for (int i = 0; i < AN; ++i) reg_fence(dK[i]);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk) {  // dK_c += dS^T Q_i
+            const uint64_t db = wgmma_desc_advance(Q_n, kk * 2048);
+            if constexpr (D == 64) wgmma_rs_m64n64k16_f16<1>(dK, dsa[kk], db);
+            else wgmma_rs_m64n128k16_f16<1>(dK, dsa[kk], db);
+        }
+        wgmma_commit();
+        // dS^T to smem, [key][query] as one [128][64] block, swizzled: fragment
+        // dsa[kk][h] holds keys krow + g + 8(h%2), queries 16kk + 8(h/2) + 2t, +1. A warp's 32
+        // 4-byte stores hit 8 rows at 8 distinct 16-byte chunks: no bank conflict.
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk)
+#pragma unroll
+            for (int h = 0; h < 4; ++h) {
+                const unsigned key = krow + g + 8 * (h % 2), qc = 16 * kk + 8 * (h / 2) + 2 * t;
+                const unsigned off = key * 128 + (((qc / 8) ^ (key % 8)) * 16) + (qc % 8) * 2;
+                *reinterpret_cast<uint32_t*>(sdS + off) = dsa[kk][h];
+            }
+        fence_proxy_async_smem();
+        __syncthreads();  // both warpgroups' dS^T rows in place
+
+        // dQ_i += dS K_j over the 128 keys: a 64 x 64 part per warpgroup at D = 128, the whole
+        // 64 x 64 by one warpgroup, alternating, at D = 64.
+        if (D == 128 || wg == (ib & 1)) {
+            float dq[32];
+#pragma unroll
+            for (int i = 0; i < 32; ++i) dq[i] = 0.f;
+#pragma unroll
+            for (int i = 0; i < 32; ++i) reg_fence(dq[i]);
+            wgmma_fence();
+            const uint64_t dS_m = wgmma_desc_sw128(opaque_u32(smem_u32(sdS)), BN * 128, 1024);  // M-major
+            const uint64_t K_n =  // N-major, this warpgroup's d block
+                wgmma_desc_sw128(opaque_u32(smem_u32(sK) + (D == 128 ? wg * BN * 128 : 0)), BN * 128, 1024);
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; ++kk)
+                wgmma_m64n64k16_f16<1, 1>(dq, wgmma_desc_advance(dS_m, kk * 2048), wgmma_desc_advance(K_n, kk * 2048));
+            wgmma_commit();
+            wgmma_wait<0>();
+#pragma unroll
+            for (int i = 0; i < 32; ++i) reg_fence(dq[i]);
+            const int dcol = (D == 128 ? wg * 64 : 0) + 2 * t;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int row = m0 + w * 16 + g + 8 * r;
+                if (row >= Lq) continue;
+                float* dst = dq_acc + (size_t)row * D + dcol;
+#pragma unroll
+                for (int j = 0; j < 8; ++j)
+                    atomicAdd(reinterpret_cast<float2*>(dst + 8 * j),
+                              make_float2(dq[4 * j + 2 * r], dq[4 * j + 2 * r + 1]));
+            }
+        }
+        // dK (and dQ) retired: every smem operand of this block is free after the next barrier.
+        wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < AN; ++i) {
+            reg_fence(dK[i]);
+            reg_fence(dV[i]);
+        }
+    }
+    cp_async_wait<0>();
+
+    // Epilogue: dK_j = scale * dK_j, dV_j; keys >= kv_len came out 0 (their P was 0) and are written.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int key = n0 + krow + g + 8 * r;
+        if (key >= Lk) continue;
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+            *reinterpret_cast<uint32_t*>(dk + (size_t)key * D + 8 * j + 2 * t) =
+                pack_half2(dK[4 * j + 2 * r] * scale, dK[4 * j + 2 * r + 1] * scale);
+            *reinterpret_cast<uint32_t*>(dv + (size_t)key * D + 8 * j + 2 * t) =
+                pack_half2(dV[4 * j + 2 * r], dV[4 * j + 2 * r + 1]);
+        }
+    }
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+}
+
+TFM_EXPORT(attn_bwd_wgmma<64>)
+TFM_EXPORT(attn_bwd_wgmma<128>)

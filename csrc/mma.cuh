@@ -379,3 +379,52 @@ static __device__ __forceinline__ void fence_proxy_async_smem() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 #endif
+
+// D(64x64, fp32) += A(64x16, smem desc) * B(16x64, smem desc), both operands from shared memory
+// (added for attention_backward 13, csrc/attention_sm90.cu: S^T, dP^T at D = 128 and its dQ
+// product, which reads A = dS from a [key][query] tile, i.e. M-major: TA = 1). Accumulator layout
+// as wgmma_m64n256k16_f16's, 32 registers. sm_90a only.
+#if defined(__CUDACC__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+template <int TA, int TB>
+static __device__ __forceinline__ void wgmma_m64n64k16_f16(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
+    asm volatile(
+        "{\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31 "
+        "}, %32, %33, 1, 1, 1, %34, %35;\n"
+        "}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(desc_a), "l"(desc_b), "n"(TA), "n"(TB));
+}
+#endif
+
+// The value unchanged, but opaque to the optimizer: a shared-memory base that passes through it
+// inside a loop is recomputed there, not hoisted. Without it nvcc hoists every loop-invariant
+// wgmma descriptor of attention_backward 13 (16 k-steps x 2 operands x 64 bits) out of the query
+// loop and spills at 255 registers. sm_90a only, like the helpers above: an unused function
+// visible to a plain sm_90 source has changed NVRTC's code for it before (docs/plumbing.md).
+#if defined(__CUDACC__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+static __device__ __forceinline__ uint32_t opaque_u32(uint32_t x) {
+    asm volatile("" : "+r"(x));
+    return x;
+}
+#endif
+
+// The descriptor of the operand `bytes` further on (a multiple of 16; the start address stays
+// below 256 KiB, so the 14-bit start field cannot carry into LBO): one add on the descriptor, where
+// wgmma_desc_sw128 masks, shifts and merges three fields. A k-loop builds one descriptor per
+// operand and steps it (attention_backward 13's main loop, NVRTC, D = 128: 1354 instructions with
+// a descriptor built per k-step, 995 with this, a warp-uniform warpgroup index and unsigned tile
+// indexing).
+// Plain integer code: the host emulation uses this definition too.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+static __device__ __forceinline__ uint64_t wgmma_desc_advance(uint64_t desc, uint32_t bytes) {
+    return desc + (bytes >> 4);
+}
+#endif

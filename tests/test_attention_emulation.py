@@ -8,9 +8,10 @@ mma.sync computed for the whole warp from the PTX ISA's fragment layouts, float 
 fp32 flash kernels (forward 2-4, backward 2-4, the preprocessing pass), the naive variants (their
 mask and lse kernels, and this project's own default matmul and softmax kernels, emulated too) and
 the fp16 tensor-core kernels (forward 10, 13; backward 11, 12 with the dQ pass and conversion;
-forward 14, wgmma from shared-memory descriptors and from registers) run their real tiling,
-masking, online softmax, fragment shuffles and pipelines here. Each case runs with each CTA's warps
-and lanes scheduled first to last and again last to first, so a missing barrier between a write
+forward 14 and backward 13, wgmma from shared-memory descriptors and from registers) run their real
+tiling, masking, online softmax, fragment shuffles and pipelines here. Each case runs with each
+CTA's warps and lanes scheduled first to last and again last to first (where a warpgroup released
+from a wgmma also runs ahead of the others), so a missing barrier between a write
 and another warp's read shows.
 
 Tolerances are the GPU tests' (tests/test_attention.py, tests/test_attention_tc.py): fp32 ~1e-5
@@ -187,7 +188,8 @@ def _fp32(case, be, rng, wrap):
 # Ragged query and key tiles, multi-block key loops, the diagonal inside a tile, kv_len cutting a
 # tile, 0 (no key) and 1, Lq > Lk and Lq < Lk, every head dim; for forward 14 (D 64, 128) also a
 # second, ragged 128-row query tile, 128-key tiles cut by kv_len and by the diagonal, and Lq = 1
-# (127 padding rows in its tile).
+# (127 padding rows in its tile); for backward 13 (D 64, 128) three 128-key blocks, 64-row query
+# steps up to a ragged third (at D = 64 both warpgroups take turns at dQ), kv_len 0.
 FP16_CASES = [
     (1, 2, 1, 17, 64, False, None),
     (2, 1, 97, 130, 32, False, [0, 100]),
@@ -198,6 +200,7 @@ FP16_CASES = [
     (1, 1, 150, 300, 128, True, [280]),
     (1, 1, 1, 97, 128, True, None),
     (1, 1, 70, 90, 32, True, None),
+    (2, 1, 130, 260, 64, False, [0, 200]),
 ]
 
 

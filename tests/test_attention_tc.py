@@ -1,5 +1,6 @@
-"""tests/test_attention_tc.py: the fp16 tensor-core attention variants (csrc/attention_tc.cu,
-registered by tfm_kernels/attention_tc.py as forward 10 and backward 11, 12).
+"""tests/test_attention_tc.py: the fp16 tensor-core attention variants (csrc/attention_tc.cu and,
+for Hopper, csrc/attention_sm90.cu; registered by tfm_kernels/attention_tc.py as forward 10, 13, 14
+and backward 11, 12, 13).
 
 No GPU needed:
 * the registry: numbered, fp16-only, every kernel a variant may launch is exported by its source,
@@ -8,8 +9,8 @@ No GPU needed:
   of csrc/, ldmatrix/mma.sync/wgmma from the PTX ISA's layouts;)
 * NVRTC compiles every instantiation; the PTX holds mma.sync m16n8k16 with f32 accumulators,
   ldmatrix (plain and .trans) and cp.async; the nvcc-built SASS holds HMMA and LDSM (HGMMA for
-  forward 14), read with cuobjdump.
-GPU (the `backend` fixture: "ext" and "cupy"): forward 10 and backward 11 and 12 against numpy_ref
+  forward 14 and backward 13, and backward 13's float2 reductions), read with cuobjdump.
+GPU (the `backend` fixture: "ext" and "cupy"): every variant above against numpy_ref
 in float64 from the same fp16 inputs, over L in {1, 17, 64, 97, 200, 1025}, Lq != Lk, causal on and
 off, kv_lens including 0 and 1, head dims 32/64/96/128 and a large B*H; o, lse, dq, dk, dv checked
 separately, outputs NaN-poisoned before each launch. Tolerance (helpers.assert_close_lowprec): the
@@ -43,25 +44,31 @@ H200_SMEM = 227 * 1024
 # ---------------------------------------------------------------------------------------------
 
 def test_registered():
-    assert [v.number for v in FWD] == [10, 13, 14] and [v.number for v in BWD] == [11, 12]
+    assert [v.number for v in FWD] == [10, 13, 14] and [v.number for v in BWD] == [11, 12, 13]
     for v in FWD + BWD:
         assert v.dtypes == ("float16",) and v.description and v.hot, v.qualname
         for source, name in v.kernels:
             assert name in set(_backend.exports(source)), f"{v.qualname}: {source} lacks {name}"
         assert v.reason_unsupported(dtype="float16", head_dim=80) is not None
-        dims = tc.WGMMA_HEAD_DIMS if v.number == 14 else tc.HEAD_DIMS
+        dims = tc.WGMMA_HEAD_DIMS if v.arch == 90 else tc.HEAD_DIMS
         for d in dims:
             assert v.reason_unsupported(dtype="float16", head_dim=d) is None
-    wg = FWD[2]
-    assert wg.arch == 90 and wg.extra.get("opt_in"), "14 stays opt-in until seen passing on a GPU"
+        for d in set(tc.HEAD_DIMS) - set(dims):
+            assert "wgmma" in v.reason_unsupported(dtype="float16", head_dim=d), v.qualname
+    wg, wgb = FWD[2], BWD[2]
+    for v in (wg, wgb):
+        assert v.arch == 90 and v.extra.get("opt_in"), f"{v.qualname} stays opt-in until seen passing on a GPU"
     assert {s for s, _ in wg.kernels} == {tc.SOURCE_SM90}
+    # backward 13 shares 11's preprocessing and conversion passes (attention_tc.cu)
+    assert {n for s, n in wgb.kernels if s == tc.SOURCE_SM90} == {tc.wgmma_bwd_kernel(d) for d in tc.WGMMA_HEAD_DIMS}
+    assert {n for s, n in wgb.kernels if s == tc.SOURCE} <= {n for _, n in BWD[0].kernels}
     assert _backend.source_arch(open(_backend.csrc_dir() / tc.SOURCE_SM90).read()) == "sm_90a"
 
 
 @pytest.mark.parametrize("D", tc.HEAD_DIMS)
 def test_smem_fits(D):
     sizes = [tc.fwd_smem(D), tc.fwd_smem(D, 13), tc.bwd_smem(D, True), tc.bwd_smem(D, False),
-             tc.dq_smem(D)] + ([tc.wgmma_smem(D)] if D in tc.WGMMA_HEAD_DIMS else [])
+             tc.dq_smem(D)] + ([tc.wgmma_smem(D), tc.wgmma_bwd_smem(D)] if D in tc.WGMMA_HEAD_DIMS else [])
     for nbytes in sizes:
         assert 0 < nbytes <= H200_SMEM, (D, nbytes)
 
@@ -89,17 +96,29 @@ def test_nvrtc_ptx_tensor_cores():
 
 def test_nvrtc_ptx_wgmma():
     """sm_90a: forward 14 issues wgmma m64n128k16 with both operands from smem descriptors (S) and
-    m64n{D}k16 with A from registers and B transposed (P V), and fences the async proxy."""
+    m64n{D}k16 with A from registers and B transposed (P V), and fences the async proxy. Backward
+    13: m64n64k16 from smem (S^T, dP^T: both K-major; dQ: both transposed), m64n{D}k16 with A from
+    registers and B transposed (dV, dK), float2 atomics into dQ."""
     from test_matmul_tc import _nvrtc_ptx
 
     names = [tc.wgmma_kernel(d) for d in tc.WGMMA_HEAD_DIMS]
-    bodies = _nvrtc_ptx(tc.SOURCE_SM90, names, "compute_90a")
+    bwd = [tc.wgmma_bwd_kernel(d) for d in tc.WGMMA_HEAD_DIMS]
+    bodies = _nvrtc_ptx(tc.SOURCE_SM90, names + bwd, "compute_90a")
     for d, name in zip(tc.WGMMA_HEAD_DIMS, names):
         body = bodies[name]
         assert "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16" in body, name
         pv = [ln for ln in body.splitlines() if f"wgmma.mma_async.sync.aligned.m64n{d}k16" in ln]
         assert pv, name
         assert "fence.proxy.async.shared::cta" in body and "wgmma.wait_group" in body, name
+    for d, name in zip(tc.WGMMA_HEAD_DIMS, bwd):
+        lines = bodies[name].splitlines()
+        ss = [ln for ln in lines if "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16" in ln and "{%r" not in ln]
+        rs = [ln for ln in lines if f"wgmma.mma_async.sync.aligned.m64n{d}k16.f32.f16.f16" in ln and "{%r" in ln]
+        # S^T, dP^T: D/16 each; dQ: 8 (128 keys); dV, dK: 64 queries / 16 each
+        assert len(ss) == 2 * (d // 16) + 8 and len(rs) == 8, (name, len(ss), len(rs))
+        assert any(ln.rstrip(";").replace(" ", "").endswith("1,1,1,1,1") for ln in ss), f"{name}: no transposed dQ wgmma"
+        assert any(".v2.f32" in ln and ("red." in ln or "atom." in ln) for ln in lines), f"{name}: no float2 atomics"
+        assert "fence.proxy.async.shared::cta" in bodies[name], name
 
 
 def test_sass_tensor_cores():
@@ -121,6 +140,11 @@ def test_sass_tensor_cores():
     assert len(wg) == len(tc.WGMMA_HEAD_DIMS), sorted(wg)
     for name, body in wg.items():
         assert "HGMMA.64x128x16.F32" in body, f"{name}: no HGMMA.64x128x16.F32 (the S = Q K^T product)"
+    wgb = {n: s for n, s in sass.items() if n.startswith("_Z14attn_bwd_wgmma")}
+    assert len(wgb) == len(tc.WGMMA_HEAD_DIMS), sorted(wgb)
+    for name, body in wgb.items():
+        assert "HGMMA.64x64x16.F32" in body, f"{name}: no HGMMA.64x64x16.F32 (S^T, dP^T, dQ)"
+        assert "REDG.E.ADD.F32x2" in body, f"{name}: dQ is not added by float2 reductions"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,6 +244,7 @@ def test_backward(backend, variant, case):
 
     c = _case(*case[:6], None if case[6] is None else tuple(case[6]))
     B, H, Lq, Lk, D = case[:5]
+    _skip_unsupported("attention_backward", variant, D, backend)
     out = (_poisoned(cp, (B, H, Lq, D), cp.float16), _poisoned(cp, (B, H, Lk, D), cp.float16),
            _poisoned(cp, (B, H, Lk, D), cp.float16))
     grads = tfm_kernels.attention_backward(
@@ -255,3 +280,13 @@ def test_forward_is_default_for_fp16(backend):
     info = dict(batch=1, heads=2, seqlen_q=1, seqlen_k=17, head_dim=64, causal=False)
     assert choose("attention_forward", None, dtype="float16", **info).number == 13
     assert choose("attention_backward", None, dtype="float16", **info).number == 12
+
+
+def test_bench_pairs_each_backward_with_its_forward():
+    """A forward+backward benchmark case times backward 13 (wgmma) after forward 14 (wgmma): the
+    sm_90a path as a whole; the mma.sync backwards after the default forward."""
+    from tfm_kernels.bench.attention import _forward_variant_for
+
+    info = dict(batch=4, heads=16, seqlen_q=4096, seqlen_k=4096, head_dim=128, causal=True)
+    assert _forward_variant_for(13, "float16", **info) == FWD[2].key == "14_wgmma"
+    assert _forward_variant_for(12, "float16", **info) == _forward_variant_for(11, "float16", **info) == "13_tc_m128"

@@ -18,6 +18,9 @@ are ``tfm_kernels/attention.py``'s (each ``fn`` here receives validated, contigu
                           tile (forward-shaped, no atomics): bitwise reproducible, ~1.4x the
                           backward's FLOPs, yet 1.25x faster than 11 (64-key) on an H200 (the
                           atomics cost more): the default
+              13_wgmma    Hopper (sm_90a, csrc/attention_sm90.cu): 11's algorithm on warpgroup
+                          MMAs, 2 warpgroups per 128-key block x 64-query steps; dQ by float2
+                          atomics; head dims 64 and 128; opt-in until a GPU run has seen it
 
 Tile shapes per head dim (chosen so ``ptxas -v`` shows no spills at 128 or 256 threads; see
 docs/attention_tc.md for the register and shared-memory figures):
@@ -139,7 +142,7 @@ def wgmma_smem(D: int) -> int:
 def _wgmma_supports(dtype, head_dim, **_):
     if head_dim not in WGMMA_HEAD_DIMS:
         return (f"head_dim {head_dim} is not one of {WGMMA_HEAD_DIMS} (the wgmma instantiations: "
-                f"m64n{{D}}k16 for P V)")
+                f"m64n{{D}}k16 for P V, dV and dK)")
     return None
 
 
@@ -153,9 +156,25 @@ def _forward_wgmma(be, q, k, v, kv_lens, causal, scale, o, lse):
                      wgmma_smem(D)))
 
 
+# backward 13 (Hopper): 128-key blocks (2 warpgroups x 64 keys) x 64-query steps, head dims 64, 128.
+WGMMA_BWD_BN, WGMMA_BWD_BM = 128, 64
+
+
+def wgmma_bwd_kernel(D: int) -> str:
+    return f"attn_bwd_wgmma<{D}>"
+
+
+def wgmma_bwd_smem(D: int) -> int:
+    """K_j, V_j [128][D]; two buffers each of Q_i, dO_i [64][D]; dS^T [128][64], fp16, 128-byte
+    swizzled; two buffers each of lse_i, D_i [64] fp32; plus 1 KiB for the 1024-byte alignment."""
+    bn, bm = WGMMA_BWD_BN, WGMMA_BWD_BM
+    return (2 * bn * D + 4 * bm * D + bn * bm) * 2 + 4 * bm * 4 + 1024
+
+
 # ------------------------------------------------------------------------------------------ backward
 
-def _backward(be, do, q, k, v, o, lse, kv_lens, causal, scale, dq, dk, dv, deterministic=False):
+def _backward(be, do, q, k, v, o, lse, kv_lens, causal, scale, dq, dk, dv, deterministic=False,
+              wgmma=False):
     import cupy
 
     B, H, Lq, D = q.shape
@@ -169,13 +188,21 @@ def _backward(be, do, q, k, v, o, lse, kv_lens, causal, scale, dq, dk, dv, deter
     dq_acc = d_rows if deterministic else xp.empty((B, H, Lq, D), dtype=np.float32)
     be.launch(Launch(SOURCE, f"attn_bwd_dot_tc<{D}>", (_cdiv(rows, 8), 1, 1), (256, 1, 1),
                      (do, o, d_rows, dq_acc, np.int32(rows), np.int32(not deterministic))))
-    nw = BWD_WARPS[not deterministic]
-    nk = _cdiv(Lk, 16 * nw)
     common = (kv_lens, np.int32(H), np.int32(Lq), np.int32(Lk))
-    be.launch(Launch(SOURCE, bwd_kernel(D, not deterministic), (nk * B * H, 1, 1), (32 * nw, 1, 1),
-                     (q, k, v, do, lse, d_rows, dk, dv, dq_acc, *common, np.int32(nk),
-                      np.float32(scale), np.int32(causal)),
-                     bwd_smem(D, not deterministic)))
+    if wgmma:
+        nk = _cdiv(Lk, WGMMA_BWD_BN)
+        main = Launch(SOURCE_SM90, wgmma_bwd_kernel(D), (nk * B * H, 1, 1), (256, 1, 1),
+                      (q, k, v, do, lse, d_rows, dk, dv, dq_acc, *common, np.int32(nk),
+                       np.float32(scale), np.int32(causal)),
+                      wgmma_bwd_smem(D))
+    else:
+        nw = BWD_WARPS[not deterministic]
+        nk = _cdiv(Lk, 16 * nw)
+        main = Launch(SOURCE, bwd_kernel(D, not deterministic), (nk * B * H, 1, 1), (32 * nw, 1, 1),
+                      (q, k, v, do, lse, d_rows, dk, dv, dq_acc, *common, np.int32(nk),
+                       np.float32(scale), np.int32(causal)),
+                      bwd_smem(D, not deterministic))
+    be.launch(main)
     if deterministic:
         nq = _cdiv(Lq, DQ_BM)
         be.launch(Launch(SOURCE, dq_kernel(D), (nq * B * H, 1, 1), (THREADS, 1, 1),
@@ -190,6 +217,10 @@ def _backward(be, do, q, k, v, o, lse, kv_lens, causal, scale, dq, dk, dv, deter
 
 def _backward_det(be, *args):
     _backward(be, *args, deterministic=True)
+
+
+def _backward_wgmma(be, *args):
+    _backward(be, *args, wgmma=True)
 
 
 # ------------------------------------------------------------------------------------------ checking
@@ -302,3 +333,16 @@ register(Variant(
     + tuple((SOURCE, dq_kernel(d)) for d in HEAD_DIMS), hot=True,
     measured="H200 (GPU run 1): fwd+bwd causal D=128 N=4096 B4 H16: 195 TFLOP/s, 1.25x 11_tc; "
              "0.72x SDPA flash (269)"))
+register(Variant(
+    "attention_backward", 13, "wgmma",
+    "Hopper: 11_tc's algorithm on warpgroup MMAs (sm_90a): CTA of 2 warpgroups per 128-key block, "
+    "64-query steps; S^T, dP^T by wgmma from 128-byte-swizzled smem, dV and dK with P^T and dS^T "
+    "from registers, dQ by wgmma from a staged dS^T tile into fp32 float2 atomics (opt-in until "
+    "seen correct and measured on a GPU: variant=13)",
+    _backward_wgmma, dtypes=("float16",), supports=_wgmma_supports,
+    kernels=tuple((SOURCE, f"attn_bwd_dot_tc<{d}>") for d in WGMMA_HEAD_DIMS)
+    + tuple((SOURCE_SM90, wgmma_bwd_kernel(d)) for d in WGMMA_HEAD_DIMS)
+    + ((SOURCE, "attn_bwd_dq_convert"),), hot=True, arch=90,
+    extra={"opt_in": True, "unverified": "never run on a GPU: written after GPU run 1 (H200, 2026-11-29); "
+                                         "compiled (no spills), and its source passes the host emulation "
+                                         "(tests/test_attention_emulation.py) only"}))

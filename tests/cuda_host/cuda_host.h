@@ -522,9 +522,11 @@ inline uint32_t pack_half2(float lo, float hi) {
 //     a thread waits on the barrier with every arrival in (the latest they may), so a read before
 //     the wait sees poison, and (forward) a stage refilled while a wgmma may still read it is
 //     overwritten early.
-//   * wgmma is a warpgroup collective (128 threads). It is computed at the wgmma.wait_group that
-//     retires its group, from shared memory as it is then: a stage released before that wait can
-//     be overwritten first, and shows. Descriptors follow the 128-byte-swizzle canonical layouts
+//   * wgmma is a warpgroup collective (128 threads). Its shared-memory operands are read when it
+//     issues and again at the wgmma.wait_group that retires its group, and must not differ (the
+//     hardware may read them at any time in between); it is computed at that wait. So a write by
+//     another warpgroup that no barrier orders before the issue, and a stage released (and
+//     overwritten) before the retiring wait, both fail. Descriptors follow the 128-byte-swizzle canonical layouts
 //     (mma.cuh wgmma_desc_sw128): K-major element (r, k) at start + (r/8) SBO + (r%8) 128 + 2k;
 //     MN-major (mn, k) at start + 2 (mn%64) + (mn/64) LBO + (k%8) 128 + (k/8) SBO; then the
 //     address swizzle. The accumulator is the mma.sync C layout repeated along N, warp w owning
@@ -589,6 +591,7 @@ struct Wgmma {
     uint64_t da = 0, db = 0;
     float* d[128];
     uint32_t a[128][4];
+    std::vector<float> A, B;  // the shared-memory operands as read at issue ([64][16], [n][16])
 };
 struct GroupState {
     std::vector<std::vector<Wgmma>> committed;
@@ -607,7 +610,9 @@ inline float smem_half(const Cta& c, uint32_t addr, bool& ok) {
     return half_bits_to_float(b);
 }
 
-inline const char* wgmma_compute(const Wgmma& op) {
+// The operands of a wgmma: A [64][16] (from its descriptor, or the warps' register fragments) and
+// B [n][16], as shared memory holds them now.
+inline const char* wgmma_operands(const Wgmma& op, std::vector<float>& A, std::vector<float>& B) {
     const Cta& c = cta();
     auto field = [](uint64_t desc, int lo) { return static_cast<uint32_t>(((desc >> lo) & 0x3fff) << 4); };
     if ((op.db >> 62) != 1 || (!op.rs && (op.da >> 62) != 1)) return "wgmma descriptor without the 128-byte swizzle layout";
@@ -617,7 +622,8 @@ inline const char* wgmma_compute(const Wgmma& op) {
         return mn_major ? start + 2 * (mn % 64) + (mn / 64) * lbo + (k % 8) * 128 + (k / 8) * sbo
                         : start + (mn / 8) * sbo + (mn % 8) * 128 + 2 * k;
     };
-    static float A[64][16], B[256][16];
+    A.assign(64 * 16, 0.f);
+    B.assign(static_cast<std::size_t>(op.n) * 16, 0.f);
     bool ok = true;
     for (int m = 0; m < 64; ++m)
         for (int k = 0; k < 16; ++k) {
@@ -625,21 +631,34 @@ inline const char* wgmma_compute(const Wgmma& op) {
                 const int w = m / 16, r = m % 16;
                 const int g = r % 8, hi = r / 8, kh = k / 8, t = (k % 8) / 2;
                 const uint32_t reg = op.a[32 * w + 4 * g + t][hi + 2 * kh];
-                A[m][k] = half_bits_to_float(k % 2 ? reg >> 16 : reg & 0xffff);
+                A[16 * m + k] = half_bits_to_float(k % 2 ? reg >> 16 : reg & 0xffff);
             } else {
-                A[m][k] = smem_half(c, at(op.da, op.ta, m, k), ok);
+                A[16 * m + k] = smem_half(c, at(op.da, op.ta, m, k), ok);
             }
         }
     for (int n = 0; n < op.n; ++n)
-        for (int k = 0; k < 16; ++k) B[n][k] = smem_half(c, at(op.db, op.tb, n, k), ok);
-    if (!ok) return "wgmma: a descriptor reaches outside the CTA's shared memory";
+        for (int k = 0; k < 16; ++k) B[16 * n + k] = smem_half(c, at(op.db, op.tb, n, k), ok);
+    return ok ? nullptr : "wgmma: a descriptor reaches outside the CTA's shared memory";
+}
+
+// A wgmma may read its shared-memory operands at any time between its issue and the wait that
+// retires it: they are read at both ends here, and must agree (bit for bit). A write another
+// warpgroup makes without a barrier before the issue (the operand is read at issue: NaN poison or
+// stale data), or one made before the retiring wait (a stage refilled early), both fail.
+inline const char* wgmma_compute(const Wgmma& op) {
+    std::vector<float> A, B;
+    if (const char* e = wgmma_operands(op, A, B)) return e;
+    if (std::memcmp(A.data(), op.A.data(), A.size() * sizeof(float)) != 0 ||
+        std::memcmp(B.data(), op.B.data(), B.size() * sizeof(float)) != 0)
+        return "wgmma: a shared-memory operand changed between the wgmma's issue and the wait that retires it "
+               "(a write not ordered before the issue by a barrier, or made before the retiring wait)";
     for (int tid = 0; tid < 128; ++tid) {
         const int w = tid / 32, l = tid % 32, g = l / 4, t = l % 4;
         for (int j = 0; j < op.n / 8; ++j)
             for (int e = 0; e < 4; ++e) {
                 const int m = 16 * w + g + 8 * (e / 2), n = 8 * j + 2 * t + e % 2;
                 float s = op.d[tid][4 * j + e];
-                for (int k = 0; k < 16; ++k) s += A[m][k] * B[n][k];
+                for (int k = 0; k < 16; ++k) s += A[16 * m + k] * B[16 * n + k];
                 op.d[tid][4 * j + e] = s;
             }
     }
@@ -663,7 +682,8 @@ inline const char* complete_group(const unsigned char (*in)[64], int kind, int a
             op.d[t] = g.d;
             std::memcpy(op.a[t], g.a, 16);
         }
-        st.open.push_back(op);
+        if (const char* e = wgmma_operands(op, op.A, op.B)) return e;
+        st.open.push_back(std::move(op));
     } else if (kind == 1) {
         st.committed.push_back(std::move(st.open));
         st.open.clear();
@@ -770,6 +790,7 @@ inline void fence_proxy_async_smem() {}
 template <int REGS> inline void setmaxnreg_dec() {}
 template <int REGS> inline void setmaxnreg_inc() {}
 inline void reg_fence(float&) {}
+inline uint32_t opaque_u32(uint32_t x) { return x; }
 inline uint64_t wgmma_desc_sw128(uint32_t smem_addr, uint32_t lbo, uint32_t sbo) {
     return static_cast<uint64_t>((smem_addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>((lbo & 0x3FFFF) >> 4) << 16) |
            (static_cast<uint64_t>((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);
@@ -784,6 +805,10 @@ inline void wgmma_m64n256k16_f16(float (&d)[128], uint64_t da, uint64_t db) {
 template <int TA, int TB>
 inline void wgmma_m64n128k16_f16(float (&d)[64], uint64_t da, uint64_t db) {
     emu::group_op(0, 128, emu::GroupIn{0, 128, TA, TB, da, db, d, {}});
+}
+template <int TA, int TB>
+inline void wgmma_m64n64k16_f16(float (&d)[32], uint64_t da, uint64_t db) {
+    emu::group_op(0, 64, emu::GroupIn{0, 64, TA, TB, da, db, d, {}});
 }
 template <int TB>
 inline void wgmma_rs_m64n64k16_f16(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
@@ -971,9 +996,38 @@ inline int run_cluster(const Config& cfg, unsigned bx0, unsigned by, unsigned bz
     // a warp collective they all reached is completed at once and the warp goes on, so one warp
     // reaches its next CTA barrier before the next warp starts. Then CTA and cluster barriers
     // whose threads have all arrived are released, and the round repeats. Reverse: the last CTA,
-    // warp and lane first.
+    // warp and lane first, and a warpgroup released from a wgmma collective runs on, all four
+    // warps, until it stops at something else (a barrier, an mbarrier, the end): it races ahead of
+    // the other warpgroups, so a wgmma that reads another warpgroup's shared-memory writes with no
+    // barrier between reads them before they happen. (Forward keeps warpgroups in step, one
+    // collective per round, so an in-flight wgmma's operands stay exposed to the others' writes.)
     std::string why;
     const unsigned nwarps = (nt + 31) / 32;
+    auto run_warp = [&](int c, unsigned w) -> int {  // 0: blocked, 1: its warpgroup was released, 3: failed
+        const unsigned n = std::min(32u, nt - 32 * w);
+        for (;;) {
+            for (unsigned l = 0; l < n; ++l) {
+                Fiber& f = S->fibers[c * nt + 32 * w + (cfg.reverse ? n - 1 - l : l)];
+                if (f.done || f.wait != Wait::none) continue;
+                S->cur = &f;
+                threadIdx = f.tid;
+                blockIdx = S->ctas[f.cta].bid;
+                swapcontext(&S->sched, &f.ctx);
+                S->cur = nullptr;
+                if (S->failed) return 3;
+            }
+            int r = release_warp(c, w, why);
+            bool group = false;
+            if (r == 0) group = (r = release_group(c, w / 4, why)) > 0;
+            if (r < 0) {
+                const Cta& C = S->ctas[c];
+                fail_launch("%s in block (%u,%u,%u), warp %u", why.c_str(), C.bid.x, C.bid.y, C.bid.z, w);
+                return 3;
+            }
+            if (r == 0) return 0;
+            if (group && cfg.reverse) return 1;
+        }
+    };
     for (;;) {
         const long long before = S->progress;
         for (Fiber& f : S->fibers)
@@ -981,26 +1035,16 @@ inline int run_cluster(const Config& cfg, unsigned bx0, unsigned by, unsigned bz
         for (unsigned k = 0; k < S->ncta * nwarps; ++k) {
             const unsigned kw = cfg.reverse ? S->ncta * nwarps - 1 - k : k;
             const int c = static_cast<int>(kw / nwarps);
-            const unsigned w = kw % nwarps, n = std::min(32u, nt - 32 * w);
-            for (;;) {
-                for (unsigned l = 0; l < n; ++l) {
-                    Fiber& f = S->fibers[c * nt + 32 * w + (cfg.reverse ? n - 1 - l : l)];
-                    if (f.done || f.wait != Wait::none) continue;
-                    S->cur = &f;
-                    threadIdx = f.tid;
-                    blockIdx = S->ctas[f.cta].bid;
-                    swapcontext(&S->sched, &f.ctx);
-                    S->cur = nullptr;
-                    if (S->failed) return 3;
+            int r = run_warp(c, kw % nwarps);
+            while (r == 1) {  // reverse: the released warpgroup's warps, last first, until it stops
+                const unsigned g0 = (kw % nwarps) / 4 * 4, g1 = std::min(g0 + 4, nwarps);
+                r = 0;
+                for (unsigned w = g1; w-- > g0 && r != 3;) {
+                    const int rw = run_warp(c, w);
+                    r = rw == 0 ? r : rw;
                 }
-                int r = release_warp(c, w, why);
-                if (r == 0) r = release_group(c, w / 4, why);
-                if (r < 0) {
-                    const Cta& C = S->ctas[c];
-                    return fail_launch("%s in block (%u,%u,%u), warp %u", why.c_str(), C.bid.x, C.bid.y, C.bid.z, w);
-                }
-                if (r == 0) break;
             }
+            if (r == 3) return 3;
         }
         bool all_done = true;
         for (const Fiber& f : S->fibers) all_done = all_done && f.done;

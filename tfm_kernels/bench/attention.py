@@ -112,11 +112,18 @@ def _verdict(outs, refs, bases, reduction):
 # Cases
 
 def _forward_variant_for(backward_number: int, dtype: str, **info):
-    """The forward paired with a backward variant in a forward+backward case: naive with naive,
-    otherwise the default forward for the dtype and shape (what a user's training step runs)."""
-    from .._registry import choose
+    """The forward paired with a backward variant in a forward+backward case: naive with naive, a
+    Hopper (wgmma) backward with the wgmma forward (the whole sm_90a path, timed as one), otherwise
+    the default forward for the dtype and shape (what a user's training step runs)."""
+    from .._registry import choose, get, variants
 
-    return choose("attention_forward", 1 if backward_number == 1 else None, dtype=dtype, **info).key
+    if backward_number == 1:
+        return choose("attention_forward", 1, dtype=dtype, **info).key
+    if get("attention_backward", backward_number).name == "wgmma":
+        fwd = [v for v in variants("attention_forward") if v.name == "wgmma"]
+        if fwd and not fwd[0].reason_unsupported(dtype=dtype, **info):
+            return fwd[0].key
+    return choose("attention_forward", None, dtype=dtype, **info).key
 
 
 def _sdpa_probe(torch, backend: str, dtype: str, D: int, causal: bool, grad: bool) -> str | None:
