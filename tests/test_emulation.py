@@ -6,7 +6,8 @@ tests/cuda_host/selftest.cu, small kernels with known faults, and must report ea
 barrier (a wrong result in at least one thread order), a warp collective some lanes never reach
 (deadlock) or pair with a different one, a read of a cp.async copy before its wait, a write past
 the launch's dynamic shared memory, ldmatrix rows misaligned or out of range, an mbarrier phase
-that never completes, a read past a buffer's end (guard pages), __trap, a parameter of the wrong size, CUDA's
+that never completes, a wgmma reading another warpgroup's shared-memory writes with no barrier
+between, a read past a buffer's end (guard pages), __trap, a parameter of the wrong size, CUDA's
 launch limits; and the correct versions pass. Also the source rewrite of
 `__shared__` declarations, on every declaration form csrc/ uses.
 """
@@ -130,6 +131,31 @@ def test_mbarrier_phases(lib, arrivals, message):
     else:
         with pytest.raises(emu.EmulationError, match=message):
             _launch(lib, "forward", *args)
+
+
+def test_wgmma_reads_at_issue(lib):
+    """A wgmma may read its shared-memory operands as soon as it issues: with the barrier after
+    the two warpgroups' writes both get A B^T; without it each order reports the race, forward as
+    an operand that changed between issue and retirement, reverse (a warpgroup released from a
+    wgmma runs ahead) as the other warpgroup's unwritten, NaN-poisoned rows in the product."""
+    r, k, n = np.arange(64)[:, None], np.arange(16)[None, :], np.arange(64)[:, None]
+    a = ((r * 7 + k * 3) % 11 - 5).astype(np.float64)
+    b = ((n * 5 + k) % 9 - 4).astype(np.float64)
+    want = np.empty((256, 32))
+    for tid in range(256):  # the accumulator layout: warp w rows 16w.., lane (g, t), n8 tile j
+        w, g, t = tid % 128 // 32, tid % 32 // 4, tid % 4
+        for i in range(32):
+            j, e = divmod(i, 4)
+            want[tid, i] = (a @ b.T)[16 * w + g + 8 * (e // 2), 8 * j + 2 * t + e % 2]
+    for order in ORDERS:
+        out = np.full(256 * 32, np.nan, np.float32)
+        _launch(lib, order, "st_wgmma_race<true>", (256, 1, 1), (out,), smem=16384)
+        assert np.array_equal(out.reshape(256, 32), want), order
+    with pytest.raises(emu.EmulationError, match="changed between the wgmma's issue"):
+        _launch(lib, "forward", "st_wgmma_race<false>", (256, 1, 1), (np.zeros(256 * 32, np.float32),), smem=16384)
+    out = np.zeros(256 * 32, np.float32)
+    _launch(lib, "reverse", "st_wgmma_race<false>", (256, 1, 1), (out,), smem=16384)
+    assert not np.isfinite(out).all()
 
 
 def test_guard_pages(lib):

@@ -1,5 +1,9 @@
+// tfm-arch: sm_90a
 // selftest.cu: kernels with known faults, for tests/test_emulation.py to check that the host
 // emulation (cuda_host.h) reports each one instead of passing it or crashing. Not a project kernel.
+// (Marked sm_90a so that the emulator's wgmma is compiled in: st_wgmma_race.)
+#include <cuda_fp16.h>
+
 #include "common.cuh"
 #include "mma.cuh"
 
@@ -83,3 +87,30 @@ __global__ void st_read(const float* in, float* out, int skew) {
     out[threadIdx.x] = in[threadIdx.x + skew];
 }
 TFM_EXPORT(st_read)
+
+// Two warpgroups each write half the rows of a 64 x 64 fp16 tile A and of B (K-major, 128-byte
+// swizzled), then each issues one wgmma m64n64k16 on all of A and B (k 0..15) and stores its
+// accumulators to out[warpgroup][thread][32]. Right only with the barrier between the writes and
+// the wgmma: without it a warpgroup's wgmma reads rows the other has not written yet.
+template <bool BARRIER>
+__global__ void st_wgmma_race(float* out) {
+    extern __shared__ __align__(1024) unsigned char tile[];  // A: 8 KiB, then B: 8 KiB
+    const unsigned t = threadIdx.x, r = t / 4;
+    for (unsigned k = 16 * (t % 4); k < 16 * (t % 4) + 16; ++k) {
+        const unsigned at = r * 128 + (((k / 8) ^ (r % 8)) * 16) + (k % 8) * 2;
+        *reinterpret_cast<__half*>(tile + at) = __float2half(static_cast<float>((r * 7 + k * 3) % 11) - 5.f);
+        *reinterpret_cast<__half*>(tile + 8192 + at) = __float2half(static_cast<float>((r * 5 + k) % 9) - 4.f);
+    }
+    fence_proxy_async_smem();
+    if (BARRIER) __syncthreads();
+    float d[32];
+    for (int i = 0; i < 32; ++i) d[i] = 0.f;
+    wgmma_fence();
+    wgmma_m64n64k16_f16<0, 0>(d, wgmma_desc_sw128(smem_u32(tile), 16, 1024),
+                              wgmma_desc_sw128(smem_u32(tile + 8192), 16, 1024));
+    wgmma_commit();
+    wgmma_wait<0>();
+    for (int i = 0; i < 32; ++i) out[32 * t + i] = d[i];
+}
+TFM_EXPORT(st_wgmma_race<true>)
+TFM_EXPORT(st_wgmma_race<false>)
