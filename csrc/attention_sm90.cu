@@ -69,7 +69,8 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
     unsigned char* sK = sQ + Q_BYTES;                  // 2 x KV_BYTES
     unsigned char* sV = sK + 2 * KV_BYTES;             // 2 x KV_BYTES
 
-    const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, w = (tid % 128) / 32;
+    const int tid = threadIdx.x, lane = tid % 32, w = (tid % 128) / 32;
+    const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);  // warp-uniform, visibly (backward 13)
     const int g = lane / 4, t = lane % 4;
     const int bh_count = gridDim.x / ntiles;
     const int tile = blockIdx.x / bh_count, bhi = blockIdx.x % bh_count;
@@ -123,9 +124,10 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
             sw128_load<BN, D, THREADS>(sV + (buf ^ 1) * KV_BYTES, v, n0 + BN, kv_len, tid);
         }
         cp_async_commit();
-        const uint32_t qa = smem_u32(sQ) + wg * 64 * 128;
-        const uint32_t kb = smem_u32(sK + buf * KV_BYTES);
-        const uint32_t vb = smem_u32(sV + buf * KV_BYTES);
+        // One descriptor per operand and tile, stepped along k (as backward 13 below).
+        const uint64_t Q_k = wgmma_desc_sw128(opaque_u32(smem_u32(sQ) + wg * 64 * 128), 16, 1024);
+        const uint64_t K_k = wgmma_desc_sw128(opaque_u32(smem_u32(sK + buf * KV_BYTES)), 16, 1024);
+        const uint64_t V_n = wgmma_desc_sw128(opaque_u32(smem_u32(sV + buf * KV_BYTES)), BN * 128, 1024);
 
         // S = Q_i K_j^T
         float s[NT * 4];
@@ -135,11 +137,9 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
         for (int i = 0; i < NT * 4; ++i) reg_fence(s[i]);
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            const uint64_t da = wgmma_desc_sw128(qa + (kk / 4) * BM * 128 + (kk % 4) * 32, 16, 1024);
-            const uint64_t db = wgmma_desc_sw128(kb + (kk / 4) * BN * 128 + (kk % 4) * 32, 16, 1024);
-            wgmma_m64n128k16_f16<0, 0>(s, da, db);
-        }
+        for (int kk = 0; kk < D / 16; ++kk)
+            wgmma_m64n128k16_f16<0, 0>(s, wgmma_desc_advance(Q_k, (kk / 4) * BM * 128 + (kk % 4) * 32),
+                                       wgmma_desc_advance(K_k, (kk / 4) * BN * 128 + (kk % 4) * 32));
         wgmma_commit();
         wgmma_wait<0>();
 #pragma unroll
@@ -199,7 +199,7 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
-            const uint64_t dv = wgmma_desc_sw128(vb + kk * 16 * 128, BN * 128, 1024);
+            const uint64_t dv = wgmma_desc_advance(V_n, kk * 16 * 128);
             if constexpr (D == 64) wgmma_rs_m64n64k16_f16<1>(acc, pa[kk], dv);
             else wgmma_rs_m64n128k16_f16<1>(acc, pa[kk], dv);
         }
