@@ -15,12 +15,14 @@
 #   3. bench    tfm-kernels bench --quick, alone on the GPU so the timings are clean
 #      profile_matmul, profile_attention  Nsight Compute (ncu), one launch each
 #               (scripts/profile_cases.py): matmul 8 and 14 (fp32), 11 and 13 (fp16) at 4096^3;
-#               fp16 attention forward 13 beside SDPA's flash kernel. Issue slots, pipes, L2 and
+#               fp16 attention forward 13 beside SDPA's flash kernel; the wgmma attention forward 14
+#               and backward 13 (profile_hopper). Each starts only if the check can still end by
+#               470 s. Issue slots, pipes, L2 and
 #               shared-memory throughput, stall reasons: what the docs' open questions rest on
 #   4. summary  OUTDIR/summary.md + summary.json (GPU, driver, CUDA, commit, date, pass/fail per op and
 #               backend, sanitizer verdicts, bench table, profile), printed last.
 # Budget: under 8 minutes on an H200 (caps: build 130 s, parallel phase 200 s, bench 75 s, profiles
-# 2 x 40 s). Run 1 took
+# 3 x 40 s, each started only while the check can still end by 470 s). Run 1 took
 # 183 s (tests 100 s, the slowest file test_matmul_tc 85 s); since then the tensor-core test files also
 # disassemble the extension (cuobjdump, ~20 s each) and more variants run, hence the wider caps.
 # OUTDIR gets at most 8 files: summary.md, summary.json, junit.xml, bench.md, bench.json, logs.tar.gz
@@ -110,9 +112,19 @@ fi
 if [ "$GPU_OK" = 1 ] && command -v ncu > /dev/null; then
     # The section identifiers this ncu knows, kept for whoever has to fix a refused --section.
     { ncu --version; ncu --list-sections; } > "$LOGS/ncu_sections.txt" 2>&1
-    for op in matmul attention; do
-        step "profile_$op" 40 "$LOGS/profile_$op.csv" ncu --kernel-name \
-            regex:"$([ $op = matmul ] && echo 'matmul_(cp_async|iter|mma|wgmma)' || echo 'attn_fwd_tc|flash_fwd')" \
+    # One ncu process per op, so a profile cut off by its cap loses only its own report. Each starts
+    # only while the whole check can still end by 470 s (the 8-minute budget, less the summary).
+    for op in matmul attention hopper; do
+        case $op in
+            matmul) kernels='matmul_(cp_async|iter|mma|wgmma)' ;;
+            attention) kernels='attn_fwd_tc|flash_fwd' ;;
+            hopper) kernels='attn_fwd_wgmma|attn_bwd_wgmma' ;;
+        esac
+        if [ $(( $(date +%s) - T0 + 40 )) -gt 470 ]; then
+            printf '%s\t%s\t%s\t%s\n' "profile_$op" "skipped: time budget" 0 "-" >> "$STEPS"
+            continue
+        fi
+        step "profile_$op" 40 "$LOGS/profile_$op.csv" ncu --kernel-name regex:"$kernels" \
             --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats \
             --section WarpStateStats --section MemoryWorkloadAnalysis_Tables --section InstructionStats \
             --csv --page details "$PY" scripts/profile_cases.py "$op"
@@ -129,6 +141,9 @@ W, OUT, ROOT, T0, SAN, GPU_OK = sys.argv[1:7]
 steps = []
 for line in open(os.path.join(W, "steps.tsv")):
     name, rc, dt, log = line.rstrip("\n").split("\t")
+    if not rc.lstrip("-").isdigit():  # a step not started ("skipped: time budget")
+        steps.append({"step": name, "exit": None, "seconds": int(dt), "log": log, "verdict": rc})
+        continue
     rc = int(rc)
     steps.append({"step": name, "exit": rc, "seconds": int(dt), "log": log,
                   "verdict": "ok" if rc == 0 else "TIMEOUT" if rc in (124, 137) else f"FAIL (exit {rc})"})
@@ -260,7 +275,7 @@ summary = {
                                      "max_err", "worst_ratio", "status")} for r in check.get("rows", [])],
     "check_error": check.get("error"),
     "bench_copy_gbs": bench.get("copy_gbs"),
-    "profile": {op: profile_rows(os.path.join(W, "logs", f"profile_{op}.csv")) for op in ("matmul", "attention")},
+    "profile": {op: profile_rows(os.path.join(W, "logs", f"profile_{op}.csv")) for op in ("matmul", "attention", "hopper")},
     "bench": [m for m in bench.get("measurements", []) if m.get("kind") != "ceiling"],
 }
 with open(os.path.join(OUT, "summary.json"), "w") as f:
@@ -311,7 +326,8 @@ if summary["bench"]:
 else:
     L.append("did not run (no GPU, or see bench.txt)")
 for op, what in (("matmul", "matmul 8, 14 (fp32) and 11, 13 (fp16), 4096^3 NN"),
-                 ("attention", "fp16 attention forward B4 H16 N4096 D128: variant 13 and SDPA's flash kernel")):
+                 ("attention", "fp16 attention forward B4 H16 N4096 D128: variant 13 and SDPA's flash kernel"),
+                 ("hopper", "the wgmma attention pair, same shape: forward 14 and backward 13")):
     rows = summary["profile"][op]
     L += ["", f"## Profile: {what} (ncu, scripts/profile_cases.py {op})", ""]
     if not rows:

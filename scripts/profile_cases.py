@@ -3,6 +3,7 @@
 
     ncu --kernel-name regex:"matmul_(cp_async|iter|mma|wgmma)" --section ... python3 scripts/profile_cases.py matmul
     ncu --kernel-name regex:"attn_fwd_tc|flash_fwd" --section ... python3 scripts/profile_cases.py attention
+    ncu --kernel-name regex:"attn_fwd_wgmma|attn_bwd_wgmma" --section ... python3 scripts/profile_cases.py hopper
 
 One launch of each, for the questions the docs leave to a GPU:
   matmul     4096^3 NN. fp32 through variant 8 (cp_async, measured in GPU run 1) and 14 (iterators,
@@ -13,6 +14,9 @@ One launch of each, for the questions the docs leave to a GPU:
   attention  fp16 forward, B4 H16 N4096 D128 (the bench case): variant 13 (mma.sync, 0.76x of SDPA's
              flash backend in run 1) and that backend's own kernel (FlashAttention-2, mma.sync
              too) in the same process: where 13 loses the 1.3x (issue slots, stalls, smem, L2).
+  hopper     the same shape through the wgmma pair, never run before: forward 14 and backward 13,
+             whose predictions in docs/attention_tc.md rest on issue-slot arithmetic (forward 14:
+             issue-bound; backward 13: 350-450 TFLOP/s) that the profile confirms or not.
 Each launch's result is compared with a reference on a slice and the difference printed, so a
 profile of a wrong kernel does not pass unnoticed. A launch that cannot run here says why; the
 others still run.
@@ -92,10 +96,41 @@ def attention() -> None:
     _report("torch SDPA FLASH_ATTENTION", sdpa)
 
 
+def hopper() -> None:
+    """The wgmma attention pair (sm_90a), never run before: forward 14 against a 64-row fp32
+    reference, backward 13 against backward 12 (mma.sync) on forward 14's o and lse."""
+    import cupy as cp
+
+    import tfm_kernels
+
+    B, H, N, D = 4, 16, 4096, 128
+    q, k, v, do = (cp.random.standard_normal((B, H, N, D), dtype=cp.float32).astype(cp.float16) for _ in range(4))
+    s = (q[0, 0, :64].astype(cp.float32) @ k[0, 0].astype(cp.float32).T) / D ** 0.5
+    p = cp.exp(s - s.max(axis=1, keepdims=True))
+    ref = (p / p.sum(axis=1, keepdims=True)) @ v[0, 0].astype(cp.float32)
+    out = {}
+
+    def forward14():
+        out["o"], out["lse"] = tfm_kernels.attention_forward(q, k, v, backend="ext", variant="14_wgmma")
+        return float(cp.abs(out["o"][0, 0, :64].astype(cp.float32) - ref).max() / cp.abs(ref).max())
+
+    def backward13():  # the largest gap to backward 12 over dq, dk, dv, relative to 12's max
+        o, lse = out.get("o"), out.get("lse")
+        if o is None:
+            o, lse = tfm_kernels.attention_forward(q, k, v, backend="ext", variant="13_tc_m128")
+        want = tfm_kernels.attention_backward(do, q, k, v, o, lse, backend="ext", variant="12_tc_det")
+        got = tfm_kernels.attention_backward(do, q, k, v, o, lse, backend="ext", variant="13_wgmma")
+        f32 = lambda x: x.astype(cp.float32)  # noqa: E731
+        return max(float(cp.abs(f32(g) - f32(w)).max() / cp.abs(f32(w)).max()) for g, w in zip(got, want))
+
+    _report("forward 14_wgmma", forward14)
+    _report("backward 13_wgmma (against 12_tc_det)", backward13)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("op", choices=["matmul", "attention"])
-    {"matmul": matmul, "attention": attention}[ap.parse_args().op]()
+    ap.add_argument("op", choices=["matmul", "attention", "hopper"])
+    {"matmul": matmul, "attention": attention, "hopper": hopper}[ap.parse_args().op]()
     return 0
 
 
