@@ -148,17 +148,23 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
         // Scale to base 2, mask edge tiles, online softmax (forward 10's, one m16 tile per warp).
         const bool edge = (n0 + BN > kv_len) || (causal && n0 + BN - 1 > m0 + wrow);
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
+        for (int i = 0; i < NT * 4; ++i) s[i] *= scale_log2;
+        if (edge) {
+            // Row r (= c/2) sees key column n0 + 8nt + 2t + c%2 only below one bound per row:
+            // kv_len, and (causal) row + 1. Each element's test is then against an immediate (as
+            // in backward 13 below: the per-element form parks predicates in registers).
+            int end[2];
 #pragma unroll
-            for (int c = 0; c < 4; ++c) {
-                float x = s[4 * nt + c] * scale_log2;
-                if (edge) {
-                    const int row = m0 + wrow + g + 8 * (c / 2);
-                    const int col = n0 + nt * 8 + 2 * t + (c % 2);
-                    if (col >= kv_len || (causal && col > row)) x = NEG_INF;
-                }
-                s[4 * nt + c] = x;
+            for (int r = 0; r < 2; ++r) {
+                const int row = m0 + wrow + g + 8 * r;
+                end[r] = (causal ? min(kv_len, row + 1) : kv_len) - n0 - 2 * t;
             }
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int c = 0; c < 4; ++c)
+                    if (8 * nt + (c % 2) >= end[c / 2]) s[4 * nt + c] = NEG_INF;
+        }
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             float mx = m_i[r];
@@ -237,33 +243,33 @@ TFM_EXPORT(attn_fwd_wgmma<128, 128>)
 //
 //   CTA = one key block K_j, V_j of BN = 128 keys (loaded once), 2 warpgroups (256 threads):
 //   warpgroup c owns keys 64c..64c+63 and their dK_j, dV_j rows (fp32 accumulators, D/2 + D/2
-//   registers). It walks the query blocks Q_i, dO_i of BM = 64 rows (double-buffered by cp.async;
-//   lse_i, D_i carried through registers into smem). Per query block, keys as M:
-//     S^T  = K_c Q_i^T                 m64n64, A = K_j (K-major), B = Q_i (K-major), smem
+//   registers). It walks the query blocks Q_i, dO_i of BM rows (double-buffered by cp.async;
+//   lse_i, D_i carried through registers into smem): BM = 128 at D = 64, 64 at D = 128, FA3's
+//   shapes, so S^T and dP^T take BM/2 registers each beside dK, dV's D. Per query block, keys as M:
+//     S^T  = K_c Q_i^T                 m64n{BM}, A = K_j (K-major), B = Q_i (K-major), smem
 //     dP^T = V_c dO_i^T                the same, issued before S^T is read so both run together
 //     P^T  = exp2(S^T scale log2e - lse_i log2e), masked to 0 (edge tiles only)
-//     dV_c += P^T dO_i                 m64 n{D}, A = fp16(P^T) from registers, B = dO_i N-major
+//     dV_c += P^T dO_i                 m64n{D}, A = fp16(P^T) from registers, B = dO_i N-major;
+//                                      it runs on while dS is computed
 //     dS^T = P^T (dP^T - D_i)
 //     dK_c += dS^T Q_i                 A = fp16(dS^T) from registers, B = Q_i N-major
 //     dQ_i += dS K_j                   dS^T staged in smem as fp16 [key][query] (the dQ product
 //                                      needs all 128 keys, i.e. both warpgroups' rows): m64n64
 //                                      over the 128 keys, A = dS M-major (transpose bit), B = K_j
-//                                      N-major. D = 128: warpgroup c computes d columns 64c..;
-//                                      D = 64: warpgroup ib % 2 computes all of it (one wgmma
-//                                      stream saturates the tensor cores, as in a ping-pong
-//                                      schedule). Added into the fp32 dq_acc by float2 atomics
-//                                      (sm_90), once per 128 keys (11's count).
-// Registers (nvcc 13.0, sm_90a): D = 64: 206, D = 128: 254, no spills. Two things decide that:
-// BM = 128 at D = 64 (FA3's shape) keeps 64 + 64 fp32 S^T/dP^T accumulators live beside P's fp16
-// fragments (in flight in dV) and dK/dV, and spilled 80-88 bytes; and the shared bases pass through
-// opaque_u32, or nvcc hoists every loop-invariant descriptor out of the query loop (D = 128: 64
-// bytes of spills).
+//                                      N-major; warpgroup c takes query rows 64c.. (D = 64) or d
+//                                      columns 64c.. (D = 128). Added into the fp32 dq_acc by float2
+//                                      atomics (sm_90), once per 128 keys (11's count).
+// Registers, no spills: nvcc 13.0 255 (D = 128) and 245 (D = 64); NVRTC 255 and 243. What it took:
+// the shared bases pass through opaque_u32 (else nvcc hoists every k-step's descriptor out of the
+// query loop: 64 bytes of spills at D = 128); the masks are one integer bound per key row, compared
+// with immediates (the first form, a full test per element, had the compiler park 64 predicates in
+// registers at BM = 128: 92-208 bytes of spills, so D = 64 first ran with BM = 64).
 // dK is scaled once at the end; dQ's scale is applied by attn_bwd_dq_convert (attention_tc.cu),
 // which also runs after backward 11, as does its preprocessing pass attn_bwd_dot_tc.
 //
 // Shared memory (every tile 128-byte swizzled, D/64 or BM/64 column blocks of [rows][64], 1024-byte
-// aligned): K_j, V_j [128][D]; 2 x Q_i, 2 x dO_i [64][D]; dS^T [128][64]; 2 x lse_i, D_i [64] fp32.
-// D = 64: 80.5 KiB, D = 128: 144.5 KiB (+1 KiB for the alignment); one CTA per SM (registers).
+// aligned): K_j, V_j [128][D]; 2 x Q_i, 2 x dO_i [BM][D]; dS^T [128][BM]; 2 x lse_i, D_i [BM] fp32.
+// D = 64: 130 KiB, D = 128: 144.5 KiB (+1 KiB for the alignment); one CTA per SM (registers).
 // Descriptors (conventions of forward 14 above and matmul_sm90.cu):
 //   K-major X rows [r0, ..) of a [R][D] tile, k16 step kk: X + (kk/4) R 128 + r0 128 + (kk%4) 32,
 //     SBO 1024 (8 rows).
@@ -278,7 +284,7 @@ attn_bwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
                const int* __restrict__ kv_lens, int H, int Lq, int Lk, int nkb, float scale, int causal) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     static_assert(D == 64 || D == 128, "wgmma shapes: m64n{64,128}k16");
-    constexpr int THREADS = 256, BN = 128, BM = 64;
+    constexpr int THREADS = 256, BN = 128, BM = D == 64 ? 128 : 64;
     constexpr int SN = BM / 2, AN = D / 2;  // accumulators per thread: S^T / dP^T, dK / dV
     constexpr int KV_BYTES = BN * D * 2, QO_BYTES = BM * D * 2, DS_BYTES = BN * BM * 2;
     const float NEG_INF = __int_as_float(0xff800000), POS_INF = __int_as_float(0x7f800000);
@@ -389,13 +395,21 @@ attn_bwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk)
-            wgmma_m64n64k16_f16<0, 0>(sT, wgmma_desc_advance(K_k, (kk / 4) * BN * 128 + (kk % 4) * 32),
-                                      wgmma_desc_advance(Q_k, (kk / 4) * BM * 128 + (kk % 4) * 32));
+            if constexpr (BM == 128)
+                wgmma_m64n128k16_f16<0, 0>(sT, wgmma_desc_advance(K_k, (kk / 4) * BN * 128 + (kk % 4) * 32),
+                                           wgmma_desc_advance(Q_k, (kk / 4) * BM * 128 + (kk % 4) * 32));
+            else
+                wgmma_m64n64k16_f16<0, 0>(sT, wgmma_desc_advance(K_k, (kk / 4) * BN * 128 + (kk % 4) * 32),
+                                          wgmma_desc_advance(Q_k, (kk / 4) * BM * 128 + (kk % 4) * 32));
         wgmma_commit();
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk)
-            wgmma_m64n64k16_f16<0, 0>(dpT, wgmma_desc_advance(V_k, (kk / 4) * BN * 128 + (kk % 4) * 32),
-                                      wgmma_desc_advance(dO_k, (kk / 4) * BM * 128 + (kk % 4) * 32));
+            if constexpr (BM == 128)
+                wgmma_m64n128k16_f16<0, 0>(dpT, wgmma_desc_advance(V_k, (kk / 4) * BN * 128 + (kk % 4) * 32),
+                                           wgmma_desc_advance(dO_k, (kk / 4) * BM * 128 + (kk % 4) * 32));
+            else
+                wgmma_m64n64k16_f16<0, 0>(dpT, wgmma_desc_advance(V_k, (kk / 4) * BN * 128 + (kk % 4) * 32),
+                                          wgmma_desc_advance(dO_k, (kk / 4) * BM * 128 + (kk % 4) * 32));
         wgmma_commit();
         wgmma_wait<1>();  // S^T has landed; dP^T may still run
 #pragma unroll
@@ -409,15 +423,24 @@ attn_bwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
         for (int j = 0; j < BM / 8; ++j) {
             const float2 l2 = *reinterpret_cast<const float2*>(Li + 8 * j + 2 * t);  // queries qc, qc + 1
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int qc = 8 * j + 2 * t + (e % 2);
-                float p = exp2f(fmaf(sT[4 * j + e], scale_log2, -(e % 2 ? l2.y : l2.x)));
-                if (edge) {
-                    const int key = n0 + krow + g + 8 * (e / 2);
-                    if (key >= kv_len || (causal && key > m0 + qc)) p = 0.f;
-                }
-                sT[4 * j + e] = p;
+            for (int e = 0; e < 4; ++e)
+                sT[4 * j + e] = exp2f(fmaf(sT[4 * j + e], scale_log2, -(e % 2 ? l2.y : l2.x)));
+        }
+        if (edge) {
+            // Key row r (= e/2) is hidden from query column c = 8j + e%2 + 2t when the key is past
+            // kv_len, or (causal) when c < key - m0: one integer bound per row, then each element's
+            // test is against an immediate.
+            int first[2];
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int key = n0 + krow + g + 8 * r;
+                first[r] = key >= kv_len ? BM : causal ? key - m0 - 2 * t : 0;
             }
+#pragma unroll
+            for (int j = 0; j < BM / 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    if (8 * j + (e % 2) < first[e / 2]) sT[4 * j + e] = 0.f;
         }
         // fp16(P^T) as A fragments: the k16 slice kk (queries 16kk..) is n8 tiles 2kk, 2kk + 1 (the
         // forward's packing of P), all packed before the fence so no register a wgmma reads is
@@ -469,22 +492,22 @@ attn_bwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
 #pragma unroll
             for (int h = 0; h < 4; ++h) {
                 const unsigned key = krow + g + 8 * (h % 2), qc = 16 * kk + 8 * (h / 2) + 2 * t;
-                const unsigned off = key * 128 + (((qc / 8) ^ (key % 8)) * 16) + (qc % 8) * 2;
+                const unsigned off = (qc / 64) * BN * 128 + key * 128 + ((((qc % 64) / 8) ^ (key % 8)) * 16) + (qc % 8) * 2;
                 *reinterpret_cast<uint32_t*>(sdS + off) = dsa[kk][h];
             }
         fence_proxy_async_smem();
         __syncthreads();  // both warpgroups' dS^T rows in place
 
-        // dQ_i += dS K_j over the 128 keys: a 64 x 64 part per warpgroup at D = 128, the whole
-        // 64 x 64 by one warpgroup, alternating, at D = 64.
-        if (D == 128 || wg == (ib & 1)) {
+        // dQ_i += dS K_j over the 128 keys, this warpgroup's 64 x 64 part.
+        {
             float dq[32];
 #pragma unroll
             for (int i = 0; i < 32; ++i) dq[i] = 0.f;
 #pragma unroll
             for (int i = 0; i < 32; ++i) reg_fence(dq[i]);
             wgmma_fence();
-            const uint64_t dS_m = wgmma_desc_sw128(opaque_u32(smem_u32(sdS)), BN * 128, 1024);  // M-major
+            const uint64_t dS_m =  // M-major, this warpgroup's query block at BM = 128
+                wgmma_desc_sw128(opaque_u32(smem_u32(sdS) + (BM == 128 ? wg * BN * 128 : 0)), BN * 128, 1024);
             const uint64_t K_n =  // N-major, this warpgroup's d block
                 wgmma_desc_sw128(opaque_u32(smem_u32(sK) + (D == 128 ? wg * BN * 128 : 0)), BN * 128, 1024);
 #pragma unroll
@@ -497,7 +520,7 @@ attn_bwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
             const int dcol = (D == 128 ? wg * 64 : 0) + 2 * t;
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
-                const int row = m0 + w * 16 + g + 8 * r;
+                const int row = m0 + (BM == 128 ? wg * 64 : 0) + w * 16 + g + 8 * r;
                 if (row >= Lq) continue;
                 float* dst = dq_acc + (size_t)row * D + dcol;
 #pragma unroll

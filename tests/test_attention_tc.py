@@ -112,11 +112,17 @@ def test_nvrtc_ptx_wgmma():
         assert "fence.proxy.async.shared::cta" in body and "wgmma.wait_group" in body, name
     for d, name in zip(tc.WGMMA_HEAD_DIMS, bwd):
         lines = bodies[name].splitlines()
-        ss = [ln for ln in lines if "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16" in ln and "{%r" not in ln]
+        bm = tc.WGMMA_BWD_BM[d]
+
+        def ss(n):  # both operands from shared memory (no register A list)
+            return [ln for ln in lines if f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.f16.f16" in ln and "{%r" not in ln]
+
         rs = [ln for ln in lines if f"wgmma.mma_async.sync.aligned.m64n{d}k16.f32.f16.f16" in ln and "{%r" in ln]
-        # S^T, dP^T: D/16 each; dQ: 8 (128 keys); dV, dK: 64 queries / 16 each
-        assert len(ss) == 2 * (d // 16) + 8 and len(rs) == 8, (name, len(ss), len(rs))
-        assert any(ln.rstrip(";").replace(" ", "").endswith("1,1,1,1,1") for ln in ss), f"{name}: no transposed dQ wgmma"
+        # S^T, dP^T: m64n{BM}, D/16 k-steps each; dQ: m64n64, 8 k-steps (128 keys); dV, dK: BM/16 each
+        assert len(ss(bm)) == 2 * (d // 16) + (8 if bm == 64 else 0), (name, len(ss(bm)))
+        dq = [ln for ln in ss(64) if ln.rstrip(";").replace(" ", "").endswith("1,1,1,1,1")]
+        assert len(dq) == 8, f"{name}: {len(dq)} transposed (dQ) wgmmas, not 8"
+        assert len(rs) == 2 * (bm // 16), (name, len(rs))
         assert any(".v2.f32" in ln and ("red." in ln or "atom." in ln) for ln in lines), f"{name}: no float2 atomics"
         assert "fence.proxy.async.shared::cta" in bodies[name], name
 

@@ -19,8 +19,9 @@ are ``tfm_kernels/attention.py``'s (each ``fn`` here receives validated, contigu
                           backward's FLOPs, yet 1.25x faster than 11 (64-key) on an H200 (the
                           atomics cost more): the default
               13_wgmma    Hopper (sm_90a, csrc/attention_sm90.cu): 11's algorithm on warpgroup
-                          MMAs, 2 warpgroups per 128-key block x 64-query steps; dQ by float2
-                          atomics; head dims 64 and 128; opt-in until a GPU run has seen it
+                          MMAs, 2 warpgroups per 128-key block, 128-query (D = 64) or 64-query
+                          (D = 128) steps; dQ by float2 atomics; head dims 64 and 128; opt-in until
+                          a GPU run has seen it
 
 Tile shapes per head dim (chosen so ``ptxas -v`` shows no spills at 128 or 256 threads; see
 docs/attention_tc.md for the register and shared-memory figures):
@@ -156,8 +157,10 @@ def _forward_wgmma(be, q, k, v, kv_lens, causal, scale, o, lse):
                      wgmma_smem(D)))
 
 
-# backward 13 (Hopper): 128-key blocks (2 warpgroups x 64 keys) x 64-query steps, head dims 64, 128.
-WGMMA_BWD_BN, WGMMA_BWD_BM = 128, 64
+# backward 13 (Hopper): 128-key blocks (2 warpgroups x 64 keys), head dims 64 and 128; query steps
+# of 128 rows at D = 64 and 64 at D = 128 (FA3's shapes; csrc/attention_sm90.cu says why).
+WGMMA_BWD_BN = 128
+WGMMA_BWD_BM = {64: 128, 128: 64}
 
 
 def wgmma_bwd_kernel(D: int) -> str:
@@ -165,9 +168,9 @@ def wgmma_bwd_kernel(D: int) -> str:
 
 
 def wgmma_bwd_smem(D: int) -> int:
-    """K_j, V_j [128][D]; two buffers each of Q_i, dO_i [64][D]; dS^T [128][64], fp16, 128-byte
-    swizzled; two buffers each of lse_i, D_i [64] fp32; plus 1 KiB for the 1024-byte alignment."""
-    bn, bm = WGMMA_BWD_BN, WGMMA_BWD_BM
+    """K_j, V_j [128][D]; two buffers each of Q_i, dO_i [BM][D]; dS^T [128][BM], fp16, 128-byte
+    swizzled; two buffers each of lse_i, D_i [BM] fp32; plus 1 KiB for the 1024-byte alignment."""
+    bn, bm = WGMMA_BWD_BN, WGMMA_BWD_BM[D]
     return (2 * bn * D + 4 * bm * D + bn * bm) * 2 + 4 * bm * 4 + 1024
 
 
@@ -336,7 +339,7 @@ register(Variant(
 register(Variant(
     "attention_backward", 13, "wgmma",
     "Hopper: 11_tc's algorithm on warpgroup MMAs (sm_90a): CTA of 2 warpgroups per 128-key block, "
-    "64-query steps; S^T, dP^T by wgmma from 128-byte-swizzled smem, dV and dK with P^T and dS^T "
+    "128-query (D = 64) or 64-query (D = 128) steps; S^T, dP^T by wgmma from 128-byte-swizzled smem, dV and dK with P^T and dS^T "
     "from registers, dQ by wgmma from a staged dS^T tile into fp32 float2 atomics (opt-in until "
     "seen correct and measured on a GPU: variant=13)",
     _backward_wgmma, dtypes=("float16",), supports=_wgmma_supports,
