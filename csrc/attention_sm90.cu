@@ -1,6 +1,7 @@
 // tfm-arch: sm_90a
-// attention_sm90.cu: fp16 attention forward on Hopper tensor cores (wgmma), variant 14 of
-// attention_forward (tfm_kernels/attention_tc.py). Same algorithm and block names as forward 10
+// attention_sm90.cu: fp16 attention on Hopper tensor cores (wgmma): attention_forward 14 and 15
+// (15: with FA3's intra-warpgroup overlap) and attention_backward 13 (at the end of this file;
+// tfm_kernels/attention_tc.py registers all three). The forward: same algorithm and block names as forward 10
 // (csrc/attention_tc.cu, numpy_ref.flash_attention_forward), with the mma.sync tiles replaced by
 // warpgroup MMAs:
 //
@@ -11,7 +12,7 @@
 //   acc += P V_j     wgmma m64n{D}k16 with A = P from registers (fp16, packed from the S
 //                    accumulators exactly as forward 10 feeds mma.sync) and B = V_j from shared
 //                    memory, N-major (the instruction's transpose bit)
-//   K_j, V_j         double-buffered, 16-byte cp.async by all 256 threads (rows past kv_len
+//   K_j, V_j         double-buffered (V triple-buffered in 15), 16-byte cp.async by all 256 threads (rows past kv_len
 //                    zero-filled), written straight into the 128-byte-swizzled layout the wgmma
 //                    descriptors describe (16-byte chunk c of row r at chunk c ^ (r % 8)).
 //
@@ -51,14 +52,63 @@ static __device__ __forceinline__ void sw128_load(unsigned char* dst, const __ha
     }
 }
 
-template <int D, int BN>
+// The online-softmax step on this warp's 16 rows of a 64 x BN score tile s (the wgmma accumulator
+// layout: element 4nt + c is row g + 8(c/2), key column 8nt + 2t + c%2 of the tile): scale to base
+// 2; on edge tiles hide columns at or past end[r] (-inf); new row maxima into m_i; P = exp2(s - m)
+// in place; l_i = l_i alpha + row sums. Returns each row's alpha in `alpha`, for the caller to
+// rescale the output accumulator when no wgmma is writing it.
+template <int NT>
+static __device__ __forceinline__ void wgmma_softmax_step(float (&s)[NT * 4], float (&m_i)[2], float (&l_i)[2],
+                                                          float (&alpha)[2], float scale_log2, bool edge,
+                                                          const int (&end)[2]) {
+    const float NEG_INF = __int_as_float(0xff800000);
+#pragma unroll
+    for (int i = 0; i < NT * 4; ++i) s[i] *= scale_log2;
+    if (edge) {
+        // One bound per row (kv_len, and with causal the row + 1), so each element's test is against
+        // an immediate: a per-element test has the compiler park its predicates in registers.
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 4; ++c)
+                if (8 * nt + (c % 2) >= end[c / 2]) s[4 * nt + c] = NEG_INF;
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float mx = m_i[r];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * r], s[4 * nt + 2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_use = mx == NEG_INF ? 0.f : mx;
+        alpha[r] = exp2f(m_i[r] - m_use);
+        m_i[r] = mx;
+        float rs = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            const float p0 = exp2f(s[4 * nt + 2 * r] - m_use);
+            const float p1 = exp2f(s[4 * nt + 2 * r + 1] - m_use);
+            s[4 * nt + 2 * r] = p0;
+            s[4 * nt + 2 * r + 1] = p1;
+            rs += p0 + p1;
+        }
+        l_i[r] = l_i[r] * alpha[r] + rs;
+    }
+}
+
+// OVERLAP = false: forward 14. Per K_j/V_j tile: S = Q K_j^T, wait; softmax; acc += P V_j, wait.
+// OVERLAP = true: forward 15, FA3's intra-warpgroup overlap (Shah et al. 2024, algorithm 2): the
+// P V product of tile j-1 is issued right after S_j = Q K_j^T and runs while tile j's softmax is
+// computed; the rescale of acc waits for it. V then needs 3 buffers (V_{j-1} is still read while
+// V_{j+1} streams in), K keeps 2. Costs P's fp16 fragments live across the softmax (BN/2 registers).
+template <int D, int BN, bool OVERLAP>
 __global__ void __launch_bounds__(256, 1)
 attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
                __half* __restrict__ o, float* __restrict__ lse, const int* __restrict__ kv_lens, int H,
                int Lq, int Lk, int ntiles, float scale_log2, int causal) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     static_assert((D == 64 || D == 128) && BN == 128, "wgmma shapes: m64n128k16 (S), m64n{D}k16 (PV)");
-    constexpr int THREADS = 256, BM = 128;
+    constexpr int THREADS = 256, BM = 128, VBUF = OVERLAP ? 3 : 2;
     constexpr int NT = BN / 8, DT = D / 8;
     constexpr int Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
     const float NEG_INF = __int_as_float(0xff800000);
@@ -67,7 +117,7 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
     unsigned char* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
     unsigned char* sQ = smem;                          // Q_BYTES
     unsigned char* sK = sQ + Q_BYTES;                  // 2 x KV_BYTES
-    unsigned char* sV = sK + 2 * KV_BYTES;             // 2 x KV_BYTES
+    unsigned char* sV = sK + 2 * KV_BYTES;             // VBUF x KV_BYTES
 
     const int tid = threadIdx.x, lane = tid % 32, w = (tid % 128) / 32;
     const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);  // warp-uniform, visibly (backward 13)
@@ -111,25 +161,44 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
     float m_i[2] = {NEG_INF, NEG_INF}, l_i[2] = {0.f, 0.f};
 #pragma unroll
     for (int i = 0; i < DT * 4; ++i) acc[i] = 0.f;
+    // P's k16 slice kk as an A fragment: {S[2kk][0,1], S[2kk][2,3], S[2kk+1][0,1], S[2kk+1][2,3]}
+    // (n8 tiles 2kk, 2kk+1 of the accumulator), packed to fp16 before the fence so that no register
+    // the wgmmas read is written between them (ptxas would serialize them).
+    uint32_t pa[BN / 16][4];
+
+    // acc += P V of the tile whose V sits in buffer vb.
+    auto issue_pv = [&](int vb) {
+#pragma unroll
+        for (int i = 0; i < DT * 4; ++i) reg_fence(acc[i]);
+        wgmma_fence();
+        const uint64_t V_n = wgmma_desc_sw128(opaque_u32(smem_u32(sV + vb * KV_BYTES)), BN * 128, 1024);
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            const uint64_t dv = wgmma_desc_advance(V_n, kk * 16 * 128);
+            if constexpr (D == 64) wgmma_rs_m64n64k16_f16<1>(acc, pa[kk], dv);
+            else wgmma_rs_m64n128k16_f16<1>(acc, pa[kk], dv);
+        }
+        wgmma_commit();
+    };
 
     for (int jb = 0; jb < nblocks; ++jb) {
-        const int buf = jb & 1, n0 = jb * BN;
+        const int kbuf = jb & 1, n0 = jb * BN;
         cp_async_wait<0>();
         // cp.async wrote through the generic proxy; wgmma reads shared memory through the async
-        // proxy: make the writes visible to it before the barrier publishes them.
+        // proxy: make the writes visible to it before the barrier publishes them. After the
+        // barrier every wgmma of the tiles before (S_{j-1}; P V_{j-2} with OVERLAP, P V_{j-1}
+        // without) has retired in both warpgroups, so their buffers can be refilled.
         fence_proxy_async_smem();
         __syncthreads();
         if (jb + 1 < nblocks) {
-            sw128_load<BN, D, THREADS>(sK + (buf ^ 1) * KV_BYTES, k, n0 + BN, kv_len, tid);
-            sw128_load<BN, D, THREADS>(sV + (buf ^ 1) * KV_BYTES, v, n0 + BN, kv_len, tid);
+            sw128_load<BN, D, THREADS>(sK + (kbuf ^ 1) * KV_BYTES, k, n0 + BN, kv_len, tid);
+            sw128_load<BN, D, THREADS>(sV + ((jb + 1) % VBUF) * KV_BYTES, v, n0 + BN, kv_len, tid);
         }
         cp_async_commit();
-        // One descriptor per operand and tile, stepped along k (as backward 13 below).
-        const uint64_t Q_k = wgmma_desc_sw128(opaque_u32(smem_u32(sQ) + wg * 64 * 128), 16, 1024);
-        const uint64_t K_k = wgmma_desc_sw128(opaque_u32(smem_u32(sK + buf * KV_BYTES)), 16, 1024);
-        const uint64_t V_n = wgmma_desc_sw128(opaque_u32(smem_u32(sV + buf * KV_BYTES)), BN * 128, 1024);
 
-        // S = Q_i K_j^T
+        // S = Q_i K_j^T; one descriptor per operand, stepped along k.
+        const uint64_t Q_k = wgmma_desc_sw128(opaque_u32(smem_u32(sQ) + wg * 64 * 128), 16, 1024);
+        const uint64_t K_k = wgmma_desc_sw128(opaque_u32(smem_u32(sK + kbuf * KV_BYTES)), 16, 1024);
         float s[NT * 4];
 #pragma unroll
         for (int i = 0; i < NT * 4; ++i) s[i] = 0.f;
@@ -141,75 +210,55 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
             wgmma_m64n128k16_f16<0, 0>(s, wgmma_desc_advance(Q_k, (kk / 4) * BM * 128 + (kk % 4) * 32),
                                        wgmma_desc_advance(K_k, (kk / 4) * BN * 128 + (kk % 4) * 32));
         wgmma_commit();
-        wgmma_wait<0>();
+        if constexpr (OVERLAP) {
+            if (jb > 0) {
+                issue_pv((jb - 1) % VBUF);  // P V_{j-1}, behind S_j
+                wgmma_wait<1>();            // S_j has landed; P V_{j-1} runs on
+            } else {
+                wgmma_wait<0>();
+            }
+        } else {
+            wgmma_wait<0>();
+        }
 #pragma unroll
         for (int i = 0; i < NT * 4; ++i) reg_fence(s[i]);
 
-        // Scale to base 2, mask edge tiles, online softmax (forward 10's, one m16 tile per warp).
+        // Online softmax (forward 10's, one m16 tile per warp). Row r sees key columns below
+        // end[r] of this tile: kv_len, and with causal its own index + 1.
         const bool edge = (n0 + BN > kv_len) || (causal && n0 + BN - 1 > m0 + wrow);
-#pragma unroll
-        for (int i = 0; i < NT * 4; ++i) s[i] *= scale_log2;
-        if (edge) {
-            // Row r (= c/2) sees key column n0 + 8nt + 2t + c%2 only below one bound per row:
-            // kv_len, and (causal) row + 1. Each element's test is then against an immediate (as
-            // in backward 13 below: the per-element form parks predicates in registers).
-            int end[2];
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const int row = m0 + wrow + g + 8 * r;
-                end[r] = (causal ? min(kv_len, row + 1) : kv_len) - n0 - 2 * t;
-            }
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int c = 0; c < 4; ++c)
-                    if (8 * nt + (c % 2) >= end[c / 2]) s[4 * nt + c] = NEG_INF;
-        }
+        int end[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            float mx = m_i[r];
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * r], s[4 * nt + 2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float m_use = mx == NEG_INF ? 0.f : mx;
-            const float alpha = exp2f(m_i[r] - m_use);
-            m_i[r] = mx;
-            float rs = 0.f;
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                const float p0 = exp2f(s[4 * nt + 2 * r] - m_use);
-                const float p1 = exp2f(s[4 * nt + 2 * r + 1] - m_use);
-                s[4 * nt + 2 * r] = p0;
-                s[4 * nt + 2 * r + 1] = p1;
-                rs += p0 + p1;
-            }
-            l_i[r] = l_i[r] * alpha + rs;
-#pragma unroll
-            for (int dt = 0; dt < DT; ++dt) {
-                acc[4 * dt + 2 * r] *= alpha;
-                acc[4 * dt + 2 * r + 1] *= alpha;
-            }
+            const int row = m0 + wrow + g + 8 * r;
+            end[r] = (causal ? min(kv_len, row + 1) : kv_len) - n0 - 2 * t;
         }
-
-        // acc += P V_j: P's k16 slice kk is {S[2kk][0,1], S[2kk][2,3], S[2kk+1][0,1], S[2kk+1][2,3]}
-        // (n8 tiles 2kk, 2kk+1 of the accumulator), packed to fp16 before the fence so that no
-        // register the wgmmas read is written between them (ptxas would serialize them).
-        uint32_t pa[BN / 16][4];
+        float alpha[2];
+        wgmma_softmax_step<NT>(s, m_i, l_i, alpha, scale_log2, edge, end);
+        if constexpr (OVERLAP) {
+            wgmma_wait<0>();  // P V_{j-1} retired: acc and pa are ours again
+#pragma unroll
+            for (int i = 0; i < DT * 4; ++i) reg_fence(acc[i]);
+        }
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                acc[4 * dt + 2 * r] *= alpha[r];
+                acc[4 * dt + 2 * r + 1] *= alpha[r];
+            }
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk)
 #pragma unroll
             for (int h = 0; h < 4; ++h) pa[kk][h] = pack_half2(s[8 * kk + 2 * h], s[8 * kk + 2 * h + 1]);
+        if constexpr (!OVERLAP) {
+            issue_pv(jb % VBUF);  // acc += P V_j
+            wgmma_wait<0>();
 #pragma unroll
-        for (int i = 0; i < DT * 4; ++i) reg_fence(acc[i]);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            const uint64_t dv = wgmma_desc_advance(V_n, kk * 16 * 128);
-            if constexpr (D == 64) wgmma_rs_m64n64k16_f16<1>(acc, pa[kk], dv);
-            else wgmma_rs_m64n128k16_f16<1>(acc, pa[kk], dv);
+            for (int i = 0; i < DT * 4; ++i) reg_fence(acc[i]);
         }
-        wgmma_commit();
+    }
+    if constexpr (OVERLAP) {  // the last tile's P V
+        issue_pv((nblocks - 1) % VBUF);
         wgmma_wait<0>();
 #pragma unroll
         for (int i = 0; i < DT * 4; ++i) reg_fence(acc[i]);
@@ -234,8 +283,10 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 
-TFM_EXPORT(attn_fwd_wgmma<64, 128>)
-TFM_EXPORT(attn_fwd_wgmma<128, 128>)
+TFM_EXPORT(attn_fwd_wgmma<64, 128, false>)
+TFM_EXPORT(attn_fwd_wgmma<128, 128, false>)
+TFM_EXPORT(attn_fwd_wgmma<64, 128, true>)
+TFM_EXPORT(attn_fwd_wgmma<128, 128, true>)
 
 // ------------------------------------------------------------------------------------------------
 // attention_backward 13 (Hopper): backward 11's algorithm (FlashAttention-2's backward, the block

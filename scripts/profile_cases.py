@@ -14,8 +14,8 @@ One launch of each, for the questions the docs leave to a GPU:
   attention  fp16 forward, B4 H16 N4096 D128 (the bench case): variant 13 (mma.sync, 0.76x of SDPA's
              flash backend in run 1) and that backend's own kernel (FlashAttention-2, mma.sync
              too) in the same process: where 13 loses the 1.3x (issue slots, stalls, smem, L2).
-  hopper     the same shape through the wgmma pair, never run before: forward 14 and backward 13,
-             whose predictions in docs/attention_tc.md rest on issue-slot arithmetic (forward 14:
+  hopper     the same shape through the wgmma kernels, never run before: forward 14, 15 (its
+             intra-warpgroup overlap) and backward 13, whose predictions in docs/attention_tc.md rest on issue-slot arithmetic (forward 14:
              issue-bound; backward 13: 350-450 TFLOP/s) that the profile confirms or not.
 Each launch's result is compared with a reference on a slice and the difference printed, so a
 profile of a wrong kernel does not pass unnoticed. A launch that cannot run here says why; the
@@ -123,7 +123,12 @@ def hopper() -> None:
         f32 = lambda x: x.astype(cp.float32)  # noqa: E731
         return max(float(cp.abs(f32(g) - f32(w)).max() / cp.abs(f32(w)).max()) for g, w in zip(got, want))
 
+    def forward15():  # the overlapped schedule, against the same reference
+        o15, _ = tfm_kernels.attention_forward(q, k, v, backend="ext", variant="15_wgmma_overlap")
+        return float(cp.abs(o15[0, 0, :64].astype(cp.float32) - ref).max() / cp.abs(ref).max())
+
     _report("forward 14_wgmma", forward14)
+    _report("forward 15_wgmma_overlap", forward15)
     _report("backward 13_wgmma (against 12_tc_det)", backward13)
 
 

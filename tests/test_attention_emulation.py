@@ -188,8 +188,9 @@ def _fp32(case, be, rng, wrap):
 # Ragged query and key tiles, multi-block key loops, the diagonal inside a tile, kv_len cutting a
 # tile, 0 (no key) and 1, Lq > Lk and Lq < Lk, every head dim; for forward 14 (D 64, 128) also a
 # second, ragged 128-row query tile, 128-key tiles cut by kv_len and by the diagonal, and Lq = 1
-# (127 padding rows in its tile); for backward 13 (D 64, 128) three 128-key blocks, 64-row query
-# steps up to a ragged third (at D = 64 both warpgroups take turns at dQ), kv_len 0.
+# (127 padding rows in its tile); for backward 13 (D 64, 128) several 128-key blocks and ragged
+# query steps, kv_len 0; and non-causal rows over 3-4 key tiles, so forward 14/15's K/V rings turn
+# (in the forward order cp.async lands at once: a tile refilled while still read shows).
 FP16_CASES = [
     (1, 2, 1, 17, 64, False, None),
     (2, 1, 97, 130, 32, False, [0, 100]),
@@ -200,7 +201,8 @@ FP16_CASES = [
     (1, 1, 150, 300, 128, True, [280]),
     (1, 1, 1, 97, 128, True, None),
     (1, 1, 70, 90, 32, True, None),
-    (2, 1, 130, 260, 64, False, [0, 200]),
+    (2, 1, 130, 390, 64, False, [0, 385]),
+    (2, 1, 130, 300, 128, False, [300, 260]),
 ]
 
 

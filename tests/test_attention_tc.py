@@ -1,6 +1,6 @@
 """tests/test_attention_tc.py: the fp16 tensor-core attention variants (csrc/attention_tc.cu and,
-for Hopper, csrc/attention_sm90.cu; registered by tfm_kernels/attention_tc.py as forward 10, 13, 14
-and backward 11, 12, 13).
+for Hopper, csrc/attention_sm90.cu; registered by tfm_kernels/attention_tc.py as forward 10, 13, 14,
+15 and backward 11, 12, 13).
 
 No GPU needed:
 * the registry: numbered, fp16-only, every kernel a variant may launch is exported by its source,
@@ -9,7 +9,7 @@ No GPU needed:
   of csrc/, ldmatrix/mma.sync/wgmma from the PTX ISA's layouts;)
 * NVRTC compiles every instantiation; the PTX holds mma.sync m16n8k16 with f32 accumulators,
   ldmatrix (plain and .trans) and cp.async; the nvcc-built SASS holds HMMA and LDSM (HGMMA for
-  forward 14 and backward 13, and backward 13's float2 reductions), read with cuobjdump.
+  forward 14, 15 and backward 13, and backward 13's float2 reductions), read with cuobjdump.
 GPU (the `backend` fixture: "ext" and "cupy"): every variant above against numpy_ref
 in float64 from the same fp16 inputs, over L in {1, 17, 64, 97, 200, 1025}, Lq != Lk, causal on and
 off, kv_lens including 0 and 1, head dims 32/64/96/128 and a large B*H; o, lse, dq, dk, dv checked
@@ -44,7 +44,7 @@ H200_SMEM = 227 * 1024
 # ---------------------------------------------------------------------------------------------
 
 def test_registered():
-    assert [v.number for v in FWD] == [10, 13, 14] and [v.number for v in BWD] == [11, 12, 13]
+    assert [v.number for v in FWD] == [10, 13, 14, 15] and [v.number for v in BWD] == [11, 12, 13]
     for v in FWD + BWD:
         assert v.dtypes == ("float16",) and v.description and v.hot, v.qualname
         for source, name in v.kernels:
@@ -56,9 +56,9 @@ def test_registered():
         for d in set(tc.HEAD_DIMS) - set(dims):
             assert "wgmma" in v.reason_unsupported(dtype="float16", head_dim=d), v.qualname
     wg, wgb = FWD[2], BWD[2]
-    for v in (wg, wgb):
+    for v in (wg, FWD[3], wgb):
         assert v.arch == 90 and v.extra.get("opt_in"), f"{v.qualname} stays opt-in until seen passing on a GPU"
-    assert {s for s, _ in wg.kernels} == {tc.SOURCE_SM90}
+    assert {s for s, _ in wg.kernels} == {s for s, _ in FWD[3].kernels} == {tc.SOURCE_SM90}
     # backward 13 shares 11's preprocessing and conversion passes (attention_tc.cu)
     assert {n for s, n in wgb.kernels if s == tc.SOURCE_SM90} == {tc.wgmma_bwd_kernel(d) for d in tc.WGMMA_HEAD_DIMS}
     assert {n for s, n in wgb.kernels if s == tc.SOURCE} <= {n for _, n in BWD[0].kernels}
@@ -68,7 +68,7 @@ def test_registered():
 @pytest.mark.parametrize("D", tc.HEAD_DIMS)
 def test_smem_fits(D):
     sizes = [tc.fwd_smem(D), tc.fwd_smem(D, 13), tc.bwd_smem(D, True), tc.bwd_smem(D, False),
-             tc.dq_smem(D)] + ([tc.wgmma_smem(D), tc.wgmma_bwd_smem(D)] if D in tc.WGMMA_HEAD_DIMS else [])
+             tc.dq_smem(D)] + ([tc.wgmma_smem(D), tc.wgmma_smem(D, True), tc.wgmma_bwd_smem(D)] if D in tc.WGMMA_HEAD_DIMS else [])
     for nbytes in sizes:
         assert 0 < nbytes <= H200_SMEM, (D, nbytes)
 
@@ -95,16 +95,16 @@ def test_nvrtc_ptx_tensor_cores():
 
 
 def test_nvrtc_ptx_wgmma():
-    """sm_90a: forward 14 issues wgmma m64n128k16 with both operands from smem descriptors (S) and
+    """sm_90a: forward 14 (and 15) issues wgmma m64n128k16 with both operands from smem descriptors (S) and
     m64n{D}k16 with A from registers and B transposed (P V), and fences the async proxy. Backward
     13: m64n64k16 from smem (S^T, dP^T: both K-major; dQ: both transposed), m64n{D}k16 with A from
     registers and B transposed (dV, dK), float2 atomics into dQ."""
     from test_matmul_tc import _nvrtc_ptx
 
-    names = [tc.wgmma_kernel(d) for d in tc.WGMMA_HEAD_DIMS]
+    names = [tc.wgmma_kernel(d, overlap) for overlap in (False, True) for d in tc.WGMMA_HEAD_DIMS]
     bwd = [tc.wgmma_bwd_kernel(d) for d in tc.WGMMA_HEAD_DIMS]
     bodies = _nvrtc_ptx(tc.SOURCE_SM90, names + bwd, "compute_90a")
-    for d, name in zip(tc.WGMMA_HEAD_DIMS, names):
+    for d, name in zip(2 * tc.WGMMA_HEAD_DIMS, names):
         body = bodies[name]
         assert "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16" in body, name
         pv = [ln for ln in body.splitlines() if f"wgmma.mma_async.sync.aligned.m64n{d}k16" in ln]
@@ -143,7 +143,7 @@ def test_sass_tensor_cores():
         assert "HMMA.16816.F32" in body, f"{name}: no HMMA.16816.F32"
         assert "LDSM.16.M88.4" in body and "LDSM.16.MT88.4" in body, f"{name}: no LDSM / LDSM.MT"
     wg = {n: s for n, s in sass.items() if n.startswith("_Z14attn_fwd_wgmma")}
-    assert len(wg) == len(tc.WGMMA_HEAD_DIMS), sorted(wg)
+    assert len(wg) == 2 * len(tc.WGMMA_HEAD_DIMS), sorted(wg)  # forward 14 and 15
     for name, body in wg.items():
         assert "HGMMA.64x128x16.F32" in body, f"{name}: no HGMMA.64x128x16.F32 (the S = Q K^T product)"
     wgb = {n: s for n, s in sass.items() if n.startswith("_Z14attn_bwd_wgmma")}

@@ -4,7 +4,8 @@ The emulation tests of each op (test_softmax_emulation.py, test_matmul_emulation
 test_attention_emulation.py) are only as good as the emulator's eye for faults. Here it runs
 tests/cuda_host/selftest.cu, small kernels with known faults, and must report each: a missing
 barrier (a wrong result in at least one thread order), a warp collective some lanes never reach
-(deadlock) or pair with a different one, a read of a cp.async copy before its wait, a write past
+(deadlock) or pair with a different one, a read of a cp.async copy before its wait, a cp.async
+refill of a buffer other warps still read, a write past
 the launch's dynamic shared memory, ldmatrix rows misaligned or out of range, an mbarrier phase
 that never completes, a wgmma reading another warpgroup's shared-memory writes with no barrier
 between, a read past a buffer's end (guard pages), __trap, a parameter of the wrong size, CUDA's
@@ -64,12 +65,33 @@ def test_divergent_warp_collectives(lib, kind, message):
 
 
 def test_cp_async_lands_at_its_wait(lib):
+    """Reverse order: a copy lands at the wait that retires it (the latest), so a read before the
+    wait sees poison. Forward order: it lands at once (the earliest)."""
     x = np.arange(4 * 64, dtype=np.float32) + 1
+    for order in ORDERS:
+        out = np.zeros_like(x)
+        _launch(lib, order, "st_cp_async<true>", (64, 1, 1), (x, out), smem=x.nbytes)
+        np.testing.assert_array_equal(out, x)
     out = np.zeros_like(x)
-    _launch(lib, "forward", "st_cp_async<true>", (64, 1, 1), (x, out), smem=x.nbytes)
-    np.testing.assert_array_equal(out, x)
-    _launch(lib, "forward", "st_cp_async<false>", (64, 1, 1), (x, out), smem=x.nbytes)
+    _launch(lib, "reverse", "st_cp_async<false>", (64, 1, 1), (x, out), smem=x.nbytes)
     assert np.isnan(out).all(), "a cp.async copy was visible before its wait_group"
+    _launch(lib, "forward", "st_cp_async<false>", (64, 1, 1), (x, out), smem=x.nbytes)
+    np.testing.assert_array_equal(out, x)
+
+
+def test_cp_async_refill_needs_the_barrier(lib):
+    """A cp.async into a buffer other warps still read: with the barrier before the refill every
+    thread reads the old contents in both orders; without it the forward order, where copies land
+    at once, shows the early overwrite."""
+    x = np.arange(64, dtype=np.float32) + 1
+    want = -1.0 - (np.arange(64) + 32) % 64
+    for order in ORDERS:
+        out = np.zeros(64, np.float32)
+        _launch(lib, order, "st_cp_async_war<true>", (64, 1, 1), (x, out), smem=256)
+        np.testing.assert_array_equal(out, want)
+    out = np.zeros(64, np.float32)
+    _launch(lib, "forward", "st_cp_async_war<false>", (64, 1, 1), (x, out), smem=256)
+    assert not np.array_equal(out, want), "a refill racing with the readers went unseen"
 
 
 def test_dynamic_shared_memory_bounds(lib):

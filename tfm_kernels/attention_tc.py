@@ -10,6 +10,10 @@ are ``tfm_kernels/attention.py``'s (each ``fn`` here receives validated, contigu
                           online softmax on the accumulator fragments, P reused as the A operand
               13_tc_m128  as 10 with 128-row query tiles at every head dim (D = 96/128: Q_i from
                           smem per k-step, 32-key tiles); 1.14x 10 at D = 128 on an H200: the default
+              14_wgmma    Hopper (sm_90a, csrc/attention_sm90.cu): wgmma for S and P V, 2 warpgroups
+                          x 64 rows, 128-key tiles; head dims 64 and 128; opt-in until seen on a GPU
+              15_wgmma_overlap  14 with FA3's intra-warpgroup overlap (P V_{j-1} runs during
+                          softmax_j); opt-in likewise
     backward  11_tc       CTA (8 warps) per 128-key block: dK_j, dV_j in registers, P and dS
                           recomputed from lse on tensor cores; dQ by fp32 atomics into a scratch
                           accumulator, then one conversion pass (scale, fp16). GPU run 1 measured the
@@ -130,14 +134,15 @@ WGMMA_HEAD_DIMS = (64, 128)
 WGMMA_BM, WGMMA_BN = 128, 128
 
 
-def wgmma_kernel(D: int) -> str:
-    return f"attn_fwd_wgmma<{D}, {WGMMA_BN}>"
+def wgmma_kernel(D: int, overlap: bool = False) -> str:
+    return f"attn_fwd_wgmma<{D}, {WGMMA_BN}, {'true' if overlap else 'false'}>"
 
 
-def wgmma_smem(D: int) -> int:
-    """Q_i [128][D] and two buffers each of K_j, V_j [128][D], fp16, 128-byte swizzled (no padding),
-    plus 1 KiB so the kernel can align the swizzle atoms to 1024 bytes."""
-    return (WGMMA_BM + 4 * WGMMA_BN) * D * 2 + 1024
+def wgmma_smem(D: int, overlap: bool = False) -> int:
+    """Q_i [128][D], two buffers of K_j and two of V_j (three with 15's overlap: V_{j-1} is still
+    read while V_{j+1} streams in) [128][D], fp16, 128-byte swizzled (no padding), plus 1 KiB so the
+    kernel can align the swizzle atoms to 1024 bytes."""
+    return (WGMMA_BM + (5 if overlap else 4) * WGMMA_BN) * D * 2 + 1024
 
 
 def _wgmma_supports(dtype, head_dim, **_):
@@ -147,14 +152,18 @@ def _wgmma_supports(dtype, head_dim, **_):
     return None
 
 
-def _forward_wgmma(be, q, k, v, kv_lens, causal, scale, o, lse):
+def _forward_wgmma(be, q, k, v, kv_lens, causal, scale, o, lse, overlap=False):
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     ntiles = _cdiv(Lq, WGMMA_BM)
-    be.launch(Launch(SOURCE_SM90, wgmma_kernel(D), (ntiles * B * H, 1, 1), (256, 1, 1),
+    be.launch(Launch(SOURCE_SM90, wgmma_kernel(D, overlap), (ntiles * B * H, 1, 1), (256, 1, 1),
                      (q, k, v, o, lse, kv_lens, np.int32(H), np.int32(Lq), np.int32(Lk),
                       np.int32(ntiles), np.float32(scale * LOG2E), np.int32(causal)),
-                     wgmma_smem(D)))
+                     wgmma_smem(D, overlap)))
+
+
+def _forward_wgmma_overlap(be, *args):
+    _forward_wgmma(be, *args, overlap=True)
 
 
 # backward 13 (Hopper): 128-key blocks (2 warpgroups x 64 keys), head dims 64 and 128; query steps
@@ -316,6 +325,16 @@ register(Variant(
     kernels=tuple((SOURCE_SM90, wgmma_kernel(d)) for d in WGMMA_HEAD_DIMS), hot=True, arch=90,
     extra={"opt_in": True, "unverified": "never run on a GPU: added after GPU run 1 (H200, 2026-11-29); compiled, and its source passes "
                                               "the host emulation (tests/test_attention_emulation.py) only"}))
+register(Variant(
+    "attention_forward", 15, "wgmma_overlap",
+    "as 14_wgmma, with FA3's intra-warpgroup overlap: tile j-1's P V wgmma is issued right after "
+    "tile j's S = Q K^T and runs while tile j's softmax is computed (V triple-buffered) (opt-in "
+    "until seen correct and measured on a GPU: variant=15)",
+    _forward_wgmma_overlap, dtypes=("float16",), supports=_wgmma_supports,
+    kernels=tuple((SOURCE_SM90, wgmma_kernel(d, True)) for d in WGMMA_HEAD_DIMS), hot=True, arch=90,
+    extra={"opt_in": True, "unverified": "never run on a GPU: written after GPU run 1 (H200, 2026-11-29); "
+                                         "compiled (no spills), and its source passes the host emulation "
+                                         "(tests/test_attention_emulation.py) only"}))
 register(Variant(
     "attention_backward", 11, "tc",
     "fp16 FlashAttention-2 backward on tensor cores: CTA (8 warps) per 128-key block, dK_j/dV_j in "

@@ -21,8 +21,10 @@
 //     canary that must survive the CTA; static __shared__ arrays are carved after it on first use.
 //     More than 227 KiB in all fails the launch, as on an H100/H200. smem_u32-style 32-bit
 //     addresses (what ldmatrix and cp.async take) are offsets into the arena, bounds-checked.
-//   * cp.async copies are deferred: they land only at the cp.async.wait_group that retires their
-//     group (the latest a GPU may land them), so a read before the wait sees poison.
+//   * cp.async copies land as late or as early as a GPU may land them: in the reverse order only at
+//     the cp.async.wait_group that retires their group, so a read before the wait sees poison; in
+//     the forward order at once, so a copy into a buffer that is still being read (by another
+//     warp, or by an in-flight wgmma) overwrites it early and shows.
 //   * Global memory is the caller's: a buffer placed between inaccessible pages (_emulate_cuda.py
 //     `guarded`) turns an access past its end into a reported fault (SegvGuard, below).
 //   * Failures (deadlock, divergent warp collective, a collective with exited lanes, a shared
@@ -148,7 +150,7 @@ struct State {
     std::function<void()> body;
     std::vector<unsigned char*> stacks;
     long long ldsm_phases[9] = {};  // ldmatrix 8-row phases by bank groups touched (1..8)
-    bool tma_deferred = false;  // TMA bytes land at the barrier's wait (reverse order) or at once
+    bool tma_deferred = false;  // TMA bytes and cp.async copies land at their wait (reverse order) or at once
     long long progress = 0;     // anything that changed: a deadlock is a round that changes nothing
     alignas(1024) unsigned char arena[kMaxCluster][kArena];
 };
@@ -465,7 +467,8 @@ inline void cp_async(uint32_t smem, const void* gmem, int n, bool pred) {
         if (reinterpret_cast<uintptr_t>(gmem) % n) fail("cp.async of %d bytes from a misaligned global address %p", n, gmem);
         std::memcpy(c.bytes, gmem, n);
     }
-    S->cur->open.push_back(c);
+    if (S->tma_deferred) S->cur->open.push_back(c);  // reverse order: lands at its wait (the latest)
+    else std::memcpy(c.dst, c.bytes, n);             // forward order: lands at once (the earliest)
 }
 
 }  // namespace emu

@@ -45,6 +45,26 @@ __global__ void st_cp_async(const float* in, float* out) {
 TFM_EXPORT(st_cp_async<true>)
 TFM_EXPORT(st_cp_async<false>)
 
+// Each thread reads the other warp's slot of a shared buffer, then the first 16 threads refill the
+// whole buffer by cp.async: right only with the barrier between the reads and the refill (without
+// it, a copy that lands early overwrites a slot the other warp has not read yet).
+template <bool BARRIER>
+__global__ void st_cp_async_war(const float* in, float* out) {
+    extern __shared__ __align__(16) float dyn[];
+    const int t = threadIdx.x;
+    dyn[t] = -1.0f - static_cast<float>(t);
+    __syncthreads();
+    const float old = dyn[(t + 32) % 64];
+    if (BARRIER) __syncthreads();
+    if (t < 16) cp_async_16(smem_u32(dyn + 4 * t), in + 4 * t, true);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    out[t] = old;
+}
+TFM_EXPORT(st_cp_async_war<true>)
+TFM_EXPORT(st_cp_async_war<false>)
+
 // Writes dynamic shared memory at element `at` (past the launch's smem when at >= smem / 4).
 __global__ void st_dyn_write(float* out, int at) {
     extern __shared__ float dyn[];
