@@ -327,7 +327,7 @@ TFM_EXPORT(attn_fwd_wgmma<128, 128, true>)
 //   N-major Y ([k][n] tile of R rows k, n = d), k16 step kk: Y + kk 2048, LBO = R 128 (the next
 //     64-wide d block), SBO 1024 (8 k-rows).
 // Compiled only for sm_90a (as forward 14).
-template <int D>
+template <int D, bool ATOMIC>
 __global__ void __launch_bounds__(256, 1)
 attn_bwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
                const __half* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ Dd,
@@ -368,7 +368,7 @@ attn_bwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
     dout += bh * Lq * D;
     lse += bh * Lq;
     Dd += bh * Lq;
-    dq_acc += bh * Lq * D;
+    if (ATOMIC) dq_acc += bh * Lq * D;  // (14 passes a placeholder it never touches)
     k += bh * Lk * D;
     v += bh * Lk * D;
     dk += bh * Lk * D;
@@ -535,22 +535,23 @@ attn_bwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
             else wgmma_rs_m64n128k16_f16<1>(dK, dsa[kk], db);
         }
         wgmma_commit();
-        // dS^T to smem, [key][query] as one [128][64] block, swizzled: fragment
+        // ATOMIC (13): dS^T to smem, [key][query] in BM/64 blocks of [128][64], swizzled: fragment
         // dsa[kk][h] holds keys krow + g + 8(h%2), queries 16kk + 8(h/2) + 2t, +1. A warp's 32
-        // 4-byte stores hit 8 rows at 8 distinct 16-byte chunks: no bank conflict.
+        // 4-byte stores hit 8 rows at 8 distinct 16-byte chunks: no bank conflict. Without it (14)
+        // dQ is attn_bwd_dq_wgmma's, below, and this kernel ends its block here.
+        if constexpr (ATOMIC) {
 #pragma unroll
-        for (int kk = 0; kk < BM / 16; ++kk)
+            for (int kk = 0; kk < BM / 16; ++kk)
 #pragma unroll
-            for (int h = 0; h < 4; ++h) {
-                const unsigned key = krow + g + 8 * (h % 2), qc = 16 * kk + 8 * (h / 2) + 2 * t;
-                const unsigned off = (qc / 64) * BN * 128 + key * 128 + ((((qc % 64) / 8) ^ (key % 8)) * 16) + (qc % 8) * 2;
-                *reinterpret_cast<uint32_t*>(sdS + off) = dsa[kk][h];
-            }
-        fence_proxy_async_smem();
-        __syncthreads();  // both warpgroups' dS^T rows in place
+                for (int h = 0; h < 4; ++h) {
+                    const unsigned key = krow + g + 8 * (h % 2), qc = 16 * kk + 8 * (h / 2) + 2 * t;
+                    const unsigned off = (qc / 64) * BN * 128 + key * 128 + ((((qc % 64) / 8) ^ (key % 8)) * 16) + (qc % 8) * 2;
+                    *reinterpret_cast<uint32_t*>(sdS + off) = dsa[kk][h];
+                }
+            fence_proxy_async_smem();
+            __syncthreads();  // both warpgroups' dS^T rows in place
 
-        // dQ_i += dS K_j over the 128 keys, this warpgroup's 64 x 64 part.
-        {
+            // dQ_i += dS K_j over the 128 keys, this warpgroup's 64 x 64 part.
             float dq[32];
 #pragma unroll
             for (int i = 0; i < 32; ++i) dq[i] = 0.f;
@@ -579,7 +580,7 @@ attn_bwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
                     atomicAdd(reinterpret_cast<float2*>(dst + 8 * j),
                               make_float2(dq[4 * j + 2 * r], dq[4 * j + 2 * r + 1]));
             }
-        }
+        }  // ATOMIC
         // dK (and dQ) retired: every smem operand of this block is free after the next barrier.
         wgmma_wait<0>();
 #pragma unroll
@@ -606,5 +607,193 @@ attn_bwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 
-TFM_EXPORT(attn_bwd_wgmma<64>)
-TFM_EXPORT(attn_bwd_wgmma<128>)
+TFM_EXPORT(attn_bwd_wgmma<64, true>)
+TFM_EXPORT(attn_bwd_wgmma<128, true>)
+TFM_EXPORT(attn_bwd_wgmma<64, false>)
+TFM_EXPORT(attn_bwd_wgmma<128, false>)
+
+// ------------------------------------------------------------------------------------------------
+// attention_backward 14's dQ, without atomics (backward 12's plan on warpgroup MMAs): CTA = 128
+// query rows, 2 warpgroups x 64 (forward 14's shape); Q_i and dO_i loaded once, K_j / V_j
+// double-buffered; dQ_i in fp32 accumulators, written once: the same bits every run. Per key block
+// of BN keys (128 at D = 64, 64 at D = 128, so S, dP and dQ fit in 255 registers):
+//   S  = Q_i K_j^T    m64n{BN}, A = Q_i, B = K_j, both K-major       (recomputed: 12's price)
+//   dP = dO_i V_j^T   m64n{BN}, A = dO_i, B = V_j, both K-major      (recomputed)
+//   P  = exp2(S scale log2e - lse_i log2e), masked; dS = P (dP - D_i)
+//   dQ_i += dS K_j    m64n{D}, A = fp16(dS) from registers, B = K_j N-major
+// dq = fp16(scale dQ_i). lse and D_i of this thread's two rows are read once into registers.
+template <int D>
+__global__ void __launch_bounds__(256, 1)
+attn_bwd_dq_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
+                  const __half* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ Dd,
+                  __half* __restrict__ dq, const int* __restrict__ kv_lens, int H, int Lq, int Lk, int ntiles,
+                  float scale, int causal) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    static_assert(D == 64 || D == 128, "wgmma shapes: m64n{64,128}k16");
+    constexpr int THREADS = 256, BM = 128, BN = D == 64 ? 128 : 64;
+    constexpr int NT = BN / 8, DT = D / 8;
+    constexpr int QO_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
+    const float NEG_INF = __int_as_float(0xff800000), POS_INF = __int_as_float(0x7f800000);
+
+    extern __shared__ unsigned char smem_raw[];
+    unsigned char* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+    unsigned char* sQ = smem;                  // QO_BYTES
+    unsigned char* sdO = sQ + QO_BYTES;        // QO_BYTES
+    unsigned char* sK = sdO + QO_BYTES;        // 2 x KV_BYTES
+    unsigned char* sV = sK + 2 * KV_BYTES;     // 2 x KV_BYTES
+
+    const int tid = threadIdx.x, lane = tid % 32, w = (tid % 128) / 32;
+    const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
+    const int g = lane / 4, t = lane % 4;
+    const int bh_count = gridDim.x / ntiles;
+    const int tile = blockIdx.x / bh_count, bhi = blockIdx.x % bh_count;
+    const int mblk = causal ? ntiles - 1 - tile : tile;  // the longest rows first
+    const int b = bhi / H;
+    const int m0 = mblk * BM;
+    const int wrow = wg * 64 + w * 16;
+    const size_t bh = bhi;
+    q += bh * Lq * D;
+    dout += bh * Lq * D;
+    dq += bh * Lq * D;
+    lse += bh * Lq;
+    Dd += bh * Lq;
+    k += bh * Lk * D;
+    v += bh * Lk * D;
+    const float scale_log2 = scale * 1.4426950408889634f;
+
+    const int kv_len = min(Lk, max(kv_lens[b], 0));
+    const int n_end = causal ? min(kv_len, m0 + BM) : kv_len;
+    const int nblocks = n_end > 0 ? tfm_cdiv(n_end, BN) : 0;
+
+    // This thread's rows g, g + 8: lse in base 2 (+inf where no key is seen, or past Lq: P = 0).
+    float L[2], Di[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = m0 + wrow + g + 8 * r;
+        const float l = row < Lq ? lse[row] : NEG_INF;
+        L[r] = l == NEG_INF ? POS_INF : l * 1.4426950408889634f;
+        Di[r] = row < Lq ? Dd[row] : 0.f;
+    }
+
+    float acc[DT * 4];
+#pragma unroll
+    for (int i = 0; i < DT * 4; ++i) acc[i] = 0.f;
+    if (nblocks > 0) {
+        sw128_load<BM, D, THREADS>(sQ, q, m0, Lq, tid);
+        sw128_load<BM, D, THREADS>(sdO, dout, m0, Lq, tid);
+        sw128_load<BN, D, THREADS>(sK, k, 0, kv_len, tid);
+        sw128_load<BN, D, THREADS>(sV, v, 0, kv_len, tid);
+        cp_async_commit();
+    }
+    for (int jb = 0; jb < nblocks; ++jb) {
+        const int buf = jb & 1, n0 = jb * BN;
+        cp_async_wait<0>();
+        fence_proxy_async_smem();
+        __syncthreads();  // K_j, V_j visible; block j-1's wgmmas retired, its buffers free
+        if (jb + 1 < nblocks) {
+            sw128_load<BN, D, THREADS>(sK + (buf ^ 1) * KV_BYTES, k, n0 + BN, kv_len, tid);
+            sw128_load<BN, D, THREADS>(sV + (buf ^ 1) * KV_BYTES, v, n0 + BN, kv_len, tid);
+        }
+        cp_async_commit();
+        const uint64_t Q_k = wgmma_desc_sw128(opaque_u32(smem_u32(sQ) + wg * 64 * 128), 16, 1024);
+        const uint64_t dO_k = wgmma_desc_sw128(opaque_u32(smem_u32(sdO) + wg * 64 * 128), 16, 1024);
+        const uint32_t kb = opaque_u32(smem_u32(sK + buf * KV_BYTES));
+        const uint64_t K_k = wgmma_desc_sw128(kb, 16, 1024), K_n = wgmma_desc_sw128(kb, BN * 128, 1024);
+        const uint64_t V_k = wgmma_desc_sw128(opaque_u32(smem_u32(sV + buf * KV_BYTES)), 16, 1024);
+
+        float s[NT * 4], dp[NT * 4];
+#pragma unroll
+        for (int i = 0; i < NT * 4; ++i) s[i] = dp[i] = 0.f;
+#pragma unroll
+        for (int i = 0; i < NT * 4; ++i) {
+            reg_fence(s[i]);
+            reg_fence(dp[i]);
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {  // S = Q_i K_j^T
+            if constexpr (BN == 128)
+                wgmma_m64n128k16_f16<0, 0>(s, wgmma_desc_advance(Q_k, (kk / 4) * BM * 128 + (kk % 4) * 32),
+                                           wgmma_desc_advance(K_k, (kk / 4) * BN * 128 + (kk % 4) * 32));
+            else
+                wgmma_m64n64k16_f16<0, 0>(s, wgmma_desc_advance(Q_k, (kk / 4) * BM * 128 + (kk % 4) * 32),
+                                          wgmma_desc_advance(K_k, (kk / 4) * BN * 128 + (kk % 4) * 32));
+        }
+        wgmma_commit();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {  // dP = dO_i V_j^T
+            if constexpr (BN == 128)
+                wgmma_m64n128k16_f16<0, 0>(dp, wgmma_desc_advance(dO_k, (kk / 4) * BM * 128 + (kk % 4) * 32),
+                                           wgmma_desc_advance(V_k, (kk / 4) * BN * 128 + (kk % 4) * 32));
+            else
+                wgmma_m64n64k16_f16<0, 0>(dp, wgmma_desc_advance(dO_k, (kk / 4) * BM * 128 + (kk % 4) * 32),
+                                          wgmma_desc_advance(V_k, (kk / 4) * BN * 128 + (kk % 4) * 32));
+        }
+        wgmma_commit();
+        wgmma_wait<1>();  // S has landed; dP runs on
+#pragma unroll
+        for (int i = 0; i < NT * 4; ++i) reg_fence(s[i]);
+
+        // P = exp2(S scale log2e - lse log2e); row r (= c/2) sees key columns below end[r]:
+        // kv_len, and with causal its own index + 1 (one bound per row, as forward 14).
+        const bool edge = (n0 + BN > kv_len) || (causal && n0 + BN - 1 > m0 + wrow);
+        int end[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int row = m0 + wrow + g + 8 * r;
+            end[r] = (causal ? min(kv_len, row + 1) : kv_len) - n0 - 2 * t;
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) s[4 * nt + c] = exp2f(fmaf(s[4 * nt + c], scale_log2, -L[c / 2]));
+        if (edge) {
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int c = 0; c < 4; ++c)
+                    if (8 * nt + (c % 2) >= end[c / 2]) s[4 * nt + c] = 0.f;
+        }
+        wgmma_wait<0>();  // dP has landed
+#pragma unroll
+        for (int i = 0; i < NT * 4; ++i) reg_fence(dp[i]);
+
+        // dS = P (dP - D_i), packed as A fragments (forward 14's packing of P), then dQ_i += dS K_j.
+        uint32_t dsa[BN / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk)
+#pragma unroll
+            for (int h = 0; h < 4; ++h) {
+                const int i0 = 8 * kk + 2 * h;
+                dsa[kk][h] = pack_half2(s[i0] * (dp[i0] - Di[h % 2]), s[i0 + 1] * (dp[i0 + 1] - Di[h % 2]));
+            }
+#pragma unroll
+        for (int i = 0; i < DT * 4; ++i) reg_fence(acc[i]);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            const uint64_t db = wgmma_desc_advance(K_n, kk * 2048);
+            if constexpr (D == 64) wgmma_rs_m64n64k16_f16<1>(acc, dsa[kk], db);
+            else wgmma_rs_m64n128k16_f16<1>(acc, dsa[kk], db);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < DT * 4; ++i) reg_fence(acc[i]);
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = m0 + wrow + g + 8 * r;
+        if (row >= Lq) continue;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt)
+            *reinterpret_cast<uint32_t*>(dq + (size_t)row * D + dt * 8 + 2 * t) =
+                pack_half2(acc[4 * dt + 2 * r] * scale, acc[4 * dt + 2 * r + 1] * scale);
+    }
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+}
+
+TFM_EXPORT(attn_bwd_dq_wgmma<64>)
+TFM_EXPORT(attn_bwd_dq_wgmma<128>)

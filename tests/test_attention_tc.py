@@ -1,6 +1,6 @@
 """tests/test_attention_tc.py: the fp16 tensor-core attention variants (csrc/attention_tc.cu and,
 for Hopper, csrc/attention_sm90.cu; registered by tfm_kernels/attention_tc.py as forward 10, 13, 14,
-15 and backward 11, 12, 13).
+15 and backward 11, 12, 13, 14).
 
 No GPU needed:
 * the registry: numbered, fp16-only, every kernel a variant may launch is exported by its source,
@@ -23,6 +23,7 @@ baseline sum in different orders, so their roundings of the same value can diffe
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ H200_SMEM = 227 * 1024
 # ---------------------------------------------------------------------------------------------
 
 def test_registered():
-    assert [v.number for v in FWD] == [10, 13, 14, 15] and [v.number for v in BWD] == [11, 12, 13]
+    assert [v.number for v in FWD] == [10, 13, 14, 15] and [v.number for v in BWD] == [11, 12, 13, 14]
     for v in FWD + BWD:
         assert v.dtypes == ("float16",) and v.description and v.hot, v.qualname
         for source, name in v.kernels:
@@ -56,19 +57,22 @@ def test_registered():
         for d in set(tc.HEAD_DIMS) - set(dims):
             assert "wgmma" in v.reason_unsupported(dtype="float16", head_dim=d), v.qualname
     wg, wgb = FWD[2], BWD[2]
-    for v in (wg, FWD[3], wgb):
+    for v in (wg, FWD[3], wgb, BWD[3]):
         assert v.arch == 90 and v.extra.get("opt_in"), f"{v.qualname} stays opt-in until seen passing on a GPU"
     assert {s for s, _ in wg.kernels} == {s for s, _ in FWD[3].kernels} == {tc.SOURCE_SM90}
-    # backward 13 shares 11's preprocessing and conversion passes (attention_tc.cu)
+    # backward 13 shares 11's preprocessing and conversion passes (attention_tc.cu); 14 the
+    # preprocessing only, and 13's dK/dV kernel without its dQ part
     assert {n for s, n in wgb.kernels if s == tc.SOURCE_SM90} == {tc.wgmma_bwd_kernel(d) for d in tc.WGMMA_HEAD_DIMS}
     assert {n for s, n in wgb.kernels if s == tc.SOURCE} <= {n for _, n in BWD[0].kernels}
+    assert {n for s, n in BWD[3].kernels if s == tc.SOURCE_SM90} == {
+        f(d) for d in tc.WGMMA_HEAD_DIMS for f in (lambda d: tc.wgmma_bwd_kernel(d, False), tc.wgmma_dq_kernel)}
     assert _backend.source_arch(open(_backend.csrc_dir() / tc.SOURCE_SM90).read()) == "sm_90a"
 
 
 @pytest.mark.parametrize("D", tc.HEAD_DIMS)
 def test_smem_fits(D):
     sizes = [tc.fwd_smem(D), tc.fwd_smem(D, 13), tc.bwd_smem(D, True), tc.bwd_smem(D, False),
-             tc.dq_smem(D)] + ([tc.wgmma_smem(D), tc.wgmma_smem(D, True), tc.wgmma_bwd_smem(D)] if D in tc.WGMMA_HEAD_DIMS else [])
+             tc.dq_smem(D)] + ([tc.wgmma_smem(D), tc.wgmma_smem(D, True), tc.wgmma_bwd_smem(D), tc.wgmma_dq_smem(D)] if D in tc.WGMMA_HEAD_DIMS else [])
     for nbytes in sizes:
         assert 0 < nbytes <= H200_SMEM, (D, nbytes)
 
@@ -94,16 +98,24 @@ def test_nvrtc_ptx_tensor_cores():
         assert "cp.async.cg.shared.global" in body, name
 
 
+def _atomic(ptx_line: str) -> bool:
+    """A PTX red/atom instruction (optionally predicated); not "ld.shared..." ("red." inside)."""
+    return re.match(r"\s*(@!?%p\d+\s+)?(red|atom)\.", ptx_line) is not None
+
+
 def test_nvrtc_ptx_wgmma():
     """sm_90a: forward 14 (and 15) issues wgmma m64n128k16 with both operands from smem descriptors (S) and
     m64n{D}k16 with A from registers and B transposed (P V), and fences the async proxy. Backward
-    13: m64n64k16 from smem (S^T, dP^T: both K-major; dQ: both transposed), m64n{D}k16 with A from
-    registers and B transposed (dV, dK), float2 atomics into dQ."""
+    13: m64n{BM}k16 from smem (S^T, dP^T: both K-major), m64n64k16 for dQ (both transposed),
+    m64n{D}k16 with A from registers and B transposed (dV, dK), float2 atomics into dQ. Backward
+    14: the same dK/dV kernel without atomics, and a dQ kernel of S, dP and dS K products, no atomics."""
     from test_matmul_tc import _nvrtc_ptx
 
     names = [tc.wgmma_kernel(d, overlap) for overlap in (False, True) for d in tc.WGMMA_HEAD_DIMS]
     bwd = [tc.wgmma_bwd_kernel(d) for d in tc.WGMMA_HEAD_DIMS]
-    bodies = _nvrtc_ptx(tc.SOURCE_SM90, names + bwd, "compute_90a")
+    det = [tc.wgmma_bwd_kernel(d, False) for d in tc.WGMMA_HEAD_DIMS]
+    dqk = [tc.wgmma_dq_kernel(d) for d in tc.WGMMA_HEAD_DIMS]
+    bodies = _nvrtc_ptx(tc.SOURCE_SM90, names + bwd + det + dqk, "compute_90a")
     for d, name in zip(2 * tc.WGMMA_HEAD_DIMS, names):
         body = bodies[name]
         assert "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16" in body, name
@@ -123,8 +135,16 @@ def test_nvrtc_ptx_wgmma():
         dq = [ln for ln in ss(64) if ln.rstrip(";").replace(" ", "").endswith("1,1,1,1,1")]
         assert len(dq) == 8, f"{name}: {len(dq)} transposed (dQ) wgmmas, not 8"
         assert len(rs) == 2 * (bm // 16), (name, len(rs))
-        assert any(".v2.f32" in ln and ("red." in ln or "atom." in ln) for ln in lines), f"{name}: no float2 atomics"
+        assert any(_atomic(ln) and ".v2.f32" in ln for ln in lines), f"{name}: no float2 atomics"
         assert "fence.proxy.async.shared::cta" in bodies[name], name
+    for d, name, dname in zip(tc.WGMMA_HEAD_DIMS, det, dqk):
+        assert not any(_atomic(ln) for ln in bodies[name].splitlines()), f"{name}: atomics in backward 14's dK/dV kernel"
+        lines = bodies[dname].splitlines()
+        bn = tc.WGMMA_DQ_BN[d]
+        ss = [ln for ln in lines if f"wgmma.mma_async.sync.aligned.m64n{bn}k16.f32.f16.f16" in ln and "{%r" not in ln]
+        rs = [ln for ln in lines if f"wgmma.mma_async.sync.aligned.m64n{d}k16.f32.f16.f16" in ln and "{%r" in ln]
+        assert len(ss) == 2 * (d // 16) and len(rs) == bn // 16, (dname, len(ss), len(rs))  # S, dP; dQ
+        assert not any(_atomic(ln) for ln in lines), f"{dname}: atomics"
 
 
 def test_sass_tensor_cores():
@@ -147,10 +167,15 @@ def test_sass_tensor_cores():
     for name, body in wg.items():
         assert "HGMMA.64x128x16.F32" in body, f"{name}: no HGMMA.64x128x16.F32 (the S = Q K^T product)"
     wgb = {n: s for n, s in sass.items() if n.startswith("_Z14attn_bwd_wgmma")}
-    assert len(wgb) == len(tc.WGMMA_HEAD_DIMS), sorted(wgb)
+    assert len(wgb) == 2 * len(tc.WGMMA_HEAD_DIMS), sorted(wgb)  # with (13) and without (14) atomics
     for name, body in wgb.items():
-        assert "HGMMA.64x64x16.F32" in body, f"{name}: no HGMMA.64x64x16.F32 (S^T, dP^T, dQ)"
-        assert "REDG.E.ADD.F32x2" in body, f"{name}: dQ is not added by float2 reductions"
+        assert "HGMMA.64x" in body, f"{name}: no HGMMA"
+        atomic = "ELb1E" in name  # the bool template argument
+        assert ("REDG.E.ADD.F32x2" in body) == atomic, f"{name}: float2 dQ reductions iff 13's kernel"
+        if atomic:
+            assert "HGMMA.64x64x16.F32" in body, f"{name}: no HGMMA.64x64x16.F32 (the dQ product)"
+    dq = {n: s for n, s in sass.items() if n.startswith("_Z17attn_bwd_dq_wgmma")}
+    assert len(dq) == len(tc.WGMMA_HEAD_DIMS) and all("HGMMA" in s and "RED" not in s for s in dq.values()), sorted(dq)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,14 +286,16 @@ def test_backward(backend, variant, case):
         assert_close_lowprec(g, r, b, floor=FLOOR, what=name)
 
 
-def test_backward_deterministic(backend):
-    """12 gives bitwise-identical gradients run to run (no float atomics)."""
+@pytest.mark.parametrize("variant, D", [(12, 96), (14, 128)])
+def test_backward_deterministic(backend, variant, D):
+    """12 and 14 give bitwise-identical gradients run to run (no float atomics)."""
     import cupy as cp
 
-    c = _case(2, 2, 200, 97, 96, True, None)
+    _skip_unsupported("attention_backward", tfm_kernels._registry.get("attention_backward", variant).key, D, backend)
+    c = _case(2, 2, 200, 97, D, True, None)
     args = [cp.asarray(c[n]) for n in ("do", "q", "k", "v", "o16", "lse32")]
-    first = [g.get() for g in tfm_kernels.attention_backward(*args, True, backend=backend, variant=12)]
-    again = [g.get() for g in tfm_kernels.attention_backward(*args, True, backend=backend, variant=12)]
+    first = [g.get() for g in tfm_kernels.attention_backward(*args, True, backend=backend, variant=variant)]
+    again = [g.get() for g in tfm_kernels.attention_backward(*args, True, backend=backend, variant=variant)]
     for a, b in zip(first, again):
         assert np.array_equal(a.view(np.uint16), b.view(np.uint16))
 
@@ -294,5 +321,6 @@ def test_bench_pairs_each_backward_with_its_forward():
     from tfm_kernels.bench.attention import _forward_variant_for
 
     info = dict(batch=4, heads=16, seqlen_q=4096, seqlen_k=4096, head_dim=128, causal=True)
-    assert _forward_variant_for(13, "float16", **info) == FWD[2].key == "14_wgmma"
+    assert _forward_variant_for(13, "float16", **info) == _forward_variant_for(14, "float16", **info) \
+        == FWD[2].key == "14_wgmma"
     assert _forward_variant_for(12, "float16", **info) == _forward_variant_for(11, "float16", **info) == "13_tc_m128"

@@ -26,6 +26,8 @@ are ``tfm_kernels/attention.py``'s (each ``fn`` here receives validated, contigu
                           MMAs, 2 warpgroups per 128-key block, 128-query (D = 64) or 64-query
                           (D = 128) steps; dQ by float2 atomics; head dims 64 and 128; opt-in until
                           a GPU run has seen it
+              14_wgmma_det  13 for dK, dV and 12's plan for dQ on warpgroup MMAs: a second kernel per
+                          128-row query tile, no atomics, bitwise reproducible; opt-in likewise
 
 Tile shapes per head dim (chosen so ``ptxas -v`` shows no spills at 128 or 256 threads; see
 docs/attention_tc.md for the register and shared-memory figures):
@@ -172,8 +174,21 @@ WGMMA_BWD_BN = 128
 WGMMA_BWD_BM = {64: 128, 128: 64}
 
 
-def wgmma_bwd_kernel(D: int) -> str:
-    return f"attn_bwd_wgmma<{D}>"
+def wgmma_bwd_kernel(D: int, atomic: bool = True) -> str:
+    return f"attn_bwd_wgmma<{D}, {'true' if atomic else 'false'}>"
+
+
+def wgmma_dq_kernel(D: int) -> str:
+    return f"attn_bwd_dq_wgmma<{D}>"
+
+
+# backward 14's dQ kernel: 128 query rows per CTA, key blocks of 128 (D = 64) or 64 (D = 128).
+WGMMA_DQ_BN = {64: 128, 128: 64}
+
+
+def wgmma_dq_smem(D: int) -> int:
+    """Q_i, dO_i [128][D]; two buffers each of K_j, V_j [BN][D]; fp16, 128-byte swizzled; + 1 KiB."""
+    return (2 * 128 + 4 * WGMMA_DQ_BN[D]) * D * 2 + 1024
 
 
 def wgmma_bwd_smem(D: int) -> int:
@@ -203,7 +218,7 @@ def _backward(be, do, q, k, v, o, lse, kv_lens, causal, scale, dq, dk, dv, deter
     common = (kv_lens, np.int32(H), np.int32(Lq), np.int32(Lk))
     if wgmma:
         nk = _cdiv(Lk, WGMMA_BWD_BN)
-        main = Launch(SOURCE_SM90, wgmma_bwd_kernel(D), (nk * B * H, 1, 1), (256, 1, 1),
+        main = Launch(SOURCE_SM90, wgmma_bwd_kernel(D, not deterministic), (nk * B * H, 1, 1), (256, 1, 1),
                       (q, k, v, do, lse, d_rows, dk, dv, dq_acc, *common, np.int32(nk),
                        np.float32(scale), np.int32(causal)),
                       wgmma_bwd_smem(D))
@@ -215,7 +230,13 @@ def _backward(be, do, q, k, v, o, lse, kv_lens, causal, scale, dq, dk, dv, deter
                        np.float32(scale), np.int32(causal)),
                       bwd_smem(D, not deterministic))
     be.launch(main)
-    if deterministic:
+    if deterministic and wgmma:
+        nq = _cdiv(Lq, 128)
+        be.launch(Launch(SOURCE_SM90, wgmma_dq_kernel(D), (nq * B * H, 1, 1), (256, 1, 1),
+                         (q, k, v, do, lse, d_rows, dq, *common, np.int32(nq), np.float32(scale),
+                          np.int32(causal)),
+                         wgmma_dq_smem(D)))
+    elif deterministic:
         nq = _cdiv(Lq, DQ_BM)
         be.launch(Launch(SOURCE, dq_kernel(D), (nq * B * H, 1, 1), (THREADS, 1, 1),
                          (q, k, v, do, lse, d_rows, dq, *common, np.int32(nq), np.float32(scale),
@@ -233,6 +254,10 @@ def _backward_det(be, *args):
 
 def _backward_wgmma(be, *args):
     _backward(be, *args, wgmma=True)
+
+
+def _backward_wgmma_det(be, *args):
+    _backward(be, *args, deterministic=True, wgmma=True)
 
 
 # ------------------------------------------------------------------------------------------ checking
@@ -365,6 +390,18 @@ register(Variant(
     kernels=tuple((SOURCE, f"attn_bwd_dot_tc<{d}>") for d in WGMMA_HEAD_DIMS)
     + tuple((SOURCE_SM90, wgmma_bwd_kernel(d)) for d in WGMMA_HEAD_DIMS)
     + ((SOURCE, "attn_bwd_dq_convert"),), hot=True, arch=90,
+    extra={"opt_in": True, "unverified": "never run on a GPU: written after GPU run 1 (H200, 2026-11-29); "
+                                         "compiled (no spills), and its source passes the host emulation "
+                                         "(tests/test_attention_emulation.py) only"}))
+register(Variant(
+    "attention_backward", 14, "wgmma_det",
+    "as 13_wgmma for dK and dV, and dQ by a second wgmma kernel per 128-row query tile walking the key "
+    "blocks in order (12's plan: S and dP recomputed): no float atomics, bitwise reproducible (opt-in "
+    "until seen correct and measured on a GPU: variant=14)",
+    _backward_wgmma_det, dtypes=("float16",), supports=_wgmma_supports,
+    kernels=tuple((SOURCE, f"attn_bwd_dot_tc<{d}>") for d in WGMMA_HEAD_DIMS)
+    + tuple((SOURCE_SM90, wgmma_bwd_kernel(d, False)) for d in WGMMA_HEAD_DIMS)
+    + tuple((SOURCE_SM90, wgmma_dq_kernel(d)) for d in WGMMA_HEAD_DIMS), hot=True, arch=90,
     extra={"opt_in": True, "unverified": "never run on a GPU: written after GPU run 1 (H200, 2026-11-29); "
                                          "compiled (no spills), and its source passes the host emulation "
                                          "(tests/test_attention_emulation.py) only"}))

@@ -119,7 +119,7 @@ def _forward_variant_for(backward_number: int, dtype: str, **info):
 
     if backward_number == 1:
         return choose("attention_forward", 1, dtype=dtype, **info).key
-    if get("attention_backward", backward_number).name == "wgmma":
+    if get("attention_backward", backward_number).name.startswith("wgmma"):
         fwd = [v for v in variants("attention_forward") if v.name == "wgmma"]
         if fwd and not fwd[0].reason_unsupported(dtype=dtype, **info):
             return fwd[0].key
