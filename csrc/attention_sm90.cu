@@ -52,6 +52,55 @@ static __device__ __forceinline__ void sw128_load(unsigned char* dst, const __ha
     }
 }
 
+// The mask of a BN-key tile starting at key n0, for this thread's query rows row0 + g and
+// row0 + g + 8 (row0: its warp's first row): returns whether any of the warp's rows needs one (the
+// tile crosses kv_len or, with causal, the diagonal), and sets end[r]: row r sees the tile's
+// columns 8nt + 2t + c below end[r] (kv_len, and with causal its own index + 1). One integer bound
+// per row, so each element's test is against an immediate: a per-element test has the compiler
+// park its predicates in registers (170 P2R in backward 13 at 128-query steps, and spills).
+template <int BN>
+static __device__ __forceinline__ bool tile_key_bounds(int (&end)[2], int row0, int n0, int kv_len, bool causal,
+                                                       int g, int t) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = row0 + g + 8 * r;
+        end[r] = (causal ? min(kv_len, row + 1) : kv_len) - n0 - 2 * t;
+    }
+    return (n0 + BN > kv_len) || (causal && n0 + BN - 1 > row0);
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // (the wgmma helpers of mma.cuh exist only there)
+// acc (64 x N) += A B^T over a depth of D, both operands K-major in sw128_load's layout (D/64 column
+// blocks; A's of A_ROWS rows, B's of B_ROWS rows): D/16 wgmma m64nNk16 from the descriptors a and b
+// of the first k16 step (the k16 step kk is +32 bytes inside a 128-byte row, the next 64 columns
+// the next block).
+template <int N, int D, int A_ROWS, int B_ROWS>
+static __device__ __forceinline__ void wgmma_ss_kmajor(float (&acc)[N / 2], uint64_t a, uint64_t b) {
+    static_assert(N == 64 || N == 128, "m64n64k16 or m64n128k16");
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const uint64_t da = wgmma_desc_advance(a, (kk / 4) * A_ROWS * 128 + (kk % 4) * 32);
+        const uint64_t db = wgmma_desc_advance(b, (kk / 4) * B_ROWS * 128 + (kk % 4) * 32);
+        if constexpr (N == 128) wgmma_m64n128k16_f16<0, 0>(acc, da, db);
+        else wgmma_m64n64k16_f16<0, 0>(acc, da, db);
+    }
+}
+
+// acc (64 x N) += A B over KSTEPS k16 steps: A from registers (fragments a[kk], packed from an
+// accumulator as P is), B N-major from the descriptor b of the first step (+2048 bytes per step:
+// 16 k-rows of 128 bytes).
+template <int N, int KSTEPS>
+static __device__ __forceinline__ void wgmma_rs_nmajor(float (&acc)[N / 2], const uint32_t (&a)[KSTEPS][4], uint64_t b) {
+    static_assert(N == 64 || N == 128, "m64n64k16 or m64n128k16");
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; ++kk) {
+        const uint64_t db = wgmma_desc_advance(b, kk * 2048);
+        if constexpr (N == 64) wgmma_rs_m64n64k16_f16<1>(acc, a[kk], db);
+        else wgmma_rs_m64n128k16_f16<1>(acc, a[kk], db);
+    }
+}
+#endif
+
 // The online-softmax step on this warp's 16 rows of a 64 x BN score tile s (the wgmma accumulator
 // layout: element 4nt + c is row g + 8(c/2), key column 8nt + 2t + c%2 of the tile): scale to base
 // 2; on edge tiles hide columns at or past end[r] (-inf); new row maxima into m_i; P = exp2(s - m)
@@ -171,13 +220,7 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
 #pragma unroll
         for (int i = 0; i < DT * 4; ++i) reg_fence(acc[i]);
         wgmma_fence();
-        const uint64_t V_n = wgmma_desc_sw128(opaque_u32(smem_u32(sV + vb * KV_BYTES)), BN * 128, 1024);
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            const uint64_t dv = wgmma_desc_advance(V_n, kk * 16 * 128);
-            if constexpr (D == 64) wgmma_rs_m64n64k16_f16<1>(acc, pa[kk], dv);
-            else wgmma_rs_m64n128k16_f16<1>(acc, pa[kk], dv);
-        }
+        wgmma_rs_nmajor<D, BN / 16>(acc, pa, wgmma_desc_sw128(opaque_u32(smem_u32(sV + vb * KV_BYTES)), BN * 128, 1024));
         wgmma_commit();
     };
 
@@ -205,10 +248,7 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
 #pragma unroll
         for (int i = 0; i < NT * 4; ++i) reg_fence(s[i]);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk)
-            wgmma_m64n128k16_f16<0, 0>(s, wgmma_desc_advance(Q_k, (kk / 4) * BM * 128 + (kk % 4) * 32),
-                                       wgmma_desc_advance(K_k, (kk / 4) * BN * 128 + (kk % 4) * 32));
+        wgmma_ss_kmajor<BN, D, BM, BN>(s, Q_k, K_k);
         wgmma_commit();
         if constexpr (OVERLAP) {
             if (jb > 0) {
@@ -223,15 +263,9 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
 #pragma unroll
         for (int i = 0; i < NT * 4; ++i) reg_fence(s[i]);
 
-        // Online softmax (forward 10's, one m16 tile per warp). Row r sees key columns below
-        // end[r] of this tile: kv_len, and with causal its own index + 1.
-        const bool edge = (n0 + BN > kv_len) || (causal && n0 + BN - 1 > m0 + wrow);
+        // Online softmax (forward 10's, one m16 tile per warp), masked below each row's bound.
         int end[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int row = m0 + wrow + g + 8 * r;
-            end[r] = (causal ? min(kv_len, row + 1) : kv_len) - n0 - 2 * t;
-        }
+        const bool edge = tile_key_bounds<BN>(end, m0 + wrow, n0, kv_len, causal, g, t);
         float alpha[2];
         wgmma_softmax_step<NT>(s, m_i, l_i, alpha, scale_log2, edge, end);
         if constexpr (OVERLAP) {
@@ -444,23 +478,9 @@ attn_bwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
             reg_fence(dpT[i]);
         }
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk)
-            if constexpr (BM == 128)
-                wgmma_m64n128k16_f16<0, 0>(sT, wgmma_desc_advance(K_k, (kk / 4) * BN * 128 + (kk % 4) * 32),
-                                           wgmma_desc_advance(Q_k, (kk / 4) * BM * 128 + (kk % 4) * 32));
-            else
-                wgmma_m64n64k16_f16<0, 0>(sT, wgmma_desc_advance(K_k, (kk / 4) * BN * 128 + (kk % 4) * 32),
-                                          wgmma_desc_advance(Q_k, (kk / 4) * BM * 128 + (kk % 4) * 32));
+        wgmma_ss_kmajor<BM, D, BN, BM>(sT, K_k, Q_k);
         wgmma_commit();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk)
-            if constexpr (BM == 128)
-                wgmma_m64n128k16_f16<0, 0>(dpT, wgmma_desc_advance(V_k, (kk / 4) * BN * 128 + (kk % 4) * 32),
-                                           wgmma_desc_advance(dO_k, (kk / 4) * BM * 128 + (kk % 4) * 32));
-            else
-                wgmma_m64n64k16_f16<0, 0>(dpT, wgmma_desc_advance(V_k, (kk / 4) * BN * 128 + (kk % 4) * 32),
-                                          wgmma_desc_advance(dO_k, (kk / 4) * BM * 128 + (kk % 4) * 32));
+        wgmma_ss_kmajor<BM, D, BN, BM>(dpT, V_k, dO_k);
         wgmma_commit();
         wgmma_wait<1>();  // S^T has landed; dP^T may still run
 #pragma unroll
@@ -504,12 +524,7 @@ attn_bwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
 #pragma unroll
         for (int i = 0; i < AN; ++i) reg_fence(dV[i]);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BM / 16; ++kk) {  // dV_c += P^T dO_i
-            const uint64_t db = wgmma_desc_advance(dO_n, kk * 2048);
-            if constexpr (D == 64) wgmma_rs_m64n64k16_f16<1>(dV, pa[kk], db);
-            else wgmma_rs_m64n128k16_f16<1>(dV, pa[kk], db);
-        }
+        wgmma_rs_nmajor<D, BM / 16>(dV, pa, dO_n);  // dV_c += P^T dO_i
         wgmma_commit();
         wgmma_wait<1>();  // dP^T has landed; dV runs on while dS is computed
 #pragma unroll
@@ -528,12 +543,7 @@ attn_bwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
 #pragma unroll
         for (int i = 0; i < AN; ++i) reg_fence(dK[i]);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BM / 16; ++kk) {  // dK_c += dS^T Q_i
-            const uint64_t db = wgmma_desc_advance(Q_n, kk * 2048);
-            if constexpr (D == 64) wgmma_rs_m64n64k16_f16<1>(dK, dsa[kk], db);
-            else wgmma_rs_m64n128k16_f16<1>(dK, dsa[kk], db);
-        }
+        wgmma_rs_nmajor<D, BM / 16>(dK, dsa, Q_n);  // dK_c += dS^T Q_i
         wgmma_commit();
         // ATOMIC (13): dS^T to smem, [key][query] in BM/64 blocks of [128][64], swizzled: fragment
         // dsa[kk][h] holds keys krow + g + 8(h%2), queries 16kk + 8(h/2) + 2t, +1. A warp's 32
@@ -710,39 +720,17 @@ attn_bwd_dq_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, co
             reg_fence(dp[i]);
         }
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {  // S = Q_i K_j^T
-            if constexpr (BN == 128)
-                wgmma_m64n128k16_f16<0, 0>(s, wgmma_desc_advance(Q_k, (kk / 4) * BM * 128 + (kk % 4) * 32),
-                                           wgmma_desc_advance(K_k, (kk / 4) * BN * 128 + (kk % 4) * 32));
-            else
-                wgmma_m64n64k16_f16<0, 0>(s, wgmma_desc_advance(Q_k, (kk / 4) * BM * 128 + (kk % 4) * 32),
-                                          wgmma_desc_advance(K_k, (kk / 4) * BN * 128 + (kk % 4) * 32));
-        }
+        wgmma_ss_kmajor<BN, D, BM, BN>(s, Q_k, K_k);  // S = Q_i K_j^T
         wgmma_commit();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {  // dP = dO_i V_j^T
-            if constexpr (BN == 128)
-                wgmma_m64n128k16_f16<0, 0>(dp, wgmma_desc_advance(dO_k, (kk / 4) * BM * 128 + (kk % 4) * 32),
-                                           wgmma_desc_advance(V_k, (kk / 4) * BN * 128 + (kk % 4) * 32));
-            else
-                wgmma_m64n64k16_f16<0, 0>(dp, wgmma_desc_advance(dO_k, (kk / 4) * BM * 128 + (kk % 4) * 32),
-                                          wgmma_desc_advance(V_k, (kk / 4) * BN * 128 + (kk % 4) * 32));
-        }
+        wgmma_ss_kmajor<BN, D, BM, BN>(dp, dO_k, V_k);  // dP = dO_i V_j^T
         wgmma_commit();
         wgmma_wait<1>();  // S has landed; dP runs on
 #pragma unroll
         for (int i = 0; i < NT * 4; ++i) reg_fence(s[i]);
 
-        // P = exp2(S scale log2e - lse log2e); row r (= c/2) sees key columns below end[r]:
-        // kv_len, and with causal its own index + 1 (one bound per row, as forward 14).
-        const bool edge = (n0 + BN > kv_len) || (causal && n0 + BN - 1 > m0 + wrow);
+        // P = exp2(S scale log2e - lse log2e), masked below each row's bound (as forward 14).
         int end[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int row = m0 + wrow + g + 8 * r;
-            end[r] = (causal ? min(kv_len, row + 1) : kv_len) - n0 - 2 * t;
-        }
+        const bool edge = tile_key_bounds<BN>(end, m0 + wrow, n0, kv_len, causal, g, t);
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -770,12 +758,7 @@ attn_bwd_dq_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, co
 #pragma unroll
         for (int i = 0; i < DT * 4; ++i) reg_fence(acc[i]);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            const uint64_t db = wgmma_desc_advance(K_n, kk * 2048);
-            if constexpr (D == 64) wgmma_rs_m64n64k16_f16<1>(acc, dsa[kk], db);
-            else wgmma_rs_m64n128k16_f16<1>(acc, dsa[kk], db);
-        }
+        wgmma_rs_nmajor<D, BN / 16>(acc, dsa, K_n);
         wgmma_commit();
         wgmma_wait<0>();
 #pragma unroll
