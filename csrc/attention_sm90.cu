@@ -52,6 +52,27 @@ static __device__ __forceinline__ void sw128_load(unsigned char* dst, const __ha
     }
 }
 
+// The 128-row query tile a CTA of forward 14/15 or backward 14's dQ kernel owns: grid x = tile *
+// (B*H) + (b*H + h), and with causal the last tiles (the longest rows) run first. nblocks: how many
+// BN-key blocks its rows see (kv_len, and with causal its last row).
+struct QueryTile {
+    int bhi, b, m0, kv_len, nblocks;
+};
+template <int BM, int BN>
+static __device__ __forceinline__ QueryTile query_tile(const int* __restrict__ kv_lens, int H, int Lk, int ntiles,
+                                                       int causal) {
+    QueryTile qt;
+    const int bh_count = gridDim.x / ntiles;
+    const int tile = blockIdx.x / bh_count;
+    qt.bhi = blockIdx.x % bh_count;
+    qt.b = qt.bhi / H;
+    qt.m0 = (causal ? ntiles - 1 - tile : tile) * BM;
+    qt.kv_len = min(Lk, max(kv_lens[qt.b], 0));
+    const int n_end = causal ? min(qt.kv_len, qt.m0 + BM) : qt.kv_len;
+    qt.nblocks = n_end > 0 ? tfm_cdiv(n_end, BN) : 0;
+    return qt;
+}
+
 // The mask of a BN-key tile starting at key n0, for this thread's query rows row0 + g and
 // row0 + g + 8 (row0: its warp's first row): returns whether any of the warp's rows needs one (the
 // tile crosses kv_len or, with causal, the diagonal), and sets end[r]: row r sees the tile's
@@ -171,21 +192,14 @@ attn_fwd_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, const
     const int tid = threadIdx.x, lane = tid % 32, w = (tid % 128) / 32;
     const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);  // warp-uniform, visibly (backward 13)
     const int g = lane / 4, t = lane % 4;
-    const int bh_count = gridDim.x / ntiles;
-    const int tile = blockIdx.x / bh_count, bhi = blockIdx.x % bh_count;
-    const int mblk = causal ? ntiles - 1 - tile : tile;
-    const int b = bhi / H;
-    const int m0 = mblk * BM;
-    const size_t bh = bhi;
+    const QueryTile qt = query_tile<BM, BN>(kv_lens, H, Lk, ntiles, causal);
+    const int m0 = qt.m0, kv_len = qt.kv_len, nblocks = qt.nblocks;
+    const size_t bh = qt.bhi;
     q += bh * Lq * D;
     o += bh * Lq * D;
     lse += bh * Lq;
     k += bh * Lk * D;
     v += bh * Lk * D;
-
-    const int kv_len = min(Lk, max(kv_lens[b], 0));
-    const int n_end = causal ? min(kv_len, m0 + BM) : kv_len;
-    const int nblocks = n_end > 0 ? tfm_cdiv(n_end, BN) : 0;
     const int wrow = wg * 64 + w * 16;  // this warp's first row within the tile
 
     if (nblocks == 0) {
@@ -655,13 +669,10 @@ attn_bwd_dq_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, co
     const int tid = threadIdx.x, lane = tid % 32, w = (tid % 128) / 32;
     const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
     const int g = lane / 4, t = lane % 4;
-    const int bh_count = gridDim.x / ntiles;
-    const int tile = blockIdx.x / bh_count, bhi = blockIdx.x % bh_count;
-    const int mblk = causal ? ntiles - 1 - tile : tile;  // the longest rows first
-    const int b = bhi / H;
-    const int m0 = mblk * BM;
+    const QueryTile qt = query_tile<BM, BN>(kv_lens, H, Lk, ntiles, causal);
+    const int m0 = qt.m0, kv_len = qt.kv_len, nblocks = qt.nblocks;
     const int wrow = wg * 64 + w * 16;
-    const size_t bh = bhi;
+    const size_t bh = qt.bhi;
     q += bh * Lq * D;
     dout += bh * Lq * D;
     dq += bh * Lq * D;
@@ -670,10 +681,6 @@ attn_bwd_dq_wgmma(const __half* __restrict__ q, const __half* __restrict__ k, co
     k += bh * Lk * D;
     v += bh * Lk * D;
     const float scale_log2 = scale * 1.4426950408889634f;
-
-    const int kv_len = min(Lk, max(kv_lens[b], 0));
-    const int n_end = causal ? min(kv_len, m0 + BM) : kv_len;
-    const int nblocks = n_end > 0 ? tfm_cdiv(n_end, BN) : 0;
 
     // This thread's rows g, g + 8: lse in base 2 (+inf where no key is seen, or past Lq: P = 0).
     float L[2], Di[2];

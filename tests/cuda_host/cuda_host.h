@@ -150,7 +150,7 @@ struct State {
     std::function<void()> body;
     std::vector<unsigned char*> stacks;
     long long ldsm_phases[9] = {};  // ldmatrix 8-row phases by bank groups touched (1..8)
-    bool tma_deferred = false;  // TMA bytes and cp.async copies land at their wait (reverse order) or at once
+    bool land_late = false;  // TMA bytes and cp.async copies land at their wait (reverse order) or at once
     long long progress = 0;     // anything that changed: a deadlock is a round that changes nothing
     alignas(1024) unsigned char arena[kMaxCluster][kArena];
 };
@@ -467,7 +467,7 @@ inline void cp_async(uint32_t smem, const void* gmem, int n, bool pred) {
         if (reinterpret_cast<uintptr_t>(gmem) % n) fail("cp.async of %d bytes from a misaligned global address %p", n, gmem);
         std::memcpy(c.bytes, gmem, n);
     }
-    if (S->tma_deferred) S->cur->open.push_back(c);  // reverse order: lands at its wait (the latest)
+    if (S->land_late) S->cur->open.push_back(c);  // reverse order: lands at its wait (the latest)
     else std::memcpy(c.dst, c.bytes, n);             // forward order: lands at once (the earliest)
 }
 
@@ -778,7 +778,7 @@ inline void tma_load_3d(void* dst, const void* desc, uint64_t* bar, int c0, int 
             uint32_t a = static_cast<uint32_t>(off) + o * row + 16 * ch;
             a ^= ((a >> 7) & 7) << 4;
             std::vector<unsigned char> c16(chunk.begin() + 16 * ch, chunk.begin() + 16 * ch + 16);
-            if (emu::S->tma_deferred) {
+            if (emu::S->land_late) {
                 m.queued.push_back({a, std::move(c16)});
             } else {
                 std::memcpy(emu::cta().smem + a, c16.data(), 16);
@@ -979,7 +979,7 @@ inline int run_cluster(const Config& cfg, unsigned bx0, unsigned by, unsigned bz
         g_groups[c].assign((nt + 127) / 128, GroupState{});
         g_group_slots[c].assign((nt + 127) / 128, GroupSlots{});
     }
-    S->tma_deferred = cfg.reverse != 0;
+    S->land_late = cfg.reverse != 0;
     S->fibers.assign(total, Fiber{});
     for (std::size_t i = 0; i < total; ++i) {
         Fiber& f = S->fibers[i];
