@@ -15,8 +15,9 @@ One launch of each, for the questions the docs leave to a GPU:
              flash backend in run 1) and that backend's own kernel (FlashAttention-2, mma.sync
              too) in the same process: where 13 loses the 1.3x (issue slots, stalls, smem, L2).
   hopper     the same shape through the wgmma kernels, never run before: forward 14, 15 (its
-             intra-warpgroup overlap) and backward 13, whose predictions in docs/attention_tc.md rest on issue-slot arithmetic (forward 14:
-             issue-bound; backward 13: 350-450 TFLOP/s) that the profile confirms or not.
+             intra-warpgroup overlap) and backward 13, whose predictions in docs/attention_tc.md
+             rest on issue-slot arithmetic (forward 14: issue-bound; backward 13: 350-450
+             TFLOP/s) that the profile confirms or not.
 Each launch's result is compared with a reference on a slice and the difference printed, so a
 profile of a wrong kernel does not pass unnoticed. A launch that cannot run here says why; the
 others still run.
@@ -65,14 +66,13 @@ def matmul() -> None:
         _report(variant, lambda: run(a16, b16, variant, ref))
 
 
-def attention() -> None:
+def _attention_case():
+    """The bench case B4 H16 N4096 D128 in fp16 (q, k, v), and err(o): the largest difference of o's
+    first 64 query rows of (b, h) = (0, 0) from an fp32 reference, relative to its max."""
     import cupy as cp
-
-    import tfm_kernels
 
     B, H, N, D = 4, 16, 4096, 128
     q, k, v = (cp.random.standard_normal((B, H, N, D), dtype=cp.float32).astype(cp.float16) for _ in range(3))
-    # Reference: the first 64 query rows of (b, h) = (0, 0) in fp32.
     s = (q[0, 0, :64].astype(cp.float32) @ k[0, 0].astype(cp.float32).T) / D ** 0.5
     p = cp.exp(s - s.max(axis=1, keepdims=True))
     ref = (p / p.sum(axis=1, keepdims=True)) @ v[0, 0].astype(cp.float32)
@@ -80,6 +80,15 @@ def attention() -> None:
     def err(o):
         return float(cp.abs(cp.asarray(o)[0, 0, :64].astype(cp.float32) - ref).max() / cp.abs(ref).max())
 
+    return q, k, v, err
+
+
+def attention() -> None:
+    import cupy as cp
+
+    import tfm_kernels
+
+    q, k, v, err = _attention_case()
     _report("13_tc_m128", lambda: err(tfm_kernels.attention_forward(q, k, v, backend="ext",
                                                                      variant="13_tc_m128")[0]))
 
@@ -97,38 +106,30 @@ def attention() -> None:
 
 
 def hopper() -> None:
-    """The wgmma attention pair (sm_90a), never run before: forward 14 against a 64-row fp32
+    """The wgmma attention kernels (sm_90a), never run before: forward 14 and 15 against the fp32
     reference, backward 13 against backward 12 (mma.sync) on forward 14's o and lse."""
     import cupy as cp
 
     import tfm_kernels
 
-    B, H, N, D = 4, 16, 4096, 128
-    q, k, v, do = (cp.random.standard_normal((B, H, N, D), dtype=cp.float32).astype(cp.float16) for _ in range(4))
-    s = (q[0, 0, :64].astype(cp.float32) @ k[0, 0].astype(cp.float32).T) / D ** 0.5
-    p = cp.exp(s - s.max(axis=1, keepdims=True))
-    ref = (p / p.sum(axis=1, keepdims=True)) @ v[0, 0].astype(cp.float32)
+    q, k, v, err = _attention_case()
+    do = cp.random.standard_normal(q.shape, dtype=cp.float32).astype(cp.float16)
     out = {}
 
-    def forward14():
-        out["o"], out["lse"] = tfm_kernels.attention_forward(q, k, v, backend="ext", variant="14_wgmma")
-        return float(cp.abs(out["o"][0, 0, :64].astype(cp.float32) - ref).max() / cp.abs(ref).max())
+    def forward(variant):
+        o, lse = tfm_kernels.attention_forward(q, k, v, backend="ext", variant=variant)
+        out.setdefault("o", (o, lse))  # forward 14's, for the backward below
+        return err(o)
 
     def backward13():  # the largest gap to backward 12 over dq, dk, dv, relative to 12's max
-        o, lse = out.get("o"), out.get("lse")
-        if o is None:
-            o, lse = tfm_kernels.attention_forward(q, k, v, backend="ext", variant="13_tc_m128")
+        o, lse = out.get("o") or tfm_kernels.attention_forward(q, k, v, backend="ext", variant="13_tc_m128")
         want = tfm_kernels.attention_backward(do, q, k, v, o, lse, backend="ext", variant="12_tc_det")
         got = tfm_kernels.attention_backward(do, q, k, v, o, lse, backend="ext", variant="13_wgmma")
         f32 = lambda x: x.astype(cp.float32)  # noqa: E731
         return max(float(cp.abs(f32(g) - f32(w)).max() / cp.abs(f32(w)).max()) for g, w in zip(got, want))
 
-    def forward15():  # the overlapped schedule, against the same reference
-        o15, _ = tfm_kernels.attention_forward(q, k, v, backend="ext", variant="15_wgmma_overlap")
-        return float(cp.abs(o15[0, 0, :64].astype(cp.float32) - ref).max() / cp.abs(ref).max())
-
-    _report("forward 14_wgmma", forward14)
-    _report("forward 15_wgmma_overlap", forward15)
+    _report("forward 14_wgmma", lambda: forward("14_wgmma"))
+    _report("forward 15_wgmma_overlap", lambda: forward("15_wgmma_overlap"))
     _report("backward 13_wgmma (against 12_tc_det)", backward13)
 
 
