@@ -2,6 +2,7 @@
 """What one GPU run says about each registered variant, next to what the registry still claims.
 
     python scripts/gpu_verdicts.py OUTDIR/summary.json [--junit OUTDIR/junit.xml] [--json]
+    python scripts/gpu_verdicts.py --failed --check WORKDIR/check.json --junit-dir WORKDIR/junit
 
 Reads what `scripts/gpu_check.sh` writes: summary.json (its `check` rows, from `tfm-kernels check
 --quick`, every variant on both backends; its `test_failures`; its `bench` rows) and junit.xml
@@ -20,7 +21,10 @@ A test names a variant when its id has the variant's key as a word ("12_wgmma_tm
 inside "12_flash"); for an op with a forward and a backward (softmax, attention), a test counts for
 the backward op only if its name says "backward", and for the forward op only if it does not.
 `scripts/gpu_check.sh` appends this table to summary.md, so the session that fetched a run sees
-which `extra["unverified"]` marks it can clear without reading the logs.
+which `extra["unverified"]` marks it can clear without reading the logs. Before that, between its
+tests and its benchmarks, it asks ``--failed`` (from check.json and every pass's junit, before any
+summary exists) which variants failed, one ``op/key`` per line, and skips those in the benchmarks
+and profiles: a kernel that faults there would lose the CUDA context and every figure after it.
 """
 
 from __future__ import annotations
@@ -40,11 +44,6 @@ TEST_FILES = {"softmax": ("test_softmax",), "softmax_backward": ("test_softmax",
               "attention_backward": ("test_attention", "test_attention_tc")}
 PAIRED = {"softmax", "softmax_backward", "attention_forward", "attention_backward"}
 BACKENDS = ("ext", "cupy")
-
-
-def _names(key: str, text: str) -> bool:
-    """Whether `text` names the variant `key` as a word."""
-    return re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", text) is not None
 
 
 def _for_op(op: str, file: str, test: str) -> bool:
@@ -75,6 +74,7 @@ def junit_cases(path: Path | None) -> list[dict]:
 
 def verdicts(summary: dict, cases: list[dict]) -> list[dict]:
     import tfm_kernels
+    from tfm_kernels._registry import names
 
     check = summary.get("check") or []
     failures = summary.get("test_failures") or []
@@ -84,8 +84,8 @@ def verdicts(summary: dict, cases: list[dict]) -> list[dict]:
         for v in tfm_kernels.variants(op):
             mine = [r for r in check if r["op"] == op and r["variant"] == v.key]
             named = [f for f in failures if "::" in f
-                     and _for_op(op, f.split("::")[0], f.split("::")[1]) and _names(v.key, f)]
-            tests = [c for c in cases if c["backend"] and _for_op(op, c["file"], c["test"]) and _names(v.key, c["test"])]
+                     and _for_op(op, f.split("::")[0], f.split("::")[1]) and names(v.key, f)]
+            tests = [c for c in cases if c["backend"] and _for_op(op, c["file"], c["test"]) and names(v.key, c["test"])]
             seen = {}
             for b in BACKENDS:
                 rb = [r for r in mine if r["backend"] == b]
@@ -146,12 +146,46 @@ def markdown(rows: list[dict], summary: dict) -> str:
     return "\n".join(L) + "\n"
 
 
+def failed_so_far(check_json: Path | None, junit_dir: Path | None) -> list[str]:
+    """``op/key`` of every variant a check row or a test has failed, from gpu_check.sh's scratch
+    files (check.json; junit/<file>.<pass>.xml, each test by its last pass)."""
+    check = {}
+    if check_json is not None and check_json.exists():
+        try:
+            check = json.loads(check_json.read_text())
+        except ValueError:
+            check = {}
+    cases, failures = [], []
+    if junit_dir is not None and junit_dir.is_dir():
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("gpu_summary", Path(__file__).with_name("gpu_summary.py"))
+        gs = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(gs)
+        merged, _, failures, _ = gs.merge_junit(str(junit_dir))
+        for c in merged:
+            if c["status"] in ("passed", "failed") and c["backend"] in BACKENDS:
+                cases.append({"file": c["file"], "test": c["test"], "backend": c["backend"],
+                              "ok": c["status"] == "passed"})
+    rows = verdicts({"check": check.get("rows") or [], "test_failures": failures, "bench": []}, cases)
+    return [f"{r['op']}/{r['variant']}" for r in rows if r["verdict"] == "FAILED"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("summary", type=Path, help="summary.json written by scripts/gpu_check.sh")
+    ap.add_argument("summary", type=Path, nargs="?", help="summary.json written by scripts/gpu_check.sh")
     ap.add_argument("--junit", type=Path, default=None, help="junit.xml (default: beside the summary)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON instead of Markdown")
+    ap.add_argument("--failed", action="store_true",
+                    help="print op/key of each failed variant, from --check and --junit-dir")
+    ap.add_argument("--check", type=Path, help="with --failed: check.json of tfm-kernels check")
+    ap.add_argument("--junit-dir", type=Path, help="with --failed: the directory of the per-pass junit files")
     args = ap.parse_args()
+    if args.failed:
+        print("\n".join(failed_so_far(args.check, args.junit_dir)))
+        return 0
+    if args.summary is None:
+        ap.error("summary.json is required (or --failed)")
     summary = json.loads(args.summary.read_text())
     rows = verdicts(summary, junit_cases(args.junit or args.summary.parent / "junit.xml"))
     print(json.dumps(rows, indent=1) if args.json else markdown(rows, summary))

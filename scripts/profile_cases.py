@@ -32,9 +32,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _report(name: str, fn) -> None:
+SKIP: set[str] = set()  # op/key of the variants that failed their tests in this run (--skip)
+
+
+def _report(name: str, fn, *needs: str) -> None:
+    """Run one profiled case: ``fn`` returns its error relative to a reference. ``needs``: the
+    op/key of each variant it launches; one that failed its tests in this run is not launched
+    (a fault would end the profile of everything after it)."""
     import cupy as cp
 
+    if bad := [q for q in needs if q in SKIP]:
+        print(f"{name}: skipped, {', '.join(bad)} failed its tests in this run")
+        return
     try:
         err = fn()
         cp.cuda.runtime.deviceSynchronize()
@@ -61,9 +70,9 @@ def matmul() -> None:
         return float(cp.abs(c[:64].astype(cp.float32) - r).max() / cp.abs(r).max())
 
     for variant in ("8_cp_async", "14_iterators"):
-        _report(variant, lambda: run(a32, b32, variant, ref32))
+        _report(variant, lambda: run(a32, b32, variant, ref32), f"matmul/{variant}")
     for variant in ("11_mma_pipelined", "13_wgmma_persistent"):
-        _report(variant, lambda: run(a16, b16, variant, ref))
+        _report(variant, lambda: run(a16, b16, variant, ref), f"matmul/{variant}")
 
 
 def _attention_case():
@@ -90,7 +99,8 @@ def attention() -> None:
 
     q, k, v, err = _attention_case()
     _report("13_tc_m128", lambda: err(tfm_kernels.attention_forward(q, k, v, backend="ext",
-                                                                     variant="13_tc_m128")[0]))
+                                                                     variant="13_tc_m128")[0]),
+            "attention_forward/13_tc_m128")
 
     def sdpa():
         import torch
@@ -128,15 +138,20 @@ def hopper() -> None:
         f32 = lambda x: x.astype(cp.float32)  # noqa: E731
         return max(float(cp.abs(f32(g) - f32(w)).max() / cp.abs(f32(w)).max()) for g, w in zip(got, want))
 
-    _report("forward 14_wgmma", lambda: forward("14_wgmma"))
-    _report("forward 15_wgmma_overlap", lambda: forward("15_wgmma_overlap"))
-    _report("backward 13_wgmma (against 12_tc_det)", backward13)
+    _report("forward 14_wgmma", lambda: forward("14_wgmma"), "attention_forward/14_wgmma")
+    _report("forward 15_wgmma_overlap", lambda: forward("15_wgmma_overlap"), "attention_forward/15_wgmma_overlap")
+    _report("backward 13_wgmma (against 12_tc_det)", backward13, "attention_backward/13_wgmma",
+            "attention_backward/12_tc_det")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("op", choices=["matmul", "attention", "hopper"])
-    {"matmul": matmul, "attention": attention, "hopper": hopper}[ap.parse_args().op]()
+    ap.add_argument("--skip", action="append", default=[], metavar="OP/KEY",
+                    help="a variant that failed its tests: not launched (repeatable)")
+    args = ap.parse_args()
+    SKIP.update(args.skip)
+    {"matmul": matmul, "attention": attention, "hopper": hopper}[args.op]()
     return 0
 
 

@@ -385,3 +385,161 @@ def test_check_runner_survives_a_failing_check_cases(monkeypatch):
     assert len(failing) == 1 and failing[0].variant == "check_cases"
     assert "simulated" in failing[0].failures[0]
     assert any(r.op == "softmax" and r.passed for r in rows)
+
+
+def _fake_check(monkeypatch, run, backends=("ext", "cupy")):
+    import types
+
+    from tfm_kernels import check
+
+    ref = np.linspace(0.1, 1.0, 6)
+    fake = types.ModuleType("fake_ops")
+    fake.check_cases = lambda rng, quick: [
+        check.Case("softmax", f"case {i}", run, ref, check.fp32_rule()) for i in range(2)]
+    monkeypatch.setattr(check, "op_modules", lambda: [fake])
+    monkeypatch.setattr(_backend, "available", lambda: list(backends))
+    monkeypatch.setattr(_backend, "get", lambda name=None: types.SimpleNamespace(cc=90, name=name))
+    return ref
+
+
+def test_check_runs_first_run_variants_last_and_stops_at_a_lost_context(monkeypatch):
+    """A never-run variant that faults cannot take the verdicts of the others with it: the
+    variants seen passing on a GPU all run first, the faulting one is named with its error, and
+    what it kept from running is 'not run (context lost)', never FAIL."""
+    from tfm_kernels import _registry, check
+
+    vs = _registry.variants("softmax")
+    first = [v.key for v in vs if _registry.first_run(v)]
+    trusted = [v.key for v in vs if not _registry.first_run(v) and v.arch <= 90]
+    assert first and trusted, "needs a first-run softmax variant (extra['unverified']) and a trusted one"
+    order, state = [], {"lost": None}
+
+    def run(backend, variant):
+        assert state["lost"] is None, "a launch after the context was lost"
+        order.append((variant, backend))
+        if variant == first[0] and backend == "ext":
+            state["lost"] = "cudaErrorLaunchFailure: unspecified launch failure (simulated trap)"
+            raise RuntimeError(state["lost"])
+        return ref
+
+    ref = _fake_check(monkeypatch, run)
+    monkeypatch.setattr(_backend, "context_lost", lambda: state["lost"])
+    rows = {(r.variant, r.backend): r for r in check.run_checks(["softmax"])
+            if r.op == "softmax"}
+    firsts = [i for i, (v, _) in enumerate(order) if v in first]
+    assert firsts and max(i for i, (v, _) in enumerate(order) if v in trusted) < min(firsts)
+    bad = rows[(first[0], "ext")]
+    assert bad.status == "FAIL" and "simulated trap" in bad.context_error
+    assert check.context_lost(list(rows.values())) is bad
+    for k in trusted:  # every case, both backends, before the fault
+        assert rows[(k, "ext")].status == rows[(k, "cupy")].status == "pass" and rows[(k, "cupy")].passed == 2
+    lost = [r for r in rows.values() if r.lost]
+    assert rows[(first[0], "cupy")] in lost and all(r.lost == f"softmax/{first[0]}:ext" for r in lost)
+    assert all(r.status == "not run (context lost)" and not r.failed for r in lost)
+    assert "CUDA context lost after softmax/" in check.format_table(list(rows.values()))
+
+
+def test_check_skip_and_qualified_selection(monkeypatch):
+    from tfm_kernels import _registry, check
+
+    keys = [v.key for v in _registry.variants("softmax") if v.arch <= 90]
+    seen = []
+    _fake_check(monkeypatch, lambda b, v: seen.append((v, b)) or np.linspace(0.1, 1.0, 6))
+    check.run_checks(["softmax"], variants=[f"softmax/{keys[0]}:cupy", keys[1]], skip=[f"softmax/{keys[1]}:ext"])
+    assert sorted(set(seen)) == sorted({(keys[0], "cupy"), (keys[1], "cupy")})
+
+
+def test_run_isolated_reruns_what_a_lost_context_kept_from_running(tmp_path):
+    """The driver against a stand-in child (no GPU): pass 1 faults in A:ext and loses B and A:cupy;
+    pass 2 gets exactly those, with A:ext skipped, faults again in B:ext; pass 3 finishes."""
+    import json
+    import sys
+
+    from tfm_kernels import check
+
+    script = tmp_path / "child.py"
+    script.write_text(r'''
+import json, sys
+path, sel, skip = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+def row(v, b, **kw):
+    return {"op": "softmax", "variant": v, "backend": b, "passed": 0, "failed": 0, **kw}
+if sel is None:
+    rows = [row("T", "ext", passed=2), row("T", "cupy", passed=2),
+            row("A", "ext", failed=1, context_error="cudaErrorIllegalAddress"),
+            row("A", "cupy", lost="softmax/A:ext"), row("B", "ext", lost="softmax/A:ext"),
+            row("B", "cupy", lost="softmax/A:ext")]
+elif "softmax/A:ext" in skip and "softmax/B:ext" not in skip:
+    assert sel == ["softmax/A:cupy", "softmax/B:cupy", "softmax/B:ext"], sel
+    rows = [row("A", "cupy", passed=2), row("B", "ext", failed=1, context_error="cudaErrorLaunchFailure"),
+            row("B", "cupy", lost="softmax/B:ext")]
+else:
+    assert sel == ["softmax/B:cupy"] and skip == ["softmax/A:ext", "softmax/B:ext"], (sel, skip)
+    rows = [row("B", "cupy", passed=2)]
+json.dump({"rows": rows}, open(path, "w"))
+''')
+    logs = []
+    res = check.run_isolated(lambda sel, skip, budget, path: [sys.executable, str(script), path, json.dumps(sel),
+                                                               json.dumps(skip)], log=logs.append)
+    rows = {(r["variant"], r["backend"]): r for r in res["rows"]}
+    assert res["passes"] == 3 and [e["variant"] for e in res["context_lost"]] == ["softmax/A:ext", "softmax/B:ext"]
+    assert rows[("A", "cupy")]["passed"] == 2 and rows[("B", "cupy")]["passed"] == 2
+    assert rows[("A", "ext")]["context_error"] and rows[("B", "ext")]["failed"] == 1
+    assert not any(r.get("lost") for r in res["rows"]) and len(logs) == 2
+
+
+def test_run_isolated_reports_a_child_that_wrote_nothing(tmp_path):
+    import sys
+
+    from tfm_kernels import check
+
+    res = check.run_isolated(lambda sel, skip, budget, path: [sys.executable, "-c", "raise SystemExit(3)"],
+                             log=lambda s: None)
+    assert res["rows"] == [] and "exited 3 without writing" in res["context_lost"][0]["error"]
+
+
+def test_pytest_skips_what_follows_a_lost_context(tmp_path):
+    """The repository conftest on a pretend GPU: a first-run variant's test is moved after the
+    others of its file; once a failing test leaves the context lost, the tests after it are skipped
+    as 'CUDA context lost', never failed, and their ids go to --tfm-lost-file (what
+    scripts/gpu_check.sh reruns in a fresh process)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tfm_kernels import _registry
+
+    root = Path(__file__).resolve().parents[1]
+    first = next(v.key for v in _registry.variants("softmax") if _registry.first_run(v))
+    (tmp_path / "conftest.py").write_text((root / "conftest.py").read_text())
+    (tmp_path / "test_fake.py").write_text(f'''
+import conftest, pytest
+from tfm_kernels import _backend
+conftest._gpu = lambda: True
+_backend.status = lambda: {{"device": (True, "pretend"), "ext": (True, ""), "cupy": (True, "")}}
+STATE = {{}}
+_backend.context_lost = lambda: STATE.get("lost")
+ORDER = []
+
+@pytest.fixture
+def backend():
+    return "ext"
+
+@pytest.mark.parametrize("variant", ["{first}", "1_naive", "2_block"])
+def test_variant(backend, variant):
+    ORDER.append(variant)
+    if variant == "2_block":
+        STATE["lost"] = "cudaErrorIllegalAddress: simulated"
+        raise RuntimeError(STATE["lost"])
+
+def test_after(backend):
+    pass
+''')
+    lost = tmp_path / "lost.txt"
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "test_fake.py",
+                        f"--tfm-lost-file={lost}"], cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    out = r.stdout + r.stderr
+    assert "1 failed, 1 passed, 2 skipped" in out, out
+    assert "CUDA context lost after test_fake.py::test_variant[2_block]" in out, out
+    assert lost.read_text().split() == ["test_fake.py::test_after", f"test_fake.py::test_variant[{first}]"], out

@@ -55,3 +55,20 @@ def test_later_variants_did_not_run(rows):
                 ("attention_backward", "13_wgmma"), ("softmax", "7_cluster")):
         r = rows[key]
         assert r["verdict"] == "not run" and r["action"] == "" and r["unverified"], key
+
+
+def test_failed_before_bench(tmp_path):
+    """What gpu_check.sh asks between its tests and its benchmarks (check.json and the per-pass
+    junit files of its scratch directory; run 1's, from its logs.tar.gz): the variants run 1 saw
+    fail, and only those, are skipped in the benchmarks and profiles."""
+    import tarfile
+
+    spec = importlib.util.spec_from_file_location("gpu_verdicts", ROOT / "scripts" / "gpu_verdicts.py")
+    gv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gv)
+    with tarfile.open(RUN1 / "logs.tar.gz") as t:
+        t.extractall(tmp_path, filter="data")
+    failed = gv.failed_so_far(tmp_path / "logs" / "check.json", tmp_path / "junit")
+    assert sorted(failed) == ["attention_backward/1_naive", "attention_backward/2_flash",
+                              "attention_backward/3_flash_det", "matmul/12_wgmma_tma"]
+    assert gv.failed_so_far(None, tmp_path / "absent") == []

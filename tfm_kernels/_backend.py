@@ -235,6 +235,28 @@ def unavailable(backend: str | None = None) -> str | None:
             return f"backend {backend!r} unavailable: {why}"
     return None
 
+def context_lost() -> str | None:
+    """The CUDA error that has made this process's context unusable, or None while it works.
+
+    A kernel fault (an illegal address, a misaligned access, a ``trap`` such as the mbarrier
+    watchdog's in mma.cuh) is "sticky": every later CUDA call in the process fails with the same
+    error, whatever the kernel it launches. So after one failure, whatever runs many variants in
+    one process (``tfm-kernels check``, the GPU tests under conftest.py) asks this before blaming
+    the next variant: a string means stop launching here and rerun the rest in a fresh process.
+    Both backends share the device's primary context, so one probe answers for both. A refused
+    launch (bad configuration, too much shared memory) is not sticky and leaves this None."""
+    if not status()["device"][0]:
+        return None
+    import cupy
+
+    try:
+        cupy.cuda.runtime.deviceSynchronize()  # returns the sticky error of any earlier fault
+        cupy.cuda.runtime.free(cupy.cuda.runtime.malloc(256))
+    except Exception as e:
+        return _err(e)
+    return None
+
+
 def _check_launch(launch: Launch) -> None:
     where = f"launch {launch.source}:{launch.kernel}"
     for what, dims in (("grid", launch.grid), ("block", launch.block)):

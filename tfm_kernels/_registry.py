@@ -16,6 +16,7 @@ ops with ``backend=be.name`` instead of launching kernels itself.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -130,6 +131,34 @@ def get(op: str, variant: str | int) -> Variant:
             return v
     names = ", ".join(v.key for v in variants(op))
     raise ValueError(f"variant: {op} has no variant {variant!r}; it has {names}")
+
+
+def names(key: str, text: str) -> bool:
+    """Whether ``text`` (a test id, a log line) names the variant ``key`` as a word: "12_wgmma_tma"
+    in "test_variant[cupy-12_wgmma_tma-NN]", never "2_flash" inside "12_flash" nor "14_wgmma" inside
+    "14_wgmma_det". The one rule by which a GPU run's tests are put to a variant's account
+    (scripts/gpu_verdicts.py) and by which the test suite runs first-time variants last (conftest.py)."""
+    return re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", text) is not None
+
+
+def first_run(v: Variant) -> bool:
+    """A variant never yet seen passing on a GPU (``extra["unverified"]``): the likeliest to fault.
+    A fault (an illegal address, a trap) loses the whole process's CUDA context, so whatever runs
+    many variants in one process runs these last and stops at a lost context (tfm_kernels.check,
+    conftest.py)."""
+    return bool(v.extra.get("unverified"))
+
+
+def selected(v: Variant, backend: str | None, wanted: list[str] | None, skip: list[str] | None = None) -> bool:
+    """The ``--variant``/``--skip`` rule of ``tfm-kernels check`` and ``bench``: an entry is a key,
+    name or number ("12_wgmma_tma", "wgmma_tma", "12"), a qualified name ("matmul/12_wgmma_tma"),
+    or one backend of it ("matmul/12_wgmma_tma:ext"). Skipped wins; no ``wanted`` means all."""
+    names = {v.key, v.name, str(v.number), v.qualname}
+    if backend is not None:
+        names.add(f"{v.qualname}:{backend}")
+    if skip and names & set(skip):
+        return False
+    return not wanted or bool(names & set(wanted))
 
 
 def _load_ops() -> None:

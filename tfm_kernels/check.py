@@ -56,7 +56,7 @@ import time
 import traceback
 import types
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
@@ -132,11 +132,17 @@ class Row:
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     skipped_budget: int = 0
+    # Set on the (op, variant, backend) whose failure left the CUDA context unusable: the error.
+    context_error: str | None = None
+    # Set on the rows that did not run (or not to the end) because of that: the culprit's name.
+    lost: str | None = None
 
     @property
     def status(self) -> str:
         if self.failed:
             return "known broken" if self.broken else "FAIL"
+        if self.lost:
+            return "not run (context lost)"
         if self.passed:
             return "pass"
         return "n/a"
@@ -185,17 +191,31 @@ def _guarded(cases: Iterable, module: str, rows: dict) -> Iterable:
         yield item
 
 
+class _ContextLost(Exception):
+    pass
+
+
 def run_checks(ops: list[str] | None = None, backends: list[str] | None = None,
                variants: list[str] | None = None, quick: bool = False, seed: int = 0,
                log: Callable[[str], None] | None = None, limit: int | None = None,
-               budget: float | None = None) -> list[Row]:
+               budget: float | None = None, skip: list[str] | None = None) -> list[Row]:
     """Run every case of every selected op on every variant and backend; see the module docstring.
-    ``limit``: run each (op, variant, backend) on at most this many cases it can take, the first
-    ones that apply (scripts/sanitize_cases.py uses 1: every variant runs once, an fp16-only
-    variant on the first fp16 case). ``budget``: seconds;
-    each op module gets an equal share of what is left, and cases past its share are counted in
-    ``Row.skipped_budget`` instead of run (scripts/gpu_check.sh must finish in minutes)."""
+    ``variants``/``skip``: see :func:`tfm_kernels._registry.selected`. ``limit``: run each (op,
+    variant, backend) on at most this many cases it can take, the first ones that apply
+    (scripts/sanitize_cases.py uses 1: every variant runs once, an fp16-only variant on the first
+    fp16 case). ``budget``: seconds; each (phase, op module) gets an equal share of what is left,
+    and cases past its share are counted in ``Row.skipped_budget`` instead of run
+    (scripts/gpu_check.sh must finish in minutes).
+
+    Two phases: the variants already seen passing on a GPU, then the first-run ones
+    (``_registry.first_run``), so a fault in a never-run kernel cannot cost the others their
+    verdict. After any failure the CUDA context is probed (``_backend.context_lost``); when it is
+    gone, nothing more runs: the culprit's row gets ``context_error`` and every selected row that
+    had not finished gets ``lost`` (status "not run (context lost)"); :func:`run_isolated` reruns
+    those in a fresh process."""
     from . import _backend
+    from ._registry import first_run, selected
+    from ._registry import ops as registry_ops
     from ._registry import variants as registry_variants
 
     avail = _backend.available()
@@ -207,29 +227,37 @@ def run_checks(ops: list[str] | None = None, backends: list[str] | None = None,
     rows: dict[tuple[str, str, str], Row] = {}
     start = time.perf_counter()
     mods = [m for m in op_modules() if hasattr(m, "check_cases")]
+    units = [(phase, mod) for phase in (False, True) for mod in mods]
+    finished: set[tuple[str, str, str]] = set()
+    culprit = None
 
-    for k, mod in enumerate(mods):
-        gen = mod.check_cases
-        rng = np.random.default_rng([seed, zlib.crc32(mod.__name__.encode())])
-        deadline = None
-        if budget is not None:
-            now = time.perf_counter()
-            deadline = now + max(0.0, budget - (now - start)) / (len(mods) - k)
-        for raw in _guarded(gen(rng, quick), mod.__name__, rows):
-            case = Case(*raw)
-            if not _matches(case.op, ops):
-                continue
-            if deadline is not None and time.perf_counter() > deadline:
-                for v in registry_variants(case.op):
-                    for be in backends:
-                        rows.setdefault((case.op, v.key, be), Row(case.op, v.key, be, broken=v.broken)).skipped_budget += 1
-                continue
-            refs = None
-            for v in registry_variants(case.op):
-                if variants and not ({v.key, v.name, str(v.number)} & set(variants)):
+    def row_of(op, v, be) -> Row:
+        return rows.setdefault((op, v.key, be), Row(op, v.key, be, broken=v.broken))
+
+    try:
+        for k, (phase, mod) in enumerate(units):
+            rng = np.random.default_rng([seed, zlib.crc32(mod.__name__.encode())])  # same cases each phase
+            deadline = None
+            if budget is not None:
+                now = time.perf_counter()
+                deadline = now + max(0.0, budget - (now - start)) / (len(units) - k)
+            touched: set[tuple[str, str, str]] = set()
+            for raw in _guarded(mod.check_cases(rng, quick), mod.__name__, rows):
+                case = Case(*raw)
+                if not _matches(case.op, ops):
                     continue
-                for be in backends:
-                    row = rows.setdefault((case.op, v.key, be), Row(case.op, v.key, be, broken=v.broken))
+                todo = [(v, be) for v in registry_variants(case.op) if first_run(v) == phase
+                        for be in backends if selected(v, be, variants, skip)]
+                if not todo:
+                    continue
+                if deadline is not None and time.perf_counter() > deadline:
+                    for v, be in todo:
+                        row_of(case.op, v, be).skipped_budget += 1
+                    continue
+                refs = None
+                for v, be in todo:
+                    row = row_of(case.op, v, be)
+                    touched.add((case.op, v.key, be))
                     if limit is not None and row.passed + row.failed >= limit:
                         continue
                     if cc < v.arch:
@@ -266,7 +294,99 @@ def run_checks(ops: list[str] | None = None, backends: list[str] | None = None,
                         row.failures.append(f"{case.description}: {detail}")
                     if log:
                         log(f"{case.op}/{v.key} [{be}] {case.description}: {'ok' if ok else 'FAIL'}")
+                    if not ok and (lost := _backend.context_lost()):
+                        row.context_error = lost
+                        culprit = (case.op, v.key, be)
+                        raise _ContextLost
+            finished |= touched
+    except _ContextLost:
+        name = f"{culprit[0]}/{culprit[1]}:{culprit[2]}"
+        if log:
+            log(f"CUDA context lost after {name}: {rows[culprit].context_error}; the rest is not run here")
+        for op in registry_ops():
+            if not _matches(op, ops):
+                continue
+            for v in registry_variants(op):
+                for be in backends:
+                    key = (op, v.key, be)
+                    if key != culprit and key not in finished and selected(v, be, variants, skip):
+                        row_of(op, v, be).lost = name
     return list(rows.values())
+
+
+def context_lost(rows: list[Row]) -> Row | None:
+    """The row whose failure lost the CUDA context, if one did."""
+    return next((r for r in rows if r.context_error), None)
+
+
+def run_isolated(child: Callable[[list[str] | None, list[str], float | None, str], list[str]],
+                 budget: float | None = None, max_passes: int = 8,
+                 log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
+    """Run a check in child processes until nothing is left that a lost context kept from running.
+
+    ``child(selection, skip, budget_left, json_path)`` returns the command of one pass: a process
+    that runs :func:`run_checks` (``tfm-kernels check``, or scripts/sanitize_cases.py under
+    compute-sanitizer) on ``selection`` (None: the caller's own; else ``op/key:backend`` entries)
+    without ``skip``, and writes its rows to ``json_path``. When a pass reports a lost context,
+    the culprit is skipped from then on and the rows it kept from running go to a fresh process.
+    This process itself never touches the GPU. Returns ``{"rows": [...], "context_lost": [...],
+    "passes": n, "returncodes": [...]}``, the rows as dicts, a later pass's row replacing a row it
+    was asked to rerun."""
+    import os
+    import subprocess
+    import tempfile
+
+    merged: dict[tuple, dict] = {}
+    events: list[dict] = []
+    selection: list[str] | None = None
+    skip: list[str] = []
+    start = time.perf_counter()
+    passes = 0
+    codes: list[int] = []
+    while passes < max_passes:
+        left = None if budget is None else budget - (time.perf_counter() - start)
+        if left is not None and left <= 1:
+            log(f"check: out of time after {passes} passes; {len(selection or [])} rows not rerun")
+            break
+        passes += 1
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "pass.json")
+            argv = child(selection, skip, left, path)
+            rc = subprocess.run(argv).returncode
+            codes.append(rc)
+            try:
+                with open(path) as f:
+                    part = json.load(f)
+            except (OSError, ValueError):
+                part = {"rows": [], "error": f"pass {passes} ({' '.join(argv[:6])} ...) exited {rc} "
+                                             "without writing its results"}
+        if part.get("error"):
+            events.append({"pass": passes, "error": part["error"]})
+            break
+        rows = part.get("rows", [])
+        if selection is not None:  # rows asked for again and not produced (nothing applied) are done
+            for key in [k for k, r in merged.items() if r.get("lost")
+                        and f"{k[0]}/{k[1]}:{k[2]}" in selection]:
+                del merged[key]
+        for r in rows:
+            merged[(r["op"], r["variant"], r["backend"])] = r
+        bad = next((r for r in rows if r.get("context_error")), None)
+        if bad is None:
+            break
+        name = f"{bad['op']}/{bad['variant']}:{bad['backend']}"
+        events.append({"pass": passes, "variant": name, "error": bad["context_error"]})
+        skip.append(name)
+        selection = sorted(f"{r['op']}/{r['variant']}:{r['backend']}" for r in rows if r.get("lost"))
+        log(f"check pass {passes}: CUDA context lost after {name} ({bad['context_error']}); "
+            f"{len(selection)} rows go to a fresh process")
+        if not selection:
+            break
+    return {"rows": list(merged.values()), "context_lost": events, "passes": passes, "returncodes": codes}
+
+
+def rows_from_dicts(dicts: list[dict]) -> list[Row]:
+    names = {f.name for f in fields(Row)}
+    return [Row(**{k: v for k, v in d.items() if k in names}) for d in dicts]
 
 
 def format_table(rows: list[Row]) -> str:
@@ -283,43 +403,101 @@ def format_table(rows: list[Row]) -> str:
         for r, f in fails[:200]:
             tag = " (known broken: " + r.broken + ")" if r.broken else ""
             lines.append(f"- {r.op}/{r.variant} [{r.backend}]{tag}: {f}")
+    for r in rows:
+        if r.context_error:
+            lost = sum(1 for x in rows if x.lost == f"{r.op}/{r.variant}:{r.backend}")
+            lines += ["", f"CUDA context lost after {r.op}/{r.variant} [{r.backend}]: {r.context_error}. "
+                          f"{lost} rows marked 'not run (context lost)' could not run in that process "
+                          "(`--isolate` reruns them in a fresh one)."]
     return "\n".join(lines)
 
 
 def add_check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--op", action="append", help="op to check (repeatable; 'softmax' includes softmax_backward)")
     p.add_argument("--backend", choices=["ext", "cupy", "both"], default="both")
-    p.add_argument("--variant", action="append", help="variant key, name or number (repeatable)")
+    p.add_argument("--variant", action="append",
+                   help="variant key, name or number, or op/key[:backend] (repeatable)")
+    p.add_argument("--skip", action="append", help="a variant not to run, same forms as --variant (repeatable)")
     p.add_argument("--quick", action="store_true", help="a few small cases per op")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget", type=float, metavar="SECONDS",
                    help="stop starting new cases after this long (shared equally among op modules)")
+    p.add_argument("--isolate", action="store_true",
+                   help="run in child processes: a kernel fault that loses the CUDA context stops only "
+                        "its own process, and what it kept from running is rerun in a fresh one")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="print every case as it runs")
+
+
+def report(rows: list[Row], seconds: float, json_path: str | None, extra: dict | None = None) -> int:
+    """Print the table and the totals, write ``json_path`` (the rows, and ``context_lost``: what
+    lost the CUDA context, per pass); return the exit status of ``tfm-kernels check``: 0 all
+    passed, 1 a failure or a row a lost context kept from running, 2 nothing ran."""
+    print(format_table(rows))
+    failed = [r for r in rows if r.failed and not r.broken]
+    lost = [r for r in rows if r.lost and not r.failed]
+    ran = sum(r.passed + r.failed for r in rows)
+    print(f"\n{ran} runs, {sum(r.passed for r in rows)} passed, {sum(r.failed for r in rows)} failed "
+          f"({len(failed)} rows failing, not counting known-broken variants) in {seconds:.1f}s"
+          + (f"; {sum(r.skipped_budget for r in rows)} not run (time budget)" if any(r.skipped_budget for r in rows) else "")
+          + (f"; {len(lost)} rows not run (CUDA context lost)" if lost else ""))
+    if json_path:
+        culprit = context_lost(rows)
+        doc = {"rows": [dict(vars(r), status=r.status) for r in rows], **(extra or {})}
+        doc.setdefault("context_lost", [] if culprit is None else [{
+            "pass": 1, "variant": f"{culprit.op}/{culprit.variant}:{culprit.backend}", "error": culprit.context_error}])
+        with open(json_path, "w") as f:
+            json.dump(doc, f, indent=1, default=str)
+    if ran == 0:
+        print("nothing ran: no op module defines check_cases for this selection", file=sys.stderr)
+        return 2
+    return 1 if failed or lost else 0
+
+
+def child_options(args: argparse.Namespace, selection: list[str] | None, skip: list[str],
+                  budget: float | None) -> list[str]:
+    """The options of one :func:`run_isolated` pass, from the parent's (``add_check_arguments``,
+    or any parser with ``op``, ``backend``, ``variant``, ``skip``)."""
+    argv = [f"--op={o}" for o in args.op or []] + [f"--backend={args.backend}"]
+    argv += [f"--variant={v}" for v in (selection if selection is not None else args.variant or [])]
+    argv += [f"--skip={v}" for v in [*(args.skip or []), *skip]]
+    if getattr(args, "quick", False):
+        argv.append("--quick")
+    if getattr(args, "seed", None) is not None:
+        argv.append(f"--seed={args.seed}")
+    if budget is not None:
+        argv.append(f"--budget={budget:.0f}")
+    return argv
 
 
 def run_check(args: argparse.Namespace) -> int:
     backends = None if args.backend == "both" else [args.backend]
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.verbose else None
     t0 = time.perf_counter()
+    if args.isolate:
+        def child(selection, skip, budget, path):
+            return [sys.executable, "-m", "tfm_kernels", "check", *child_options(args, selection, skip, budget),
+                    f"--json={path}"] + (["-v"] if args.verbose else [])
+
+        res = run_isolated(child, budget=args.budget)
+        errors = [e["error"] for e in res["context_lost"] if "variant" not in e]
+        if errors and not res["rows"]:
+            if errors[0].startswith("pass "):  # else the child has said it already
+                print(f"tfm-kernels check: {errors[0]}", file=sys.stderr)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump({"error": errors[0], "rows": []}, f, indent=1)
+            return 2
+        print(f"(--isolate: {res['passes']} processes)")
+        return report(rows_from_dicts(res["rows"]), time.perf_counter() - t0, args.json,
+                       {"context_lost": res["context_lost"], "passes": res["passes"]})
     try:
-        rows = run_checks(args.op, backends, args.variant, args.quick, args.seed, log, budget=args.budget)
+        rows = run_checks(args.op, backends, args.variant, args.quick, args.seed, log, budget=args.budget,
+                          skip=args.skip)
     except RuntimeError as e:
         print(f"tfm-kernels check: {e}", file=sys.stderr)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"error": str(e), "rows": []}, f, indent=1)
         return 2
-    print(format_table(rows))
-    failed = [r for r in rows if r.failed and not r.broken]
-    ran = sum(r.passed + r.failed for r in rows)
-    print(f"\n{ran} runs, {sum(r.passed for r in rows)} passed, {sum(r.failed for r in rows)} failed "
-          f"({len(failed)} rows failing, not counting known-broken variants) in {time.perf_counter() - t0:.1f}s"
-          + (f"; {sum(r.skipped_budget for r in rows)} not run (time budget)" if any(r.skipped_budget for r in rows) else ""))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": [dict(vars(r), status=r.status) for r in rows]}, f, indent=1, default=str)
-    if ran == 0:
-        print("nothing ran: no op module defines check_cases for this selection", file=sys.stderr)
-        return 2
-    return 1 if failed else 0
+    return report(rows, time.perf_counter() - t0, args.json)

@@ -18,7 +18,9 @@ from pathlib import Path
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--op", action="append", help="op to time (repeatable; 'softmax' includes softmax_backward)")
-    p.add_argument("--variant", action="append", help="variant key, name or number (repeatable)")
+    p.add_argument("--variant", action="append",
+                   help="variant key, name or number, or op/key (repeatable)")
+    p.add_argument("--skip", action="append", help="a variant not to time, same forms as --variant (repeatable)")
     p.add_argument("--backend", choices=["ext", "cupy", "both"], default=None,
                    help="default: the extension when it loaded, else CuPy")
     p.add_argument("--quick", action="store_true", help="a few sizes, fewer repeats")
@@ -33,7 +35,7 @@ def run_bench(args: argparse.Namespace) -> int:
     backends = None if args.backend is None else (["ext", "cupy"] if args.backend == "both" else [args.backend])
     try:
         res = core.run(args.op, args.quick, args.out, backends, args.variant,
-                       log=lambda s: print(s, file=sys.stderr, flush=True), budget=args.budget)
+                       log=lambda s: print(s, file=sys.stderr, flush=True), budget=args.budget, skip=args.skip)
     except RuntimeError as e:
         print(f"tfm-kernels bench: {e}", file=sys.stderr)
         return 2

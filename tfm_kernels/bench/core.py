@@ -174,10 +174,21 @@ def _input_sets(case: BenchCase, l2: int) -> list[Any]:
     return [case.make_inputs() for _ in range(n)]
 
 
+class ContextLost(Exception):
+    """A measurement failed and took the CUDA context with it (``_backend.context_lost``)."""
+
+    def __init__(self, culprit: Measurement, error: str, measurements: list[Measurement]):
+        super().__init__(error)
+        self.culprit, self.error, self.measurements = culprit, error, measurements
+
+
 def bench_case(case: BenchCase, variants: list, backends: list[str], repeats: int, l2: int,
                ceiling_gbs: float, log: Callable[[str], None]) -> list[Measurement]:
-    """Time every variant on every backend, and the peer, for one case."""
+    """Time every variant on every backend, and the peer, for one case. Raises
+    :class:`ContextLost` (with what was measured so far) when a failure lost the CUDA context."""
     import cupy
+
+    from .. import _backend
 
     sets = _input_sets(case, l2)
     base = dict(op=case.op, label=case.label, series=case.series, x=case.x, x_label=case.x_label,
@@ -200,6 +211,8 @@ def bench_case(case: BenchCase, variants: list, backends: list[str], repeats: in
             return m
         except Exception as e:
             m.status = f"error: {type(e).__name__}: {e}"
+            if err := _backend.context_lost():
+                raise ContextLost(m, err, out + [m]) from e
             return m
         m.median_ms, m.min_ms, m.max_ms = statistics.median(ms), min(ms), max(ms)
         m.repeats, m.input_sets = len(ms), len(sets)
@@ -343,16 +356,21 @@ def _plot_one(plt, op: str, series: str, ms: list[Measurement], outdir: Path, en
 
 def run(ops: list[str] | None, quick: bool, outdir: Path, backends: list[str] | None = None,
         variants: list[str] | None = None, log: Callable[[str], None] = print,
-        budget: float | None = None) -> dict[str, Any]:
+        budget: float | None = None, skip: list[str] | None = None) -> dict[str, Any]:
     """Benchmark every case of every selected op; write bench.json, bench.md and plots to outdir.
 
     ``budget`` (seconds): each op's bench module gets an equal share of the time left and starts no
     case past it (those are listed as skipped). bench.json and bench.md are rewritten after every
-    case, so a run cut short by a timeout still leaves its results."""
+    case, so a run cut short by a timeout still leaves its results. ``variants``/``skip``: the rule
+    of ``tfm_kernels._registry.selected`` (scripts/gpu_check.sh skips the variants that failed their
+    tests in the same run). A failure that loses the CUDA context (``_backend.context_lost``) ends
+    the run there: every later measurement would fail whatever its kernel; the cases not run are
+    listed as such."""
     import importlib
     import pkgutil
 
     from .. import _backend
+    from .._registry import selected
     from .._registry import variants as registry_variants
 
     avail = _backend.available()
@@ -389,10 +407,15 @@ def run(ops: list[str] | None, quick: bool, outdir: Path, backends: list[str] | 
         result["measurements"] = [asdict(m) for m in measurements]
         result["skipped_for_time"] = skipped
         (outdir / "bench.json").write_text(json.dumps(result, indent=1, default=str))
+        lost_note = result.get("context_lost")
         (outdir / "bench.md").write_text(markdown(measurements, env, ceiling)
-                                         + (f"\nNot run (time budget): {', '.join(skipped)}\n" if skipped else ""))
+                                         + (f"\nNot run (time budget): {', '.join(skipped)}\n" if skipped else "")
+                                         + (f"\nCUDA context lost after {lost_note['after']} ({lost_note['case']}: "
+                                            f"{lost_note['error']}); the cases after it did not run.\n"
+                                            if lost_note else ""))
 
     start = time.perf_counter()
+    lost = None
     for k, mod in enumerate(mods):
         deadline = None
         if budget is not None:
@@ -413,17 +436,27 @@ def run(ops: list[str] | None, quick: bool, outdir: Path, backends: list[str] | 
                 skipped.append(f"{case.op} {case.label}")
                 continue
             vs = [v for v in registry_variants(case.op)
-                  if not v.broken and cc >= v.arch
-                  and (not variants or {v.key, v.name, str(v.number)} & set(variants))]
+                  if not v.broken and cc >= v.arch and selected(v, None, variants, skip)]
             log(f"{case.op} {case.label}")
             try:
                 measurements += bench_case(case, vs, backends, repeats, l2, ceiling, log)
+            except ContextLost as e:
+                measurements += e.measurements
+                lost = result["context_lost"] = {
+                    "after": f"{e.culprit.op}/{e.culprit.who}:{e.culprit.backend}", "case": e.culprit.label,
+                    "error": e.error}
+                log(f"CUDA context lost after {lost['after']} ({lost['case']}): {e.error}; nothing more "
+                    "can run in this process")
             except Exception as e:  # e.g. out of memory making inputs: record it, go on
                 log(f"  {case.op} {case.label}: {type(e).__name__}: {e}")
                 measurements.append(Measurement(op=case.op, label=case.label, series=case.series, x=case.x,
                                                 x_label=case.x_label, unit=case.unit, who="-", kind="variant",
                                                 backend=None, status=f"error: {type(e).__name__}: {e}"))
             save()
+            if lost is not None:
+                break
+        if lost is not None:
+            break
     save()
     result["plots"] = [str(p) for p in plot(measurements, outdir, env)]
     return result
