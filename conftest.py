@@ -29,6 +29,48 @@ _LOST: dict = {}
 def pytest_addoption(parser):
     parser.addoption("--tfm-lost-file", default=None, metavar="PATH",
                      help="write the ids of tests skipped after a lost CUDA context here, one per line")
+    parser.addoption("--tfm-progress-file", default=None, metavar="PATH",
+                     help="append one JSON line per collected list, test start and test outcome, flushed "
+                          "at once: what a pass killed by a time cap still leaves (junit XML is written "
+                          "only at the end)")
+
+
+def _progress(config, record: dict) -> None:
+    path = config.getoption("--tfm-progress-file", default=None)
+    if path:
+        import json
+
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def pytest_collection_finish(session):
+    _progress(session.config, {"collected": [it.nodeid for it in session.items]})
+
+
+def pytest_runtest_logstart(nodeid, location):
+    if _CONFIG:
+        _progress(_CONFIG[0], {"start": nodeid})
+
+
+def pytest_runtest_logreport(report):
+    if not _CONFIG or not (report.when == "call" or report.failed or report.skipped):
+        return
+    msg = ""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        msg = str(report.longrepr[2])
+    elif report.failed:  # what junit's message holds: "RuntimeError: cudaErrorIllegalAddress: ..."
+        crash = getattr(report.longrepr, "reprcrash", None)
+        msg = getattr(crash, "message", None) or (getattr(report, "longreprtext", "") or "").strip()[-300:]
+    _progress(_CONFIG[0], {"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome,
+                           "message": msg[:300]})
+
+
+_CONFIG: list = []
+
+
+def pytest_configure(config):
+    _CONFIG[:] = [config]
 
 
 def _gpu() -> bool:

@@ -6,9 +6,11 @@
 #   1. build    TFM_CUDA_ARCHS=90 python3 setup.py build_ext --inplace (nvcc; ptxas -v reports kept)
 #   2. then, side by side (16 cores; separate processes, separate CUDA contexts):
 #      tests     every GPU test file in its own pytest process (GPU tests run on both backends),
-#                one log and junit XML per file and pass: after a kernel fault loses the CUDA
-#                context, conftest.py skips the rest of the file and lists it; it gets a fresh
-#                process (up to 4 passes). Merged into OUTDIR/junit.xml, each test once.
+#                one log, junit XML and progress file per file and pass: after a kernel fault
+#                loses the CUDA context, conftest.py skips the rest of the file and lists it; after
+#                a pass is killed by its cap, the progress file says what never started; either
+#                way that gets a fresh process (up to 4 passes). Merged into OUTDIR/junit.xml,
+#                each test once.
 #      memcheck  compute-sanitizer --tool memcheck  on scripts/sanitize_cases.py (every variant once,
 #      racecheck compute-sanitizer --tool racecheck  small awkward shapes, both backends; the cases
 #      synccheck compute-sanitizer --tool synccheck  run in child processes, the same way). synccheck:
@@ -102,17 +104,24 @@ run_file() {  # run_file tests/test_x.py: the passes of one file, all ending by 
         cap=$(( left < 180 ? left : 180 ))
         timeout --kill-after=5 "$cap" "$PY" -m pytest -q -rs -p no:cacheprovider "${args[@]}" \
             --junitxml="$W/junit/$b.$pass.xml" --tfm-lost-file="$W/lost/$b.$pass" \
-            > "$LOGS/pytest_$b.$pass.txt" 2>&1
+            --tfm-progress-file="$W/progress/$b.$pass.jsonl" > "$LOGS/pytest_$b.$pass.txt" 2>&1
         rc=$?
         echo "$b pass $pass: exit $rc"
-        [ -s "$W/lost/$b.$pass" ] && [ "$pass" -lt 4 ] || break
+        [ "$pass" -lt 4 ] || break
+        if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+            # killed by its cap: no junit; the progress file says what ran and what was running
+            # (reported as failed); the tests it never started get the next pass
+            "$PY" scripts/gpu_summary.py --remaining "$W/progress/$b.$pass.jsonl" | grep -v '^$' > "$W/lost/$b.$pass"
+            echo "$b: pass $pass was killed after ${cap}s; $(wc -l < "$W/lost/$b.$pass") tests never started"
+        fi
+        [ -s "$W/lost/$b.$pass" ] || break
         mapfile -t args < "$W/lost/$b.$pass"
-        echo "$b: the CUDA context was lost in pass $pass; ${#args[@]} tests go to pass $((pass + 1))"
+        echo "$b: ${#args[@]} tests go to pass $((pass + 1)) (a lost CUDA context or a killed pass)"
         pass=$((pass + 1))
     done
 }
 run_tests() {  # one file per process chain, 6 files at a time
-    mkdir -p "$W/lost"
+    mkdir -p "$W/lost" "$W/progress"
     { echo tests/test_build.py; grep -l -E "$GPU_TESTS" tests/test_*.py; } | sort -u \
         | xargs -P 6 -I{} bash -c 'run_file "$1"' _ {}
 }
@@ -182,7 +191,7 @@ cp "$W/bench/bench.md" "$W/bench/bench.json" "$OUT/" 2>/dev/null
 ls "$W"/bench/*.png 2>/dev/null | grep -i softmax | head -2 | xargs -r -I{} cp {} "$OUT/"
 [ -z "$(ls "$OUT"/*.png 2>/dev/null)" ] && ls "$W"/bench/*.png 2>/dev/null | head -2 | xargs -r -I{} cp {} "$OUT/"
 cp "$W/check.json" "$W/info.json" "$STEPS" "$LOGS/" 2>/dev/null
-tar -czf "$OUT/logs.tar.gz" -C "$W" logs ptxas bench junit $( [ -d "$W/lost" ] && echo lost ) 2>/dev/null
+tar -czf "$OUT/logs.tar.gz" -C "$W" logs ptxas bench junit $( [ -d "$W/lost" ] && echo lost progress ) 2>/dev/null
 RC=0
 awk -F'\t' '$2 != 0 && $2 !~ /^skipped/ { bad = 1 } END { exit bad }' "$STEPS" || RC=1
 rm -rf "$W"

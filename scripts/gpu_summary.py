@@ -2,10 +2,14 @@
 """The summary of one `scripts/gpu_check.sh` run: OUTDIR/summary.md, summary.json and junit.xml.
 
     python3 scripts/gpu_summary.py WORKDIR OUTDIR ROOT T0 SANITIZERS_RAN GPU_OK
+    python3 scripts/gpu_summary.py --remaining WORKDIR/progress/FILE.PASS.jsonl
 
 WORKDIR is gpu_check.sh's scratch directory: steps.tsv, info.json, check.json, logs/ (one log per
 step, ``pytest_<file>.<pass>.txt``, the sanitizer and ncu logs), junit/ (``<file>.<pass>.xml``, one
-per pytest pass) and bench/. A test file runs in one or more passes: after a kernel fault loses the
+per pytest pass), progress/ (``<file>.<pass>.jsonl``: conftest.py's line per test, the record of a
+pass its time cap killed before pytest wrote the junit) and bench/. After a killed pass, the tests
+it never started get another pass (``--remaining``); the one running when it was killed counts
+as failed. A test file runs in one or more passes: after a kernel fault loses the
 CUDA context, conftest.py skips the rest of the file as "CUDA context lost after <test>" and
 gpu_check.sh reruns those tests in a fresh process. Here each test counts once, by its last real
 outcome; a test skipped for a lost context and never rerun counts as "not run (context lost)".
@@ -37,25 +41,89 @@ def _backend_of(name: str) -> str:
     return "ext" if "ext" in parts else "cupy" if "cupy" in parts else "-"
 
 
-def merge_junit(junit_dir: str):
+KILLED = "killed by the time cap while running"
+
+
+def read_progress(path: str) -> tuple[list[str], dict[str, dict], str | None]:
+    """(collected ids, {id: last outcome record}, the id started and never finished) from a
+    ``--tfm-progress-file`` (conftest.py); a half-written last line is ignored."""
+    collected, done, running = [], {}, None
+    try:
+        lines = open(path, errors="replace").read().splitlines()
+    except OSError:
+        return collected, done, running
+    for line in lines:
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if "collected" in r:
+            collected = r["collected"]
+        elif "start" in r:
+            running = r["start"]
+        elif "nodeid" in r:
+            prev = done.get(r["nodeid"])
+            if prev is None or prev["outcome"] == "passed" or r["outcome"] == "failed":
+                done[r["nodeid"]] = r  # a failed teardown outlives a passed call
+            if running == r["nodeid"]:
+                running = None
+    return collected, done, running
+
+
+def remaining(path: str) -> list[str]:
+    """The tests of a killed pass that never started, or were skipped for a lost context: what the
+    next pass runs (the one running when the cap struck is not among them; the summary reports it
+    as failed)."""
+    collected, done, running = read_progress(path)
+    return [n for n in collected if n != running and (n not in done or LOST in done[n].get("message", ""))]
+
+
+def _testcase(nodeid: str, outcome: str, message: str) -> ET.Element:
+    """A junit <testcase> for a test known only from a progress file (its pass was killed)."""
+    parts = nodeid.split("::")
+    module = parts[0][:-3].replace("/", ".") if parts[0].endswith(".py") else parts[0]
+    tc = ET.Element("testcase", classname=".".join([module, *parts[1:-1]]), name=parts[-1], time="0")
+    if outcome == "failed":
+        ET.SubElement(tc, "failure", message=message)
+    elif outcome == "skipped":
+        ET.SubElement(tc, "skipped", type="pytest.skip", message=message)
+    return tc
+
+
+def _progress_root(path: str) -> ET.Element:
+    """What a killed pass's junit would have held, from its progress file: every test that
+    reported, and the one running when it was killed, as a failure."""
+    _, done, running = read_progress(path)
+    suite = ET.Element("testsuite", name="pytest (from the progress file; the pass was killed)")
+    for nodeid, r in done.items():
+        suite.append(_testcase(nodeid, r["outcome"], r.get("message", "")))
+    if running and running not in done:
+        suite.append(_testcase(running, "failed", f"{KILLED} (a hang, or the file outran its cap)"))
+    return suite
+
+
+def merge_junit(junit_dir: str, progress_dir: str | None = None):
     """(cases, lost, failures, files) from ``junit_dir/<file>.<pass>.xml``: every test case once, by
     the last pass that ran it, as {file, test, backend, status: passed|failed|skipped, element};
     the tests skipped for a lost context and never rerun (status "lost", lost_after: the test
-    whose failure lost it); "file::test: message" per failure; the test files with a junit."""
+    whose failure lost it); "file::test: message" per failure; the test files with results.
+    A pass without a junit file (killed by its time cap) is read from
+    ``progress_dir/<file>.<pass>.jsonl`` when there is one."""
     latest: dict[tuple[str, str, str], dict] = {}
     lost: dict[tuple[str, str, str], dict] = {}
     failures: list[str] = []
     files: set[str] = set()
 
     def order(path):
-        m = re.match(r"(.*?)(?:\.(\d+))?\.xml$", os.path.basename(path))
+        m = re.match(r"(.*?)(?:\.(\d+))?\.(?:xml|jsonl)$", os.path.basename(path))
         return m.group(1), int(m.group(2) or 1)
 
-    for path in sorted(glob.glob(os.path.join(junit_dir, "*.xml")), key=order):
-        fname, npass = order(path)
+    passes = {order(p): p for p in glob.glob(os.path.join(progress_dir, "*.jsonl"))} if progress_dir else {}
+    passes.update({order(p): p for p in glob.glob(os.path.join(junit_dir, "*.xml"))})  # junit wins
+    for (fname, npass), path in sorted(passes.items()):
         files.add(fname)
         try:
-            root = ET.parse(path).getroot()
+            root = _progress_root(path) if path.endswith(".jsonl") else ET.parse(path).getroot()
         except Exception as e:
             failures.append(f"{fname}: unreadable junit of pass {npass} ({e})")
             latest[(fname, "", f"<junit pass {npass}>")] = {"file": fname, "test": f"<junit pass {npass}>",
@@ -80,7 +148,6 @@ def merge_junit(junit_dir: str):
             el = c["element"].find("failure") if c["element"].find("failure") is not None else c["element"].find("error")
             msg = (el.get("message") or "").splitlines()[0][:200] if el is not None and el.get("message") else ""
             failures.append(f"{fname}::{name}: {msg}")
-    # the culprit of each lost context: its id is in the skip messages
     for c in lost.values():
         c["status"] = "lost"
     return list(latest.values()), list(lost.values()), failures, files
@@ -162,7 +229,7 @@ def main(W: str, OUT: str, ROOT: str, T0: str, SAN: str, GPU_OK: str) -> int:
         pass
 
     # pytest: per (test file, backend) counts from the junit files of every pass
-    cases, tests_lost, failures, ran_files = merge_junit(os.path.join(W, "junit"))
+    cases, tests_lost, failures, ran_files = merge_junit(os.path.join(W, "junit"), os.path.join(W, "progress"))
     tests = {}
     for c in cases:
         t = tests.setdefault((c["file"], c["backend"]), {"passed": 0, "failed": 0, "skipped": 0, "lost": 0})
@@ -321,4 +388,8 @@ def main(W: str, OUT: str, ROOT: str, T0: str, SAN: str, GPU_OK: str) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--remaining"]:  # gpu_check.sh, after a pass was killed: what is left
+        for nodeid in remaining(sys.argv[2]):  # nothing at all when nothing is left: an empty
+            print(nodeid)                          # line would make pytest collect everything
+        sys.exit(0)
     sys.exit(main(*sys.argv[1:7]))

@@ -535,11 +535,22 @@ def test_variant(backend, variant):
 def test_after(backend):
     pass
 ''')
-    lost = tmp_path / "lost.txt"
+    lost, progress = tmp_path / "lost.txt", tmp_path / "progress.jsonl"
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "test_fake.py",
-                        f"--tfm-lost-file={lost}"], cwd=tmp_path, capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(root)})
+                        f"--tfm-lost-file={lost}", f"--tfm-progress-file={progress}"], cwd=tmp_path,
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)})
     out = r.stdout + r.stderr
     assert "1 failed, 1 passed, 2 skipped" in out, out
     assert "CUDA context lost after test_fake.py::test_variant[2_block]" in out, out
-    assert lost.read_text().split() == ["test_fake.py::test_after", f"test_fake.py::test_variant[{first}]"], out
+    order = ["test_fake.py::test_variant[1_naive]", "test_fake.py::test_variant[2_block]",
+             "test_fake.py::test_after", f"test_fake.py::test_variant[{first}]"]
+    assert lost.read_text().split() == order[2:], out
+    # the progress file: the collected order, each start, each outcome, as they happened
+    import json
+
+    recs = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert recs[0] == {"collected": order}
+    assert [r["start"] for r in recs if "start" in r] == order
+    outcomes = {r["nodeid"]: r["outcome"] for r in recs if "nodeid" in r}
+    assert outcomes == {order[0]: "passed", order[1]: "failed", order[2]: "skipped", order[3]: "skipped"}
+    assert "simulated" in next(r["message"] for r in recs if r.get("outcome") == "failed")

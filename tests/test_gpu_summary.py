@@ -104,3 +104,49 @@ def test_sanitizer_counts_add_up_over_processes(gs):
             "========= RACECHECK SUMMARY: 3 hazards displayed (1 errors, 2 warnings)\n")
     assert gs.sanitizer_counts(text) == (3, 3, 3)
     assert gs.sanitizer_counts("no summary here") == (None, 0, 0)
+
+
+def test_a_killed_pass_is_read_from_its_progress_file(gs, tmp_path):
+    """Run 1's test_softmax as if its time cap had struck during its 31st test: no junit, only the
+    progress lines conftest.py flushes per test. The 30 finished tests count by their outcome, the
+    31st as failed ('killed by the time cap'), and the rest are what --remaining hands the next pass."""
+    w = _workdir(tmp_path)
+    src = w / "junit" / "test_softmax.xml"
+    cases = list(ET.parse(src).getroot().iter("testcase"))
+    src.unlink()
+
+    def nodeid(tc):
+        mod, *cls = tc.get("classname").split(".")[1:]
+        return "::".join([f"tests/{mod}.py", *cls, tc.get("name")])
+
+    ids = [nodeid(tc) for tc in cases]
+    lines = [{"collected": ids}]
+    for tc, n in zip(cases[:30], ids):
+        outcome = "failed" if tc.find("failure") is not None else "skipped" if tc.find("skipped") is not None else "passed"
+        lines += [{"start": n}, {"nodeid": n, "when": "call", "outcome": outcome, "message": ""}]
+    lines.append({"start": ids[30]})
+    (w / "progress").mkdir()
+    path = w / "progress" / "test_softmax.1.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + '\n{"nodeid": "half a li')
+
+    assert gs.remaining(str(path)) == ids[31:]
+    summary, md = _summarize(gs, w, tmp_path)
+    counts = [t for t in summary["tests"] if t["file"] == "test_softmax"]
+    assert sum(t["passed"] + t["failed"] + t["skipped"] for t in counts) == 31
+    killed = [f for f in summary["test_failures"] if gs.KILLED in f]
+    assert len(killed) == 1 and cases[30].get("name") in killed[0]
+    assert "test_softmax" not in summary["tests_not_run"]
+
+
+def test_remaining_prints_nothing_when_nothing_is_left(tmp_path):
+    """gpu_check.sh hands --remaining's lines to pytest as test ids: an empty line there would
+    make pytest collect the whole repository."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"collected": ["t.py::a"]}\n{"start": "t.py::a"}\n'
+                    '{"nodeid": "t.py::a", "when": "call", "outcome": "passed", "message": ""}\n')
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_summary.py"), "--remaining", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert out == ""
