@@ -447,6 +447,11 @@ def test_check_skip_and_qualified_selection(monkeypatch):
     _fake_check(monkeypatch, lambda b, v: seen.append((v, b)) or np.linspace(0.1, 1.0, 6))
     check.run_checks(["softmax"], variants=[f"softmax/{keys[0]}:cupy", keys[1]], skip=[f"softmax/{keys[1]}:ext"])
     assert sorted(set(seen)) == sorted({(keys[0], "cupy"), (keys[1], "cupy")})
+    v2 = _registry.get("softmax", keys[2])
+    for form in (f"softmax/{v2.number}", f"softmax/{v2.name}:ext", str(v2.number)):
+        seen.clear()
+        check.run_checks(["softmax"], variants=[keys[2]], skip=[form])
+        assert set(seen) == ({(keys[2], "cupy")} if form.endswith(":ext") else set()), form
 
 
 def test_run_isolated_reruns_what_a_lost_context_kept_from_running(tmp_path):

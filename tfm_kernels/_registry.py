@@ -151,11 +151,13 @@ def first_run(v: Variant) -> bool:
 
 def selected(v: Variant, backend: str | None, wanted: list[str] | None, skip: list[str] | None = None) -> bool:
     """The ``--variant``/``--skip`` rule of ``tfm-kernels check`` and ``bench``: an entry is a key,
-    name or number ("12_wgmma_tma", "wgmma_tma", "12"), a qualified name ("matmul/12_wgmma_tma"),
-    or one backend of it ("matmul/12_wgmma_tma:ext"). Skipped wins; no ``wanted`` means all."""
-    names = {v.key, v.name, str(v.number), v.qualname}
+    name or number ("12_wgmma_tma", "wgmma_tma", "12"), any of them after the op ("matmul/12",
+    "matmul/12_wgmma_tma"), or one backend of that ("matmul/12_wgmma_tma:ext"). Skipped wins;
+    no ``wanted`` means all."""
+    names = {v.key, v.name, str(v.number)}
+    names |= {f"{v.op}/{n}" for n in tuple(names)}
     if backend is not None:
-        names.add(f"{v.qualname}:{backend}")
+        names |= {f"{n}:{backend}" for n in tuple(names) if "/" in n}
     if skip and names & set(skip):
         return False
     return not wanted or bool(names & set(wanted))
