@@ -28,6 +28,7 @@ the wrong size, CUDA's launch limits) raises EmulationError with the emulator's 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import mmap
 import os
@@ -252,6 +253,39 @@ def cluster_size(name: str) -> int:
     return 1
 
 
+@functools.lru_cache(maxsize=None)
+def launch_limits() -> dict[str, dict]:
+    """{name expression: {"max_threads", "registers"}} of the kernels in the built extension
+    (tfm_kernels._sass.launch_limits: its ``__launch_bounds__`` and register counts, what the
+    driver checks a launch against and the emulator otherwise cannot see, since cuda_host.h
+    defines ``__launch_bounds__`` away); empty when the extension or cuobjdump is missing."""
+    from tfm_kernels import _sass
+
+    ext = sorted(Path(__file__).resolve().parents[1].glob("tfm_kernels/_ext*.so"))
+    if not ext or _sass.cuobjdump() is None or shutil.which("c++filt") is None:
+        return {}
+    limits = _sass.launch_limits(str(ext[0]))
+    return {expr: limits[m] for expr, m in _sass.name_expressions(sorted(limits)).items()}
+
+
+def check_launch_limits(launch) -> None:
+    """EmulationError when the GPU would refuse ``launch``: more threads than the kernel's
+    ``__launch_bounds__`` allow, or more registers than the 64K of an SM (allocated per warp, in
+    steps of 8 per thread)."""
+    lim = launch_limits().get(" ".join(launch.kernel.split()))
+    if not lim:
+        return
+    threads = int(np.prod(launch.block))
+    where = f"csrc/{launch.source} {launch.kernel} block {tuple(launch.block)}"
+    if lim["max_threads"] and threads > lim["max_threads"]:
+        raise EmulationError(f"{where}: {threads} threads, but its __launch_bounds__ allow "
+                             f"{lim['max_threads']} (the GPU refuses the launch)")
+    regs = -(-int(lim["registers"]) // 8) * 8
+    if -(-threads // 32) * 32 * regs > 65536:
+        raise EmulationError(f"{where}: {threads} threads x {lim['registers']} registers exceed the 64K "
+                             "register file (the GPU refuses the launch: too many resources requested)")
+
+
 class HostBackend:
     """A stand-in for tfm_kernels._backend's backends whose ``launch`` runs the emulated kernel.
     order: "forward" runs each CTA's threads first to last between barriers, "reverse" last to
@@ -288,6 +322,7 @@ class HostBackend:
         return self._dlls[source]
 
     def launch(self, launch) -> None:
+        check_launch_limits(launch)
         dll = self._dll(launch.source)
         packed = [_pack(a) for a in launch.args]
         args = (ctypes.c_void_p * max(1, len(packed)))(*[addr for _, addr, _ in packed])

@@ -202,3 +202,33 @@ def test_every_source_is_emulated():
 
     covered = set(test_attention_emulation.SOURCES) | set(test_matmul_emulation.SOURCES) | {"softmax.cu"}
     assert set(_backend.sources()) == covered
+
+
+def test_launch_limits_cover_every_export():
+    """The emulator defines __launch_bounds__ away, so each emulated launch is held against the
+    built extension's own limits (cuobjdump -elf: the bound and the register count the driver
+    checks); that only works if every exported name expression is found there."""
+    from tfm_kernels import _backend
+
+    limits = emu.launch_limits()
+    if not limits:
+        pytest.skip("the extension is not built here, or cuobjdump / c++filt is missing")
+    missing = [(s, n) for s in _backend.sources() for n in _backend.exports(s) if " ".join(n.split()) not in limits]
+    assert not missing, missing
+    assert limits["attn_fwd_wgmma<128, 128, true>"]["max_threads"] == 256
+
+
+def test_launches_the_gpu_would_refuse(monkeypatch):
+    """A block larger than the kernel's __launch_bounds__, or more registers than an SM has: an
+    EmulationError naming the reason, before the kernel runs."""
+    monkeypatch.setattr(emu, "launch_limits", lambda: {
+        "k_bounded": {"max_threads": 256, "registers": 64},
+        "k_heavy": {"max_threads": None, "registers": 129}})
+    ok = Launch("x.cu", "k_bounded", (1, 1, 1), (256, 1, 1), ())
+    emu.check_launch_limits(ok)
+    with pytest.raises(emu.EmulationError, match="__launch_bounds__ allow 256"):
+        emu.check_launch_limits(Launch("x.cu", "k_bounded", (1, 1, 1), (16, 32, 1), ()))
+    emu.check_launch_limits(Launch("x.cu", "k_heavy", (1, 1, 1), (480, 1, 1), ()))  # 15 warps x 136 x 32
+    with pytest.raises(emu.EmulationError, match="64K register file"):
+        emu.check_launch_limits(Launch("x.cu", "k_heavy", (1, 1, 1), (512, 1, 1), ()))
+    emu.check_launch_limits(Launch("x.cu", "not_in_the_table", (1, 1, 1), (1024, 1, 1), ()))

@@ -93,6 +93,41 @@ def dump_sass(path: str) -> dict[str, str]:
     return funcs
 
 
+@functools.lru_cache(maxsize=None)
+def launch_limits(path: str) -> dict[str, dict[str, int | None]]:
+    """{mangled kernel name: {"max_threads": the block size its ``__launch_bounds__`` allows (None
+    without), "registers": its register count}} of every kernel in a cubin, object file or shared
+    library, from ``cuobjdump -elf`` (EIATTR_MAX_THREADS in the kernel's .nv.info section,
+    EIATTR_REGCOUNT): what the driver checks a launch against. A name in several ELF images
+    (sm_80 and sm_90) gets the largest register count and the smallest bound."""
+    found = cuobjdump()
+    if found is None:
+        raise FileNotFoundError("cuobjdump not found: install the nvidia-cuda-cuobjdump wheel or a CUDA toolkit")
+    exe, env = found
+    out = subprocess.run([exe, "-elf", path], capture_output=True, text=True, env=env, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(f"cuobjdump -elf {path} failed (exit {out.returncode}): {out.stderr[-2000:]}")
+    limits: dict[str, dict[str, int | None]] = {}
+    section = attribute = None  # the kernel whose .nv.info section this is; the attribute being read
+    for line in out.stdout.splitlines():
+        text = line.strip()
+        if line.startswith("."):  # a section header: ".nv.info.<mangled>" is one kernel's
+            section = line[len(".nv.info."):].strip() if line.startswith(".nv.info.") else None
+            attribute = None
+        elif text.startswith("Attribute:"):
+            attribute = text.split(":", 1)[1].strip()
+        elif text.startswith("Value:") and attribute == "EIATTR_REGCOUNT":
+            m = re.search(r"function: (\S+)\(0x[0-9a-f]+\)\s+register count: (\d+)", text)
+            if m:
+                d = limits.setdefault(m.group(1), {"max_threads": None, "registers": 0})
+                d["registers"] = max(int(d["registers"] or 0), int(m.group(2)))
+        elif text.startswith("Value:") and attribute == "EIATTR_MAX_THREADS" and section:
+            x, y, z = (int(t, 16) for t in text.split(":", 1)[1].split()[:3])
+            d = limits.setdefault(section, {"max_threads": None, "registers": 0})
+            d["max_threads"] = x * y * z if d["max_threads"] is None else min(d["max_threads"], x * y * z)
+    return limits
+
+
 def cubin_command(cmd: list[str], src: Path, csrc: Path, out: Path, ptxas_v: bool = False) -> list[str]:
     """A recorded nvcc build command (an extension build's, from a build/ptxas report's first line)
     turned into one that compiles `src` to a cubin `out` with `csrc` as include folder: -c/-o/-I and
