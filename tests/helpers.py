@@ -85,3 +85,15 @@ def ext_sass() -> dict[str, str]:
     from tfm_kernels import _ext
 
     return _sass.dump_sass(_ext.__file__)
+
+
+def load_script(name: str):
+    """scripts/<name>.py imported as a module (scripts/ is not a package): how the tests reach
+    gpu_check.sh's helpers (gpu_summary, gpu_verdicts) without running them as commands."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

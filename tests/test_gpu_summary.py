@@ -4,7 +4,6 @@ directory), then on the same files split into the passes a lost CUDA context cau
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import tarfile
@@ -12,6 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN1 = ROOT / "benchmarks" / "results" / "h200_2026-11-29_run1"
@@ -19,10 +19,7 @@ RUN1 = ROOT / "benchmarks" / "results" / "h200_2026-11-29_run1"
 
 @pytest.fixture(scope="module")
 def gs():
-    spec = importlib.util.spec_from_file_location("gpu_summary", ROOT / "scripts" / "gpu_summary.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("gpu_summary")
 
 
 def _workdir(tmp_path: Path) -> Path:

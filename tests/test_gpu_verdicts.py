@@ -5,11 +5,11 @@ tolerance, everything else that existed passed, and what was written later did n
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN1 = ROOT / "benchmarks" / "results" / "h200_2026-11-29_run1"
@@ -17,9 +17,7 @@ RUN1 = ROOT / "benchmarks" / "results" / "h200_2026-11-29_run1"
 
 @pytest.fixture(scope="module")
 def rows():
-    spec = importlib.util.spec_from_file_location("gpu_verdicts", ROOT / "scripts" / "gpu_verdicts.py")
-    gv = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gv)
+    gv = load_script("gpu_verdicts")
     summary = json.loads((RUN1 / "summary.json").read_text())
     out = gv.verdicts(summary, gv.junit_cases(RUN1 / "junit.xml"))
     gv.markdown(out, summary)  # renders
@@ -63,9 +61,7 @@ def test_failed_before_bench(tmp_path):
     fail, and only those, are skipped in the benchmarks and profiles."""
     import tarfile
 
-    spec = importlib.util.spec_from_file_location("gpu_verdicts", ROOT / "scripts" / "gpu_verdicts.py")
-    gv = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gv)
+    gv = load_script("gpu_verdicts")
     with tarfile.open(RUN1 / "logs.tar.gz") as t:
         t.extractall(tmp_path, filter="data")
     failed = gv.failed_so_far(tmp_path / "logs" / "check.json", tmp_path / "junit")
