@@ -8,7 +8,7 @@ barrier (a wrong result in at least one thread order), a warp collective some la
 refill of a buffer other warps still read, a write past
 the launch's dynamic shared memory, ldmatrix rows misaligned or out of range, an mbarrier phase
 that never completes, a wgmma reading another warpgroup's shared-memory writes with no barrier
-between, a read past a buffer's end (guard pages), __trap, a parameter of the wrong size, CUDA's
+between or with no fence.proxy.async after them, a read past a buffer's end (guard pages), __trap, a parameter of the wrong size, CUDA's
 launch limits; and the correct versions pass. Also the source rewrite of
 `__shared__` declarations, on every declaration form csrc/ uses.
 """
@@ -178,6 +178,16 @@ def test_wgmma_reads_at_issue(lib):
     out = np.zeros(256 * 32, np.float32)
     _launch(lib, "reverse", "st_wgmma_race<false>", (256, 1, 1), (out,), smem=16384)
     assert not np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_wgmma_needs_the_proxy_fence(lib, order):
+    """Shared memory written by st.shared (or cp.async: the generic proxy) is not visible to a wgmma
+    (the async proxy) until a fence.proxy.async: the same kernel with the barrier but without the
+    fence is reported, in either order."""
+    with pytest.raises(emu.EmulationError, match="not made visible to the async proxy"):
+        _launch(lib, order, "st_wgmma_race<true, false>", (256, 1, 1), (np.zeros(256 * 32, np.float32),),
+                smem=16384)
 
 
 def test_guard_pages(lib):

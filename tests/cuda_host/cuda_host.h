@@ -132,6 +132,7 @@ struct Static { const void* fn; int line; std::size_t off; };
 
 struct Cta {
     unsigned char* smem = nullptr;
+    unsigned char* view = nullptr;  // shared memory as the async proxy (wgmma, TMA) sees it
     std::size_t dyn = 0, used = 0;  // dynamic bytes; end of the static allocations
     std::vector<Static> statics;
     std::vector<Warp> warps;
@@ -153,6 +154,10 @@ struct State {
     bool land_late = false;  // TMA bytes and cp.async copies land at their wait (reverse order) or at once
     long long progress = 0;     // anything that changed: a deadlock is a round that changes nothing
     alignas(1024) unsigned char arena[kMaxCluster][kArena];
+    // What the async proxy sees of each arena: TMA writes land in both; generic writes (st.shared,
+    // cp.async) reach it only at a fence.proxy.async. A wgmma operand that differs between the two
+    // was written through the generic proxy and never fenced.
+    alignas(1024) unsigned char async_view[kMaxCluster][kArena];
 };
 inline State* S = new State;  // never freed: fibers' stacks may outlive a failed launch
 
@@ -534,6 +539,10 @@ inline uint32_t pack_half2(float lo, float hi) {
 //     MN-major (mn, k) at start + 2 (mn%64) + (mn/64) LBO + (k%8) 128 + (k/8) SBO; then the
 //     address swizzle. The accumulator is the mma.sync C layout repeated along N, warp w owning
 //     rows 16w..16w+15; a register A operand is the mma.sync A layout of the same rows.
+//   * Proxies: wgmma and TMA use the async proxy, st.shared and cp.async the generic proxy. Each
+//     CTA's arena has a second copy (State::async_view), what the async proxy sees: TMA writes land
+//     in both, generic writes reach it at a fence.proxy.async. A wgmma whose operands differ
+//     between the two read generic writes never fenced, and fails at issue.
 namespace emu {
 
 struct EmuTma {  // the 128 bytes tests/_emulate_cuda.py tma_descriptor packs
@@ -581,6 +590,7 @@ inline void land(Mbar& m) {
     Cta& c = cta();
     for (auto& q : m.queued) {
         std::memcpy(c.smem + q.first, q.second.data(), q.second.size());
+        std::memcpy(c.view + q.first, q.second.data(), q.second.size());  // TMA: the async proxy
         m.tx -= static_cast<long long>(q.second.size());
     }
     if (!m.queued.empty()) ++progress();
@@ -605,17 +615,18 @@ inline std::vector<GroupState>& groups() { return g_groups[S->cur ? S->cur->cta 
 
 struct GroupIn { int kind; int n, ta, tb; uint64_t da, db; float* d; uint32_t a[4]; };
 
-inline float smem_half(const Cta& c, uint32_t addr, bool& ok) {
+inline float smem_half(const Cta& c, uint32_t addr, bool& ok, bool async_view) {
     addr ^= ((addr >> 7) & 7) << 4;  // 128-byte swizzle, by address bits
     if (addr + 2 > c.used || addr % 2) { ok = false; return 0.f; }
     uint16_t b;
-    std::memcpy(&b, c.smem + addr, 2);
+    std::memcpy(&b, (async_view ? c.view : c.smem) + addr, 2);
     return half_bits_to_float(b);
 }
 
 // The operands of a wgmma: A [64][16] (from its descriptor, or the warps' register fragments) and
-// B [n][16], as shared memory holds them now.
-inline const char* wgmma_operands(const Wgmma& op, std::vector<float>& A, std::vector<float>& B) {
+// B [n][16], as shared memory holds them now (or as the async proxy sees it: async_view).
+inline const char* wgmma_operands(const Wgmma& op, std::vector<float>& A, std::vector<float>& B,
+                                  bool async_view = false) {
     const Cta& c = cta();
     auto field = [](uint64_t desc, int lo) { return static_cast<uint32_t>(((desc >> lo) & 0x3fff) << 4); };
     if ((op.db >> 62) != 1 || (!op.rs && (op.da >> 62) != 1)) return "wgmma descriptor without the 128-byte swizzle layout";
@@ -636,11 +647,11 @@ inline const char* wgmma_operands(const Wgmma& op, std::vector<float>& A, std::v
                 const uint32_t reg = op.a[32 * w + 4 * g + t][hi + 2 * kh];
                 A[16 * m + k] = half_bits_to_float(k % 2 ? reg >> 16 : reg & 0xffff);
             } else {
-                A[16 * m + k] = smem_half(c, at(op.da, op.ta, m, k), ok);
+                A[16 * m + k] = smem_half(c, at(op.da, op.ta, m, k), ok, async_view);
             }
         }
     for (int n = 0; n < op.n; ++n)
-        for (int k = 0; k < 16; ++k) B[16 * n + k] = smem_half(c, at(op.db, op.tb, n, k), ok);
+        for (int k = 0; k < 16; ++k) B[16 * n + k] = smem_half(c, at(op.db, op.tb, n, k), ok, async_view);
     return ok ? nullptr : "wgmma: a descriptor reaches outside the CTA's shared memory";
 }
 
@@ -686,6 +697,13 @@ inline const char* complete_group(const unsigned char (*in)[64], int kind, int a
             std::memcpy(op.a[t], g.a, 16);
         }
         if (const char* e = wgmma_operands(op, op.A, op.B)) return e;
+        std::vector<float> vA, vB;  // the same operands through the async proxy's eyes
+        wgmma_operands(op, vA, vB, true);
+        if (std::memcmp(vA.data(), op.A.data(), vA.size() * sizeof(float)) != 0 ||
+            std::memcmp(vB.data(), op.B.data(), vB.size() * sizeof(float)) != 0)
+            return "wgmma: a shared-memory operand was written through the generic proxy (st.shared, cp.async) "
+                   "and not made visible to the async proxy: fence.proxy.async (fence_proxy_async_smem) after "
+                   "the writes, before the barrier that publishes them";
         st.open.push_back(std::move(op));
     } else if (kind == 1) {
         st.committed.push_back(std::move(st.open));
@@ -782,6 +800,7 @@ inline void tma_load_3d(void* dst, const void* desc, uint64_t* bar, int c0, int 
                 m.queued.push_back({a, std::move(c16)});
             } else {
                 std::memcpy(emu::cta().smem + a, c16.data(), 16);
+                std::memcpy(emu::cta().view + a, c16.data(), 16);  // TMA: the async proxy
                 m.tx -= 16;
             }
         }
@@ -789,7 +808,13 @@ inline void tma_load_3d(void* dst, const void* desc, uint64_t* bar, int c0, int 
     ++emu::progress();
     emu::mbar_check(m);
 }
-inline void fence_proxy_async_smem() {}
+// fence.proxy.async.shared::cta: this thread's generic writes become visible to the async proxy.
+// The emulator publishes every generic write so far (all threads'): it catches a missing fence,
+// not a fence that only some of the writers execute.
+inline void fence_proxy_async_smem() {
+    emu::Cta& c = emu::cta();
+    std::memcpy(c.view, c.smem, c.used);
+}
 template <int REGS> inline void setmaxnreg_dec() {}
 template <int REGS> inline void setmaxnreg_inc() {}
 inline void reg_fence(float&) {}
@@ -968,6 +993,7 @@ inline int run_cluster(const Config& cfg, unsigned bx0, unsigned by, unsigned bz
     for (int c = 0; c < S->ncta; ++c) {
         Cta& C = S->ctas[c];
         C.smem = S->arena[c];
+        C.view = S->async_view[c];
         C.dyn = cfg.smem;
         C.used = cfg.smem + kCanary;
         C.statics.clear();
@@ -975,6 +1001,7 @@ inline int run_cluster(const Config& cfg, unsigned bx0, unsigned by, unsigned bz
         C.bid = {bx0 + c, by, bz};
         std::memset(C.smem, 0xff, kArena);
         std::memset(C.smem + cfg.smem, kCanaryByte, kCanary);
+        std::memcpy(C.view, C.smem, kArena);
         g_mbars[c].clear();
         g_groups[c].assign((nt + 127) / 128, GroupState{});
         g_group_slots[c].assign((nt + 127) / 128, GroupSlots{});

@@ -111,8 +111,10 @@ TFM_EXPORT(st_read)
 // Two warpgroups each write half the rows of a 64 x 64 fp16 tile A and of B (K-major, 128-byte
 // swizzled), then each issues one wgmma m64n64k16 on all of A and B (k 0..15) and stores its
 // accumulators to out[warpgroup][thread][32]. Right only with the barrier between the writes and
-// the wgmma: without it a warpgroup's wgmma reads rows the other has not written yet.
-template <bool BARRIER>
+// the wgmma: without it a warpgroup's wgmma reads rows the other has not written yet. FENCE false
+// leaves out the fence.proxy.async: the writes went through the generic proxy, the wgmma reads
+// through the async proxy, and nothing made the first visible to the second.
+template <bool BARRIER, bool FENCE = true>
 __global__ void st_wgmma_race(float* out) {
     extern __shared__ __align__(1024) unsigned char tile[];  // A: 8 KiB, then B: 8 KiB
     const unsigned t = threadIdx.x, r = t / 4;
@@ -121,7 +123,7 @@ __global__ void st_wgmma_race(float* out) {
         *reinterpret_cast<__half*>(tile + at) = __float2half(static_cast<float>((r * 7 + k * 3) % 11) - 5.f);
         *reinterpret_cast<__half*>(tile + 8192 + at) = __float2half(static_cast<float>((r * 5 + k) % 9) - 4.f);
     }
-    fence_proxy_async_smem();
+    if (FENCE) fence_proxy_async_smem();
     if (BARRIER) __syncthreads();
     float d[32];
     for (int i = 0; i < 32; ++i) d[i] = 0.f;
@@ -134,3 +136,4 @@ __global__ void st_wgmma_race(float* out) {
 }
 TFM_EXPORT(st_wgmma_race<true>)
 TFM_EXPORT(st_wgmma_race<false>)
+TFM_EXPORT(st_wgmma_race<true, false>)
