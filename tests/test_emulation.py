@@ -7,8 +7,9 @@ barrier (a wrong result in at least one thread order), a warp collective some la
 (deadlock) or pair with a different one, a read of a cp.async copy before its wait, a cp.async
 refill of a buffer other warps still read, a write past
 the launch's dynamic shared memory, ldmatrix rows misaligned or out of range, an mbarrier phase
-that never completes, a wgmma reading another warpgroup's shared-memory writes with no barrier
-between or with no fence.proxy.async after them, a read past a buffer's end (guard pages), __trap, a parameter of the wrong size, CUDA's
+that never completes, a TMA load signalling an mbarrier whose init was never fenced, a wgmma
+reading another warpgroup's shared-memory writes with no barrier between or with no
+fence.proxy.async after them, a read past a buffer's end (guard pages), __trap, a parameter of the wrong size, CUDA's
 launch limits; and the correct versions pass. Also the source rewrite of
 `__shared__` declarations, on every declaration form csrc/ uses.
 """
@@ -242,3 +243,19 @@ def test_launches_the_gpu_would_refuse(monkeypatch):
     with pytest.raises(emu.EmulationError, match="64K register file"):
         emu.check_launch_limits(Launch("x.cu", "k_heavy", (1, 1, 1), (512, 1, 1), ()))
     emu.check_launch_limits(Launch("x.cu", "not_in_the_table", (1, 1, 1), (1024, 1, 1), ()))
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_tma_needs_the_mbarrier_init_fence(lib, order):
+    """A TMA load may only signal an mbarrier whose init a fence.mbarrier_init has made visible to
+    the async proxy: with the fence the 64 x 64 box arrives (128-byte swizzled: 16-byte chunk c of
+    row r at chunk c ^ (r % 8)); without it the emulator reports the missing fence."""
+    src = np.arange(64 * 64, dtype=np.float16).reshape(64, 64) / 64
+    desc = emu.tma_descriptor(src.ctypes.data, 64, 64, 1, 64, 64)
+    out = np.full(64 * 64, np.nan, np.float16)
+    _launch(lib, order, "st_tma<true>", (128, 1, 1), (desc, out), smem=8192 + 64)
+    got = out.reshape(64, 8, 8)  # rows, 16-byte chunks, halves
+    want = src.reshape(64, 8, 8)[np.arange(64)[:, None], np.arange(8)[None, :] ^ (np.arange(64)[:, None] % 8)]
+    assert np.array_equal(got, want)
+    with pytest.raises(emu.EmulationError, match="no fence.mbarrier_init"):
+        _launch(lib, order, "st_tma<false>", (128, 1, 1), (desc, np.zeros(64 * 64, np.float16)), smem=8192 + 64)

@@ -542,7 +542,8 @@ inline uint32_t pack_half2(float lo, float hi) {
 //   * Proxies: wgmma and TMA use the async proxy, st.shared and cp.async the generic proxy. Each
 //     CTA's arena has a second copy (State::async_view), what the async proxy sees: TMA writes land
 //     in both, generic writes reach it at a fence.proxy.async. A wgmma whose operands differ
-//     between the two read generic writes never fenced, and fails at issue.
+//     between the two read generic writes never fenced, and fails at issue. Likewise a TMA load may
+//     only signal an mbarrier whose init a fence.mbarrier_init has followed.
 namespace emu {
 
 struct EmuTma {  // the 128 bytes tests/_emulate_cuda.py tma_descriptor packs
@@ -557,6 +558,7 @@ static_assert(sizeof(EmuTma) == 128, "TmaDesc is 128 bytes");
 constexpr uint64_t kTmaMagic = 0x54464d2d544d4131ull;  // "TFM-TMA1"
 
 struct Mbar {
+    bool fenced = false;  // a fence.mbarrier_init since its init: the async proxy (TMA) may use it
     int count = 0, pending = 0;
     long long tx = 0;
     unsigned phase = 0;
@@ -744,7 +746,11 @@ inline void mbar_init(uint64_t* bar, uint32_t arrivals) {
     m.count = m.pending = static_cast<int>(arrivals);
     ++emu::progress();
 }
-inline void mbar_fence_init() {}
+// fence.mbarrier_init: the CTA's mbarrier inits so far become visible to the async proxy, whose
+// complete_tx (a TMA load) may only then signal them.
+inline void mbar_fence_init() {
+    for (auto& b : emu::mbars()) b.second.fenced = true;
+}
 inline void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
     emu::Mbar& m = emu::mbar_at(bar);
     m.tx += bytes;
@@ -781,6 +787,9 @@ inline void tma_load_3d(void* dst, const void* desc, uint64_t* bar, int c0, int 
     const std::size_t bytes = static_cast<std::size_t>(row) * t.box[1];
     if (off + bytes > emu::cta().used) emu::fail("TMA box of %zu bytes past the CTA's shared memory", bytes);
     emu::Mbar& m = emu::mbar_at(bar);
+    if (!m.fenced)
+        emu::fail("TMA signals an mbarrier whose init no fence.mbarrier_init made visible to the async proxy "
+                  "(mbar_fence_init after mbar_init, before the barrier that publishes it)");
     for (uint32_t o = 0; o < t.box[1]; ++o) {
         std::vector<unsigned char> chunk(row, 0);
         const long long go = static_cast<long long>(c1) + o;

@@ -137,3 +137,25 @@ __global__ void st_wgmma_race(float* out) {
 TFM_EXPORT(st_wgmma_race<true>)
 TFM_EXPORT(st_wgmma_race<false>)
 TFM_EXPORT(st_wgmma_race<true, false>)
+
+// One TMA load of a 64 x 64 fp16 box into shared memory, signalled on an mbarrier, then copied out
+// (still swizzled). FENCE false leaves out fence.mbarrier_init: the barrier's init is not visible
+// to the async proxy that completes the load's transaction bytes.
+template <bool FENCE>
+__global__ void st_tma(const __grid_constant__ TmaDesc desc, __half* out) {
+    extern __shared__ __align__(1024) unsigned char tile[];  // 8 KiB box, then the mbarrier
+    uint64_t* bar = reinterpret_cast<uint64_t*>(tile + 8192);
+    if (threadIdx.x == 0) {
+        mbar_init(bar, 1);
+        if (FENCE) mbar_fence_init();
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        mbar_arrive_expect_tx(bar, 8192);
+        tma_load_3d(tile, &desc, bar, 0, 0, 0);
+    }
+    mbar_wait(bar, 0);
+    for (int i = threadIdx.x; i < 4096; i += blockDim.x) out[i] = reinterpret_cast<const __half*>(tile)[i];
+}
+TFM_EXPORT(st_tma<true>)
+TFM_EXPORT(st_tma<false>)
