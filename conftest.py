@@ -22,8 +22,11 @@ def backend(request):
 # context is probed (`_backend.context_lost`), and once it is gone every later test is skipped
 # with "CUDA context lost after <test>", never failed, and its id is written to --tfm-lost-file,
 # from which scripts/gpu_check.sh reruns them in a fresh process. Without a GPU nothing changes.
+# --tfm-progress-file: one JSON line per collected list, test start and outcome, flushed at once,
+# so a pass killed by gpu_check.sh's time cap (no junit XML yet) still tells what ran.
 
-_LOST: dict = {}
+_LOST: dict = {}     # nodeid and error of the test after which the CUDA context was gone
+_CONFIG: list = []   # the pytest config (pytest_runtest_logstart is not given it)
 
 
 def pytest_addoption(parser):
@@ -66,9 +69,6 @@ def pytest_runtest_logreport(report):
                            "message": msg[:300]})
 
 
-_CONFIG: list = []
-
-
 def pytest_configure(config):
     _CONFIG[:] = [config]
 
@@ -88,8 +88,8 @@ def pytest_collection_modifyitems(config, items):
     from tfm_kernels import _registry
 
     first = {v.key for op in _registry.ops() for v in _registry.variants(op) if _registry.first_run(v)}
-    modules = {}
-    for i, item in enumerate(items):
+    modules: dict[str, int] = {}
+    for item in items:
         modules.setdefault(item.nodeid.split("::")[0], len(modules))
 
     def late(item) -> bool:
