@@ -259,6 +259,8 @@ def main(W: str, OUT: str, ROOT: str, T0: str, SAN: str, GPU_OK: str) -> int:
         tail = f" ({procs} processes; context lost after {', '.join(lost)})" if lost else f" ({procs} processes)" if procs > 1 else ""
         if st.get("exit") in (124, 137):
             san[tool] = f"TIMEOUT after {st.get('seconds')}s" + (f"; {errs} errors so far" if errs else "")
+        elif st.get("exit") == 2:  # scripts/sanitize_cases.py: no row ran (no usable GPU)
+            san[tool] = "nothing ran (exit 2; see its log)"
         elif errs is None:
             san[tool] = f"no summary (exit {st.get('exit')})"
         elif errs == 0 and not hazards:

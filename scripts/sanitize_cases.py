@@ -18,7 +18,8 @@ fault that loses the CUDA context (what memcheck reports as an error is often su
 only its own process, and the variants it kept from running get a fresh one, so one faulting
 first-run kernel does not leave the others unchecked. Each child ends with its own
 "ERROR SUMMARY"; scripts/gpu_check.sh adds them up. Exit status: 99 when a child's sanitizer
-found errors, 1 when a result was wrong or a row could not run, 0 when all is clean.
+found errors, 2 when nothing ran (no GPU), 1 when a result was wrong or a row could not run, 0
+when all is clean.
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ def main() -> int:
                                            if "variant" in e else e["error"]))
         if any(c == 99 for c in res["returncodes"]):
             return 99
-        return 1 if not rows or any(r.failed and not r.broken or r.lost for r in rows) else 0
+        if not any(r.passed or r.failed for r in rows):
+            print("nothing ran under the sanitizer")
+            return 2
+        return 1 if any(r.failed and not r.broken or r.lost for r in rows) else 0
 
     import cupy
 
