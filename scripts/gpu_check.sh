@@ -17,9 +17,10 @@
 #                a __syncthreads or named barrier that only part of a block reaches
 #      check     tfm-kernels check --quick --isolate (every variant, both backends, against
 #                numpy_ref; never-run variants last; a lost context's leftovers in a fresh process)
-#   3. bench    tfm-kernels bench --quick, alone on the GPU so the timings are clean, without the
-#               variants that failed above (scripts/gpu_verdicts.py --failed: a fault would lose
-#               the context and every figure after it)
+#   3. bench    tfm-kernels bench --quick --isolate, alone on the GPU so the timings are clean,
+#               without the variants that failed above (scripts/gpu_verdicts.py --failed: a fault
+#               would lose the context and every figure after it); a fault there anyway costs only
+#               its variant (the rest is measured in a fresh process from the case it happened in)
 #      profile_matmul, profile_attention  Nsight Compute (ncu), one launch each
 #               (scripts/profile_cases.py): matmul 8 and 14 (fp32), 11 and 13 (fp16) at 4096^3;
 #               fp16 attention forward 13 beside SDPA's flash kernel; the wgmma attention forward 14
@@ -158,7 +159,8 @@ echo "$FAILED" >> "$LOGS/failed_before_bench.txt"
 SKIP=()
 for q in $FAILED; do SKIP+=("--skip=$q"); done
 if [ "$GPU_OK" = 1 ]; then
-    step bench 75 "$LOGS/bench.txt" "$PY" -m tfm_kernels bench --quick --budget 55 --out "$W/bench" ${SKIP[@]+"${SKIP[@]}"}
+    step bench 75 "$LOGS/bench.txt" "$PY" -m tfm_kernels bench --quick --isolate --budget 55 --out "$W/bench" \
+        ${SKIP[@]+"${SKIP[@]}"}
 fi
 if [ "$GPU_OK" = 1 ] && command -v ncu > /dev/null; then
     # The section identifiers this ncu knows, kept for whoever has to fix a refused --section.

@@ -559,3 +559,49 @@ def test_after(backend):
     outcomes = {r["nodeid"]: r["outcome"] for r in recs if "nodeid" in r}
     assert outcomes == {order[0]: "passed", order[1]: "failed", order[2]: "skipped", order[3]: "skipped"}
     assert "simulated" in next(r["message"] for r in recs if r.get("outcome") == "failed")
+
+
+def test_bench_isolated_resumes_at_the_lost_case(tmp_path):
+    """bench --isolate's driver against a stand-in child (no GPU): pass 1 measures case A, then
+    loses the context at variant Y of case B; pass 2 runs without Y from case B on. The merged
+    result has A once, B's peer and X once (pass 2's), Y's error, and C; the table and notes say so."""
+    import json
+
+    from tfm_kernels.bench import core
+
+    script = tmp_path / "child.py"
+    script.write_text(r'''
+import json, sys
+from pathlib import Path
+args = dict(a.split("=", 1) for a in sys.argv[1:])
+skip, resume, out = args.get("--skip"), args.get("--resume-at"), Path(args["--out"])
+def m(label, who, kind="variant", status="ok", tp=1.0):
+    return {"op": "softmax", "label": label, "series": "s", "x": 1, "x_label": "n", "unit": "GB/s", "who": who,
+            "kind": kind, "backend": None if kind == "peer" else "ext", "median_ms": 1.0, "throughput": tp,
+            "status": status}
+res = {"env": {"device": {"name": "stand-in"}}, "copy_gbs": 100.0, "skipped_for_time": []}
+if resume is None:
+    res["measurements"] = [m("A", "torch", "peer"), m("A", "X"), m("A", "Y"), m("B", "torch", "peer"), m("B", "X"),
+                           m("B", "Y", status="error: cudaErrorIllegalAddress", tp=None)]
+    res["context_lost"] = {"after": "softmax/Y:ext", "case": "B", "resume_at": "softmax|B",
+                           "error": "cudaErrorIllegalAddress"}
+else:
+    assert resume == "softmax|B" and skip == "softmax/Y", (resume, skip)
+    res["measurements"] = [m("B", "torch", "peer", tp=2.0), m("B", "X", tp=2.0), m("C", "torch", "peer"), m("C", "X")]
+out.mkdir(parents=True, exist_ok=True)
+(out / "bench.json").write_text(json.dumps(res))
+''')
+
+    def child(skip, resume_at, budget, pass_dir):
+        return [sys.executable, str(script), f"--out={pass_dir}"] + [f"--skip={s}" for s in skip] + (
+            [f"--resume-at={resume_at}"] if resume_at else [])
+
+    logs = []
+    res = core.run_isolated(child, tmp_path / "out", log=logs.append)
+    got = [(m["label"], m["who"], m["throughput"]) for m in res["measurements"]]
+    assert got == [("A", "torch", 1.0), ("A", "X", 1.0), ("A", "Y", 1.0), ("B", "Y", None),
+                   ("B", "torch", 2.0), ("B", "X", 2.0), ("C", "torch", 1.0), ("C", "X", 1.0)], got
+    assert res["passes"] == 2 and res["context_lost"][0]["after"] == "softmax/Y:ext" and len(logs) == 1
+    md = (tmp_path / "out" / "bench.md").read_text()
+    assert "CUDA context lost in pass 1 after softmax/Y:ext" in md and "cudaErrorIllegalAddress" in md
+    assert json.loads((tmp_path / "out" / "bench.json").read_text())["passes"] == 2

@@ -3,6 +3,7 @@
     tfm-kernels bench                          # every op, full sizes, the default backend
     tfm-kernels bench --op softmax --quick     # a few sizes, seconds
     tfm-kernels bench --backend both --out runs/bench
+    tfm-kernels bench --quick --isolate          # child processes: a faulting kernel costs only its figures
 
 The runner (timing, L2 rotation, the measured copy ceiling, JSON/Markdown/plots) is
 ``tfm_kernels/bench/core.py``; the cases of each op live beside it in ``tfm_kernels/bench/<op>.py``
@@ -27,18 +28,37 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float, metavar="SECONDS",
                    help="stop starting new cases after this long (shared equally among ops)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="directory for bench.json, bench.md, plots")
+    p.add_argument("--isolate", action="store_true",
+                   help="run in child processes: a kernel fault that loses the CUDA context costs only that "
+                        "variant; the rest is measured in a fresh process, from the case where it happened")
+    p.add_argument("--resume-at", metavar="OP|LABEL", help="start at this case (what --isolate's later passes do)")
 
 
 def run_bench(args: argparse.Namespace) -> int:
     from . import core
 
     backends = None if args.backend is None else (["ext", "cupy"] if args.backend == "both" else [args.backend])
-    try:
-        res = core.run(args.op, args.quick, args.out, backends, args.variant,
-                       log=lambda s: print(s, file=sys.stderr, flush=True), budget=args.budget, skip=args.skip)
-    except RuntimeError as e:
-        print(f"tfm-kernels bench: {e}", file=sys.stderr)
-        return 2
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if args.isolate:
+        def child(skip, resume_at, budget, pass_dir):
+            argv = [sys.executable, "-m", "tfm_kernels", "bench", f"--out={pass_dir}"]
+            argv += [f"--op={o}" for o in args.op or []] + [f"--variant={v}" for v in args.variant or []]
+            argv += [f"--skip={v}" for v in [*(args.skip or []), *skip]]
+            argv += ([f"--backend={args.backend}"] if args.backend else []) + (["--quick"] if args.quick else [])
+            argv += ([f"--budget={budget:.0f}"] if budget is not None else [])
+            return argv + ([f"--resume-at={resume_at}"] if resume_at else [])
+
+        res = core.run_isolated(child, args.out, budget=args.budget, log=log)
+        if not res["measurements"]:
+            print("tfm-kernels bench: nothing was measured (see above)", file=sys.stderr)
+            return 2
+    else:
+        try:
+            res = core.run(args.op, args.quick, args.out, backends, args.variant, log=log, budget=args.budget,
+                           skip=args.skip, resume_at=args.resume_at)
+        except RuntimeError as e:
+            print(f"tfm-kernels bench: {e}", file=sys.stderr)
+            return 2
     print((args.out / "bench.md").read_text())
     print(f"wrote {args.out / 'bench.json'}, {args.out / 'bench.md'} and {len(res['plots'])} plots")
     wrong = [m for m in res["measurements"] if m["status"].startswith(("WRONG", "error"))]

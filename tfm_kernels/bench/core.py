@@ -356,7 +356,8 @@ def _plot_one(plt, op: str, series: str, ms: list[Measurement], outdir: Path, en
 
 def run(ops: list[str] | None, quick: bool, outdir: Path, backends: list[str] | None = None,
         variants: list[str] | None = None, log: Callable[[str], None] = print,
-        budget: float | None = None, skip: list[str] | None = None) -> dict[str, Any]:
+        budget: float | None = None, skip: list[str] | None = None,
+        resume_at: str | None = None) -> dict[str, Any]:
     """Benchmark every case of every selected op; write bench.json, bench.md and plots to outdir.
 
     ``budget`` (seconds): each op's bench module gets an equal share of the time left and starts no
@@ -365,7 +366,9 @@ def run(ops: list[str] | None, quick: bool, outdir: Path, backends: list[str] | 
     of ``tfm_kernels._registry.selected`` (scripts/gpu_check.sh skips the variants that failed their
     tests in the same run). A failure that loses the CUDA context (``_backend.context_lost``) ends
     the run there: every later measurement would fail whatever its kernel; the cases not run are
-    listed as such."""
+    listed as such, and ``result["context_lost"]`` names the culprit and the case (``op|label``)
+    from which :func:`run_isolated` resumes in a fresh process (``resume_at``: cases before it
+    are not run)."""
     import importlib
     import pkgutil
 
@@ -432,6 +435,10 @@ def run(ops: list[str] | None, quick: bool, outdir: Path, backends: list[str] | 
         for case in module_cases:
             if ops and not any(case.op == o or case.op.startswith(o + "_") for o in ops):
                 continue
+            if resume_at is not None:  # a later pass of run_isolated: start at the lost case
+                if f"{case.op}|{case.label}" != resume_at:
+                    continue
+                resume_at = None
             if deadline is not None and time.perf_counter() > deadline:
                 skipped.append(f"{case.op} {case.label}")
                 continue
@@ -444,7 +451,7 @@ def run(ops: list[str] | None, quick: bool, outdir: Path, backends: list[str] | 
                 measurements += e.measurements
                 lost = result["context_lost"] = {
                     "after": f"{e.culprit.op}/{e.culprit.who}:{e.culprit.backend}", "case": e.culprit.label,
-                    "error": e.error}
+                    "resume_at": f"{case.op}|{case.label}", "error": e.error}
                 log(f"CUDA context lost after {lost['after']} ({lost['case']}): {e.error}; nothing more "
                     "can run in this process")
             except Exception as e:  # e.g. out of memory making inputs: record it, go on
@@ -460,3 +467,71 @@ def run(ops: list[str] | None, quick: bool, outdir: Path, backends: list[str] | 
     save()
     result["plots"] = [str(p) for p in plot(measurements, outdir, env)]
     return result
+
+
+def run_isolated(child: Callable[[list[str], str | None, float | None, Path], list[str]], outdir: Path,
+                 budget: float | None = None, max_passes: int = 6,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """``tfm-kernels bench --isolate``: the benchmark in child processes, so that a kernel fault
+    (which loses the CUDA context, and with it every figure after it) costs only the faulting
+    variant. ``child(skip, resume_at, budget_left, pass_dir)`` is the command of one pass. After a
+    pass that lost its context, the next skips every culprit so far and resumes at the case where
+    it happened; that case's measurements from the lost pass are dropped except the culprit's
+    error. This process never touches the GPU. Writes the merged bench.json, bench.md and plots to
+    ``outdir`` and returns the merged result."""
+    import shutil
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    merged: dict[str, Any] | None = None
+    skip: list[str] = []
+    resume_at: str | None = None
+    events: list[dict] = []
+    for k in range(1, max_passes + 1):
+        left = None if budget is None else budget - (time.perf_counter() - start)
+        if left is not None and left <= 1:
+            log(f"bench: out of time after {k - 1} passes; the cases from {resume_at} on were not run")
+            break
+        pass_dir = outdir / f"pass{k}"
+        shutil.rmtree(pass_dir, ignore_errors=True)
+        subprocess.run(child(skip, resume_at, left, pass_dir))
+        try:
+            part = json.loads((pass_dir / "bench.json").read_text())
+        except (OSError, ValueError):
+            events.append({"pass": k, "error": f"pass {k} wrote no bench.json"})
+            break
+        ms = part.get("measurements", [])
+        if merged is None:
+            merged = part
+        else:
+            if resume_at is not None:  # the lost case's figures: the new pass measured it again
+                op, label = resume_at.split("|", 1)
+                merged["measurements"] = [m for m in merged["measurements"]
+                                          if not (m["op"] == op and m["label"] == label and not
+                                                  str(m.get("status", "")).startswith("error"))]
+            merged["measurements"] += ms
+            merged["skipped_for_time"] = part.get("skipped_for_time", [])
+        lost = part.get("context_lost")
+        if not lost:
+            merged.pop("context_lost", None)
+            break
+        events.append({"pass": k, **lost})
+        culprit = lost["after"].rsplit(":", 1)[0]  # op/key: skip it on both backends from now on
+        skip.append(culprit)
+        resume_at = lost["resume_at"]
+        log(f"bench pass {k}: CUDA context lost after {lost['after']} ({lost['case']}): {lost['error']}; "
+            f"resuming at {resume_at} in a fresh process without {culprit}")
+    if merged is None:
+        return {"measurements": [], "context_lost": events, "plots": []}
+    merged["context_lost"] = events
+    merged["passes"] = k
+    fields = Measurement.__dataclass_fields__
+    measurements = [Measurement(**{f: m[f] for f in fields if f in m}) for m in merged["measurements"]]
+    (outdir / "bench.json").write_text(json.dumps(merged, indent=1, default=str))
+    notes = "".join(f"\nCUDA context lost in pass {e['pass']} after {e['after']} ({e['case']}: {e['error']}); "
+                    "the rest ran in a fresh process without it.\n" for e in events if "after" in e)
+    (outdir / "bench.md").write_text(markdown(measurements, merged.get("env", {}), merged.get("copy_gbs") or 0.0)
+                                     + (f"\nNot run (time budget): {', '.join(merged['skipped_for_time'])}\n"
+                                        if merged.get("skipped_for_time") else "") + notes)
+    merged["plots"] = [str(p) for p in plot(measurements, outdir, merged.get("env", {}))]
+    return merged
