@@ -7,7 +7,8 @@ barrier (a wrong result in at least one thread order), a warp collective some la
 (deadlock) or pair with a different one, a read of a cp.async copy before its wait, a cp.async
 refill of a buffer other warps still read, a write past
 the launch's dynamic shared memory, ldmatrix rows misaligned or out of range, an mbarrier phase
-that never completes, a TMA load signalling an mbarrier whose init was never fenced, a wgmma
+that never completes, a TMA load signalling an mbarrier whose init was never fenced, a wgmma with
+no wgmma.fence before it, a wgmma
 reading another warpgroup's shared-memory writes with no barrier between or with no
 fence.proxy.async after them, a read past a buffer's end (guard pages), __trap, a parameter of the wrong size, CUDA's
 launch limits; and the correct versions pass. Also the source rewrite of
@@ -243,6 +244,15 @@ def test_launches_the_gpu_would_refuse(monkeypatch):
     with pytest.raises(emu.EmulationError, match="64K register file"):
         emu.check_launch_limits(Launch("x.cu", "k_heavy", (1, 1, 1), (512, 1, 1), ()))
     emu.check_launch_limits(Launch("x.cu", "not_in_the_table", (1, 1, 1), (1024, 1, 1), ()))
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_wgmma_needs_wgmma_fence(lib, order):
+    """wgmma.fence before the first wgmma (and after each wait_group, before the next issue): the
+    accumulators were just zeroed by ordinary instructions the wgmma must not overtake."""
+    with pytest.raises(emu.EmulationError, match="no wgmma.fence since"):
+        _launch(lib, order, "st_wgmma_race<true, true, false>", (256, 1, 1), (np.zeros(256 * 32, np.float32),),
+                smem=16384)
 
 
 @pytest.mark.parametrize("order", ORDERS)

@@ -117,6 +117,7 @@ struct Fiber {
     Wait wait = Wait::none;
     Complete fn = nullptr;
     int arg = 0;
+    bool wg_fenced = false;  // a wgmma.fence since this thread's last wgmma.wait_group (or its start)
     struct Copy { unsigned char* dst; unsigned char bytes[16]; int n; };
     std::vector<std::vector<Copy>> groups;  // committed cp.async groups, oldest first
     std::vector<Copy> open;                 // issued since the last commit
@@ -543,7 +544,8 @@ inline uint32_t pack_half2(float lo, float hi) {
 //     CTA's arena has a second copy (State::async_view), what the async proxy sees: TMA writes land
 //     in both, generic writes reach it at a fence.proxy.async. A wgmma whose operands differ
 //     between the two read generic writes never fenced, and fails at issue. Likewise a TMA load may
-//     only signal an mbarrier whose init a fence.mbarrier_init has followed.
+//     only signal an mbarrier whose init a fence.mbarrier_init has followed, and a wgmma may only
+//     issue after a wgmma.fence by its thread since that thread's last wgmma.wait_group.
 namespace emu {
 
 struct EmuTma {  // the 128 bytes tests/_emulate_cuda.py tma_descriptor packs
@@ -730,6 +732,13 @@ inline std::vector<GroupSlots> g_group_slots[kMaxCluster];
 inline std::vector<GroupSlots>& group_slots() { return g_group_slots[S->cur ? S->cur->cta : 0]; }
 inline void group_op(int kind, int arg, const GroupIn& in) {
     Fiber* f = S->cur;
+    // wgmma.fence must come before the first wgmma and between any access to the registers a
+    // wgmma reads or accumulates into and that wgmma: in practice, after every wait_group (the
+    // thread then reads and rescales accumulators, packs A fragments) and before the next issue.
+    if (kind == 0 && !f->wg_fenced)
+        fail("wgmma issued with no wgmma.fence since this thread's last wgmma.wait_group (or its start): "
+             "its accumulator or A registers may be read before the thread's own writes to them land");
+    if (kind == 2) f->wg_fenced = false;
     const int t = static_cast<int>(f->tid.x + blockDim.x * (f->tid.y + blockDim.y * f->tid.z));
     auto& gs = group_slots();
     if (gs.size() <= static_cast<std::size_t>(t / 128)) gs.resize(t / 128 + 1);
@@ -832,7 +841,7 @@ inline uint64_t wgmma_desc_sw128(uint32_t smem_addr, uint32_t lbo, uint32_t sbo)
     return static_cast<uint64_t>((smem_addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>((lbo & 0x3FFFF) >> 4) << 16) |
            (static_cast<uint64_t>((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);
 }
-inline void wgmma_fence() {}
+inline void wgmma_fence() { emu::S->cur->wg_fenced = true; }
 inline void wgmma_commit() { emu::group_op(1, 0, emu::GroupIn{}); }
 template <int N> inline void wgmma_wait() { emu::group_op(2, N, emu::GroupIn{}); }
 template <int TA, int TB>

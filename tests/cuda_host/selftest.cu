@@ -113,8 +113,9 @@ TFM_EXPORT(st_read)
 // accumulators to out[warpgroup][thread][32]. Right only with the barrier between the writes and
 // the wgmma: without it a warpgroup's wgmma reads rows the other has not written yet. FENCE false
 // leaves out the fence.proxy.async: the writes went through the generic proxy, the wgmma reads
-// through the async proxy, and nothing made the first visible to the second.
-template <bool BARRIER, bool FENCE = true>
+// through the async proxy, and nothing made the first visible to the second. WG_FENCE false leaves
+// out the wgmma.fence before the wgmma.
+template <bool BARRIER, bool FENCE = true, bool WG_FENCE = true>
 __global__ void st_wgmma_race(float* out) {
     extern __shared__ __align__(1024) unsigned char tile[];  // A: 8 KiB, then B: 8 KiB
     const unsigned t = threadIdx.x, r = t / 4;
@@ -127,7 +128,7 @@ __global__ void st_wgmma_race(float* out) {
     if (BARRIER) __syncthreads();
     float d[32];
     for (int i = 0; i < 32; ++i) d[i] = 0.f;
-    wgmma_fence();
+    if (WG_FENCE) wgmma_fence();
     wgmma_m64n64k16_f16<0, 0>(d, wgmma_desc_sw128(smem_u32(tile), 16, 1024),
                               wgmma_desc_sw128(smem_u32(tile + 8192), 16, 1024));
     wgmma_commit();
@@ -137,6 +138,7 @@ __global__ void st_wgmma_race(float* out) {
 TFM_EXPORT(st_wgmma_race<true>)
 TFM_EXPORT(st_wgmma_race<false>)
 TFM_EXPORT(st_wgmma_race<true, false>)
+TFM_EXPORT(st_wgmma_race<true, true, false>)
 
 // One TMA load of a 64 x 64 fp16 box into shared memory, signalled on an mbarrier, then copied out
 // (still swizzled). FENCE false leaves out fence.mbarrier_init: the barrier's init is not visible
