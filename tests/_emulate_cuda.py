@@ -83,7 +83,7 @@ def translation_unit(source: str) -> str:
     names = parse_exports(text)
     lines = ['#include "cuda_host.h"', f'#line 1 "{path}"', rewrite_shared(text), "#include <cstring>",
              'extern "C" int emu_launch(const char* name, const unsigned* c, void** args, const int* sizes, int n) {',
-             "    const emu::Config cfg{{c[0], c[1], c[2]}, {c[3], c[4], c[5]}, c[6], c[7], static_cast<int>(c[8])};"]
+             "    const emu::Config cfg{{c[0], c[1], c[2]}, {c[3], c[4], c[5]}, c[6], c[7], static_cast<int>(c[8]), c[9]};"]
     for n in names:
         lines.append(f'    if (!std::strcmp(name, "{n}")) return emu::launch(&{n}, cfg, args, sizes, n);')
     lines += ["    return 1;", "}", ""]
@@ -327,8 +327,9 @@ class HostBackend:
         packed = [_pack(a) for a in launch.args]
         args = (ctypes.c_void_p * max(1, len(packed)))(*[addr for _, addr, _ in packed])
         sizes = (ctypes.c_int * max(1, len(packed)))(*[n for _, _, n in packed])
-        cfg = (ctypes.c_uint * 9)(*launch.grid, *launch.block, int(launch.smem), cluster_size(launch.kernel),
-                                  1 if self.order == "reverse" else 0)
+        regs = int((launch_limits().get(" ".join(launch.kernel.split())) or {}).get("registers") or 0)
+        cfg = (ctypes.c_uint * 10)(*launch.grid, *launch.block, int(launch.smem), cluster_size(launch.kernel),
+                                   1 if self.order == "reverse" else 0, regs)
         dll.emu_ldmatrix_phases((ctypes.c_longlong * 9)())  # start this launch's count from zero
         rc = dll.emu_launch(launch.kernel.encode(), cfg, args, sizes, len(packed))
         if rc == 1:

@@ -8,7 +8,7 @@ barrier (a wrong result in at least one thread order), a warp collective some la
 refill of a buffer other warps still read, a write past
 the launch's dynamic shared memory, ldmatrix rows misaligned or out of range, an mbarrier phase
 that never completes, a TMA load signalling an mbarrier whose init was never fenced, a wgmma with
-no wgmma.fence before it, a wgmma
+no wgmma.fence before it, a setmaxnreg.inc the CTA's register pool cannot satisfy, a wgmma
 reading another warpgroup's shared-memory writes with no barrier between or with no
 fence.proxy.async after them, a read past a buffer's end (guard pages), __trap, a parameter of the wrong size, CUDA's
 launch limits; and the correct versions pass. Also the source rewrite of
@@ -269,3 +269,18 @@ def test_tma_needs_the_mbarrier_init_fence(lib, order):
     assert np.array_equal(got, want)
     with pytest.raises(emu.EmulationError, match="no fence.mbarrier_init"):
         _launch(lib, order, "st_tma<false>", (128, 1, 1), (desc, np.zeros(64 * 64, np.float16)), smem=8192 + 64)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_setmaxnreg_stays_within_the_pool(lib, order, monkeypatch):
+    """setmaxnreg moves registers between warpgroups inside what the launch allocated (the kernel's
+    count x its threads): matmul_sm90's split (producer 40, consumers 232 of 168 x 384) fits in
+    either order (the consumers wait for the producer's registers in the reverse one); asking 240
+    would wait forever, reported as a deadlock in setmaxnreg.inc."""
+    limits = {name: {"max_threads": 384, "registers": 168} for name in ("st_setmaxnreg<232>", "st_setmaxnreg<240>")}
+    monkeypatch.setattr(emu, "launch_limits", lambda: limits)
+    out = np.zeros(384, np.float32)
+    _launch(lib, order, "st_setmaxnreg<232>", (384, 1, 1), (out,))
+    assert (out == 1).all()
+    with pytest.raises(emu.EmulationError, match=r"deadlock: .* 128 in setmaxnreg.inc for registers the CTA.s pool cannot give"):
+        _launch(lib, order, "st_setmaxnreg<240>", (384, 1, 1), (np.zeros(384, np.float32),))

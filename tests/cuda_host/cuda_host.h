@@ -118,6 +118,7 @@ struct Fiber {
     Complete fn = nullptr;
     int arg = 0;
     bool wg_fenced = false;  // a wgmma.fence since this thread's last wgmma.wait_group (or its start)
+    bool regs_wait = false;  // polling in setmaxnreg.inc for registers the CTA's pool does not have
     struct Copy { unsigned char* dst; unsigned char bytes[16]; int n; };
     std::vector<std::vector<Copy>> groups;  // committed cp.async groups, oldest first
     std::vector<Copy> open;                 // issued since the last commit
@@ -138,6 +139,10 @@ struct Cta {
     std::vector<Static> statics;
     std::vector<Warp> warps;
     emu_uint3 bid;
+    // setmaxnreg: the CTA's register pool (the kernel's count x its threads, per warp in steps of
+    // 8; 0 = count unknown, not checked) and each warpgroup's current per-thread count
+    unsigned pool = 0;
+    std::vector<unsigned> wg_regs;
 };
 
 struct State {
@@ -833,8 +838,41 @@ inline void fence_proxy_async_smem() {
     emu::Cta& c = emu::cta();
     std::memcpy(c.view, c.smem, c.used);
 }
-template <int REGS> inline void setmaxnreg_dec() {}
-template <int REGS> inline void setmaxnreg_inc() {}
+// setmaxnreg moves registers between a CTA's warpgroups within the pool the launch allocated (the
+// kernel's register count x its threads): .dec returns some, .inc waits until the pool can give
+// what it asks. Asking for more than the others leave waits forever on the GPU: a deadlock here.
+namespace emu {
+inline unsigned& wg_regs(int regs, const char* what) {
+    Cta& c = cta();
+    const Fiber& f = *S->cur;
+    const unsigned t = f.tid.x + blockDim.x * (f.tid.y + blockDim.y * f.tid.z);
+    if (regs % 8 || regs < 24 || regs > 256) fail("%s %d: a multiple of 8 from 24 to 256", what, regs);
+    return c.wg_regs[t / 128];
+}
+}  // namespace emu
+template <int REGS> inline void setmaxnreg_dec() {
+    if (!emu::cta().pool) return;
+    unsigned& mine = emu::wg_regs(REGS, "setmaxnreg.dec");
+    if (REGS > static_cast<int>(mine)) emu::fail("setmaxnreg.dec to %d registers, above the warpgroup's %u", REGS, mine);
+    if (mine != static_cast<unsigned>(REGS)) ++emu::progress();
+    mine = REGS;
+}
+template <int REGS> inline void setmaxnreg_inc() {
+    emu::Cta& c = emu::cta();
+    if (!c.pool) return;
+    unsigned& mine = emu::wg_regs(REGS, "setmaxnreg.inc");
+    if (REGS < static_cast<int>(mine)) emu::fail("setmaxnreg.inc to %d registers, below the warpgroup's %u", REGS, mine);
+    for (;;) {
+        unsigned used = 0;
+        for (unsigned r : c.wg_regs) used += 128 * r;
+        if (used - 128 * mine + 128 * REGS <= c.pool) break;
+        emu::S->cur->regs_wait = true;
+        emu::yield(emu::Wait::poll);
+    }
+    emu::S->cur->regs_wait = false;
+    if (mine != static_cast<unsigned>(REGS)) ++emu::progress();
+    mine = REGS;
+}
 inline void reg_fence(float&) {}
 inline uint32_t opaque_u32(uint32_t x) { return x; }
 inline uint64_t wgmma_desc_sw128(uint32_t smem_addr, uint32_t lbo, uint32_t sbo) {
@@ -871,7 +909,8 @@ namespace emu {
 struct Config {
     unsigned grid[3], block[3];
     unsigned smem, cluster;
-    int reverse;  // the last CTA, warp and lane first
+    int reverse;     // the last CTA, warp and lane first
+    unsigned regs;   // the kernel's register count (tests/_emulate_cuda.py launch_limits), 0 = unknown
 };
 
 inline void fiber_entry() {
@@ -980,18 +1019,20 @@ inline bool release(std::string& why) {
         any = true;
     }
     if (!any) {
-        unsigned at_cta = 0, at_warp = 0, at_cluster = 0, at_group = 0, polling = 0, done = 0;
+        unsigned at_cta = 0, at_warp = 0, at_cluster = 0, at_group = 0, polling = 0, at_regs = 0, done = 0;
         for (const Fiber& f : S->fibers) {
             done += f.done;
             at_cta += f.wait == Wait::cta;
             at_warp += f.wait == Wait::warp;
             at_cluster += f.wait == Wait::cluster;
             at_group += f.wait == Wait::group;
-            polling += f.wait == Wait::poll;
+            polling += f.wait == Wait::poll && !f.regs_wait;
+            at_regs += f.wait == Wait::poll && f.regs_wait;
         }
         why = "deadlock: " + std::to_string(at_cta) + " threads at __syncthreads, " + std::to_string(at_warp) +
               " at a warp collective, " + std::to_string(at_group) + " at a warpgroup collective (wgmma), " +
-              std::to_string(polling) + " waiting on an mbarrier phase, " + std::to_string(at_cluster) +
+              std::to_string(polling) + " waiting on an mbarrier phase, " + std::to_string(at_regs) +
+              " in setmaxnreg.inc for registers the CTA's pool cannot give, " + std::to_string(at_cluster) +
               " at a cluster barrier, " + std::to_string(done) + " exited";
     }
     return any;
@@ -1016,6 +1057,9 @@ inline int run_cluster(const Config& cfg, unsigned bx0, unsigned by, unsigned bz
         C.used = cfg.smem + kCanary;
         C.statics.clear();
         C.warps.assign((nt + 31) / 32, Warp{});
+        const unsigned r8 = (cfg.regs + 7) / 8 * 8;
+        C.pool = r8 * 32 * ((nt + 31) / 32);
+        C.wg_regs.assign((nt + 127) / 128, r8);
         C.bid = {bx0 + c, by, bz};
         std::memset(C.smem, 0xff, kArena);
         std::memset(C.smem + cfg.smem, kCanaryByte, kCanary);

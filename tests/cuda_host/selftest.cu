@@ -161,3 +161,15 @@ __global__ void st_tma(const __grid_constant__ TmaDesc desc, __half* out) {
 }
 TFM_EXPORT(st_tma<true>)
 TFM_EXPORT(st_tma<false>)
+
+// Warpgroup 0 gives registers back (setmaxnreg.dec 40), warpgroups 1 and 2 take them
+// (setmaxnreg.inc INC), matmul_sm90's split. With 168 registers x 384 threads in the CTA's pool,
+// 232 fits (128 x 40 + 256 x 232 = 64512) and 240 does not: the GPU would wait forever.
+template <int INC>
+__global__ void st_setmaxnreg(float* out) {
+    if (threadIdx.x < 128) setmaxnreg_dec<40>();
+    else setmaxnreg_inc<INC>();
+    out[threadIdx.x] = 1.f;
+}
+TFM_EXPORT(st_setmaxnreg<232>)
+TFM_EXPORT(st_setmaxnreg<240>)
