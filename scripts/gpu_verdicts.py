@@ -148,7 +148,8 @@ def markdown(rows: list[dict], summary: dict) -> str:
 
 def failed_so_far(check_json: Path | None, junit_dir: Path | None) -> list[str]:
     """``op/key`` of every variant a check row or a test has failed, from gpu_check.sh's scratch
-    files (check.json; junit/<file>.<pass>.xml, each test by its last pass)."""
+    files (check.json; junit/<file>.<pass>.xml, each test by its last pass, and progress/ for a
+    pass killed before it wrote its junit: a test running when the cap struck counts as failed)."""
     check = {}
     if check_json is not None and check_json.exists():
         try:
@@ -162,7 +163,8 @@ def failed_so_far(check_json: Path | None, junit_dir: Path | None) -> list[str]:
         spec = importlib.util.spec_from_file_location("gpu_summary", Path(__file__).with_name("gpu_summary.py"))
         gs = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(gs)
-        merged, _, failures, _ = gs.merge_junit(str(junit_dir))
+        # a pass killed by its cap left no junit: its progress file (beside junit/) stands in
+        merged, _, failures, _ = gs.merge_junit(str(junit_dir), str(junit_dir.parent / "progress"))
         for c in merged:
             if c["status"] in ("passed", "failed") and c["backend"] in BACKENDS:
                 cases.append({"file": c["file"], "test": c["test"], "backend": c["backend"],

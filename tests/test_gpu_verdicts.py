@@ -68,3 +68,11 @@ def test_failed_before_bench(tmp_path):
     assert sorted(failed) == ["attention_backward/1_naive", "attention_backward/2_flash",
                               "attention_backward/3_flash_det", "matmul/12_wgmma_tma"]
     assert gv.failed_so_far(None, tmp_path / "absent") == []
+    # a killed pass: no junit, and matmul 13's test was running when the cap struck
+    import json
+
+    (tmp_path / "progress").mkdir()
+    hung = "tests/test_matmul_tc.py::test_variant[ext-13_wgmma_persistent-NN-float16]"
+    (tmp_path / "progress" / "test_matmul_tc.2.jsonl").write_text(
+        json.dumps({"collected": [hung]}) + "\n" + json.dumps({"start": hung}) + "\n")
+    assert "matmul/13_wgmma_persistent" in gv.failed_so_far(tmp_path / "logs" / "check.json", tmp_path / "junit")
