@@ -268,13 +268,13 @@ def launch_limits() -> dict[str, dict]:
     return {expr: limits[m] for expr, m in _sass.name_expressions(sorted(limits)).items()}
 
 
-def check_launch_limits(launch) -> None:
+def check_launch_limits(launch) -> dict | None:
     """EmulationError when the GPU would refuse ``launch``: more threads than the kernel's
     ``__launch_bounds__`` allow, or more registers than the 64K of an SM (allocated per warp, in
-    steps of 8 per thread)."""
+    steps of 8 per thread). Returns the kernel's limits (None when unknown)."""
     lim = launch_limits().get(" ".join(launch.kernel.split()))
     if not lim:
-        return
+        return None
     threads = int(np.prod(launch.block))
     where = f"csrc/{launch.source} {launch.kernel} block {tuple(launch.block)}"
     if lim["max_threads"] and threads > lim["max_threads"]:
@@ -284,6 +284,7 @@ def check_launch_limits(launch) -> None:
     if -(-threads // 32) * 32 * regs > 65536:
         raise EmulationError(f"{where}: {threads} threads x {lim['registers']} registers exceed the 64K "
                              "register file (the GPU refuses the launch: too many resources requested)")
+    return lim
 
 
 class HostBackend:
@@ -322,12 +323,12 @@ class HostBackend:
         return self._dlls[source]
 
     def launch(self, launch) -> None:
-        check_launch_limits(launch)
+        lim = check_launch_limits(launch)
         dll = self._dll(launch.source)
         packed = [_pack(a) for a in launch.args]
         args = (ctypes.c_void_p * max(1, len(packed)))(*[addr for _, addr, _ in packed])
         sizes = (ctypes.c_int * max(1, len(packed)))(*[n for _, _, n in packed])
-        regs = int((launch_limits().get(" ".join(launch.kernel.split())) or {}).get("registers") or 0)
+        regs = int(lim["registers"] or 0) if lim else 0  # setmaxnreg's pool; 0: not checked
         cfg = (ctypes.c_uint * 10)(*launch.grid, *launch.block, int(launch.smem), cluster_size(launch.kernel),
                                    1 if self.order == "reverse" else 0, regs)
         dll.emu_ldmatrix_phases((ctypes.c_longlong * 9)())  # start this launch's count from zero

@@ -456,9 +456,10 @@ def report(rows: list[Row], seconds: float, json_path: str | None, extra: dict |
 
 def child_options(args: argparse.Namespace, selection: list[str] | None, skip: list[str],
                   budget: float | None) -> list[str]:
-    """The options of one :func:`run_isolated` pass, from the parent's (``add_check_arguments``,
-    or any parser with ``op``, ``backend``, ``variant``, ``skip``)."""
-    argv = [f"--op={o}" for o in args.op or []] + [f"--backend={args.backend}"]
+    """The options of one child pass of an isolated run, from the parent's (``add_check_arguments``,
+    scripts/sanitize_cases.py's, or ``bench``'s: any parser with ``op``, ``backend``, ``variant``,
+    ``skip``; a backend of None is left to the child's default)."""
+    argv = [f"--op={o}" for o in args.op or []] + ([f"--backend={args.backend}"] if args.backend else [])
     argv += [f"--variant={v}" for v in (selection if selection is not None else args.variant or [])]
     argv += [f"--skip={v}" for v in [*(args.skip or []), *skip]]
     if getattr(args, "quick", False):

@@ -40,13 +40,11 @@ def run_bench(args: argparse.Namespace) -> int:
     backends = None if args.backend is None else (["ext", "cupy"] if args.backend == "both" else [args.backend])
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     if args.isolate:
+        from ..check import child_options
+
         def child(skip, resume_at, budget, pass_dir):
-            argv = [sys.executable, "-m", "tfm_kernels", "bench", f"--out={pass_dir}"]
-            argv += [f"--op={o}" for o in args.op or []] + [f"--variant={v}" for v in args.variant or []]
-            argv += [f"--skip={v}" for v in [*(args.skip or []), *skip]]
-            argv += ([f"--backend={args.backend}"] if args.backend else []) + (["--quick"] if args.quick else [])
-            argv += ([f"--budget={budget:.0f}"] if budget is not None else [])
-            return argv + ([f"--resume-at={resume_at}"] if resume_at else [])
+            return [sys.executable, "-m", "tfm_kernels", "bench", f"--out={pass_dir}",
+                    *child_options(args, None, skip, budget)] + ([f"--resume-at={resume_at}"] if resume_at else [])
 
         res = core.run_isolated(child, args.out, budget=args.budget, log=log)
         if not res["measurements"]:
